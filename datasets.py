@@ -1,0 +1,263 @@
+"""Data: CIFAR-10 from the official archive, scikit-learn's bundled digits, seeded label shuffling, and the
+array folder layout of the original example (x_train.npy, y_train.npy, y_shuffle_train.npy, x_val.npy, y_val.npy).
+
+Images are stored as uint8 pixel values (0-255) in NCHW order and fed to the graph as stored, as the original does.
+"""
+import hashlib
+import os
+import pickle
+import tarfile
+
+import numpy as np
+
+from utils import CliError, save_npy
+
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+DIGITS_CLASSES = tuple(str(i) for i in range(10))
+
+ARRAY_FILES = ("x_train.npy", "y_train.npy", "y_shuffle_train.npy", "x_val.npy", "y_val.npy")
+
+
+class DatasetSpec:
+    """What a data set is, and the training recipe the scripts default to for it."""
+
+    def __init__(self, name, classes, input_shape, augment, train_defaults):
+        self.name = name
+        self.classes = classes
+        self.input_shape = input_shape
+        self.augment = augment
+        self.train_defaults = train_defaults
+
+    @property
+    def n_classes(self):
+        return len(self.classes)
+
+
+SPECS = {
+    # The original's recipe: batch 500, 270 epochs, warm-up + x0.1 steps, scale 0.8-1.2 and left-right flip.
+    "cifar10": DatasetSpec(
+        "cifar10", CIFAR10_CLASSES, (3, 32, 32),
+        augment=dict(min_scale=0.8, max_scale=1.2, flip_lr=True),
+        train_defaults=dict(train_batch_size=500, train_epochs=270, learning_rate=0.1, lr_schedule="step",
+                            weight_decay=5e-4, nmaps=64)),
+    # Digits are 8x8 and not mirror-symmetric (a flipped 2 is no 2): mild scaling only. Recipe: see README.
+    "digits": DatasetSpec(
+        "digits", DIGITS_CLASSES, (1, 8, 8),
+        augment=dict(min_scale=0.9, max_scale=1.1, flip_lr=False),
+        train_defaults=dict(train_batch_size=64, train_epochs=30, learning_rate=0.02, lr_schedule="cosine",
+                            weight_decay=5e-4, nmaps=16)),
+}
+
+
+def class_names(n_classes, dataset=None):
+    spec = SPECS.get(dataset)
+    if spec is not None and spec.n_classes == n_classes:
+        return spec.classes
+    return tuple(str(i) for i in range(n_classes))
+
+
+# ----------------------------------------------------------------------------------------------------- CIFAR-10
+
+def default_data_dir():
+    from nnabla.utils.data_source_loader import get_data_home
+    return get_data_home()
+
+
+def md5sum(path, chunk=1 << 20):
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _download(url, dest):
+    """Fetch `url` to `dest` atomically; any network failure is a CliError naming the file and where to put it."""
+    import urllib.request
+
+    from utils import atomic_path
+    try:
+        with atomic_path(dest) as tmp:
+            with urllib.request.urlopen(url, timeout=30) as r, open(tmp, "wb") as f:
+                total = int(r.headers.get("Content-Length") or 0)
+                from tqdm import tqdm
+                with tqdm(total=total or None, unit="B", unit_scale=True, desc=f"download {os.path.basename(dest)}") as bar:
+                    for block in iter(lambda: r.read(1 << 20), b""):
+                        f.write(block)
+                        bar.update(len(block))
+    except OSError as e:
+        raise CliError(f"cannot download {url} ({getattr(e, 'reason', e)}): put {CIFAR10_ARCHIVE} into "
+                       f"{os.path.dirname(dest)} or pass --data-dir FOLDER holding it") from None
+
+
+def cifar10_archive(data_dir=None, download=True, url=CIFAR10_URL):
+    """Path of a verified cifar-10-python.tar.gz in `data_dir` (default: nnabla's data cache), downloading it if
+    absent. A wrong checksum is a CliError; the bad file is left for the user to inspect."""
+    data_dir = data_dir or default_data_dir()
+    path = os.path.join(data_dir, CIFAR10_ARCHIVE)
+    if not os.path.isfile(path):
+        if not download:
+            raise CliError(f"{CIFAR10_ARCHIVE} not found in {data_dir}: put it there or pass --data-dir FOLDER")
+        os.makedirs(data_dir, exist_ok=True)
+        _download(url, path)
+    digest = md5sum(path)
+    if digest != CIFAR10_MD5:
+        raise CliError(f"{path} has MD5 {digest}, expected {CIFAR10_MD5}: the file is damaged or not the official "
+                       f"archive; delete it and download {url} again")
+    return path
+
+
+def read_cifar10_archive(path):
+    """Parse the official python-pickle archive: (x_train, y_train, x_test, y_test), x uint8 (N,3,32,32),
+    y int64 (N,1)."""
+    train_x, train_y, test_x, test_y = {}, {}, None, None
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            for member in tar.getmembers():
+                name = os.path.basename(member.name)
+                if not (name.startswith("data_batch_") or name == "test_batch"):
+                    continue
+                batch = pickle.load(tar.extractfile(member), encoding="bytes")
+                x = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+                y = np.asarray(batch[b"labels"], dtype=np.int64).reshape(-1, 1)
+                if name == "test_batch":
+                    test_x, test_y = x, y
+                else:
+                    train_x[name], train_y[name] = x, y
+    except (tarfile.TarError, pickle.UnpicklingError, KeyError, EOFError, ValueError) as e:
+        raise CliError(f"{path} is not a readable CIFAR-10 python archive ({e}): delete it and download again") from None
+    if not train_x or test_x is None:
+        raise CliError(f"{path} lacks data_batch_* or test_batch: it is not the CIFAR-10 python archive")
+    keys = sorted(train_x)  # data_batch_1 .. data_batch_5, in order
+    return (np.concatenate([train_x[k] for k in keys]), np.concatenate([train_y[k] for k in keys]), test_x, test_y)
+
+
+def load_cifar10(data_dir=None, download=True):
+    return read_cifar10_archive(cifar10_archive(data_dir, download))
+
+
+# ------------------------------------------------------------------------------------------------------- digits
+
+DIGITS_SPLIT_SEED = 0  # the train/validation split is fixed; --seed only changes the shuffled labels
+DIGITS_VAL_FRACTION = 0.2
+
+
+def load_digits_split():
+    """scikit-learn's bundled 8x8 digits (1797 images, values 0-16) as uint8 0-255, split 80/20 per class with a
+    fixed seed: (x_train, y_train, x_val, y_val)."""
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    x = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[:, None, :, :]
+    y = d.target.astype(np.int64).reshape(-1, 1)
+    rng = np.random.RandomState(DIGITS_SPLIT_SEED)
+    val = np.zeros(len(y), dtype=bool)
+    for c in np.unique(y):
+        idx = np.flatnonzero(y[:, 0] == c)
+        val[rng.choice(idx, int(round(len(idx) * DIGITS_VAL_FRACTION)), replace=False)] = True
+    train_idx = np.flatnonzero(~val)
+    train_idx = train_idx[rng.permutation(len(train_idx))]
+    return x[train_idx], y[train_idx], x[val], y[val]
+
+
+# ------------------------------------------------------------------------------------------------ label shuffling
+
+def shuffle_labels(y, rate, n_classes, seed):
+    """Noisy copy of labels y (N,1): in every class c, exactly round(rate * |c|) samples, chosen at random, get
+    another class, spread evenly over the other n_classes-1 classes (cycled, then permuted) as in the original;
+    never their own class. Seeded: the same (y, rate, seed) always gives the same labels."""
+    y = np.asarray(y).reshape(-1, 1)
+    rng = np.random.RandomState(seed)
+    out = y.copy()
+    for c in range(n_classes):
+        idx = np.flatnonzero(y[:, 0] == c)
+        k = int(round(rate * len(idx)))
+        if k == 0:
+            continue
+        chosen = rng.choice(idx, k, replace=False)
+        others = [j for j in range(n_classes) if j != c]
+        targets = np.array([others[j % len(others)] for j in range(k)], dtype=y.dtype)
+        out[np.sort(chosen), 0] = targets[rng.permutation(k)]
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- array folders
+
+def make_arrays(dataset, data_dir=None, shuffle_label=True, shuffle_rate=0.1, seed=0):
+    """The five arrays of the original layout for `dataset`."""
+    spec = SPECS[dataset]
+    if dataset == "cifar10":
+        x_train, y_train, x_val, y_val = load_cifar10(data_dir)
+    else:
+        x_train, y_train, x_val, y_val = load_digits_split()
+    y_noisy = shuffle_labels(y_train, shuffle_rate, spec.n_classes, seed) if shuffle_label else y_train.copy()
+    return {"x_train": x_train, "y_train": y_train, "y_shuffle_train": y_noisy, "x_val": x_val, "y_val": y_val}
+
+
+def save_arrays(folder, arrays):
+    os.makedirs(folder, exist_ok=True)
+    for key in ("x_train", "y_train", "y_shuffle_train", "x_val", "y_val"):
+        if key in arrays:
+            save_npy(os.path.join(folder, key + ".npy"), arrays[key])
+
+
+def _load(folder, name, required):
+    path = os.path.join(folder, name)
+    if not os.path.isfile(path):
+        if required:
+            raise CliError(f"{path} is missing: --input must be a folder written by train.py --output "
+                           f"(x_train.npy, y_train.npy, y_shuffle_train.npy, x_val.npy, y_val.npy)")
+        return None
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise CliError(f"{path} is not a readable .npy array ({e}): rewrite it with train.py --output") from None
+
+
+def load_arrays(folder, need=ARRAY_FILES, optional=()):
+    """Load and validate an array folder; every problem is a one-line CliError."""
+    if not folder or not os.path.isdir(folder):
+        raise CliError(f"input folder '{folder}' does not exist: pass the --output folder of train.py")
+    out = {}
+    for name in tuple(need) + tuple(optional):
+        arr = _load(folder, name, name in need)
+        if arr is not None:
+            out[name[:-4]] = arr
+    for split in ("train", "val"):
+        x = out.get(f"x_{split}")
+        if x is None:
+            continue
+        if x.ndim != 4:
+            raise CliError(f"{folder}/x_{split}.npy has shape {x.shape}; expected images (N, channels, height, width)")
+        if len(x) == 0:
+            raise CliError(f"{folder}/x_{split}.npy holds no samples")
+        for key in ([f"y_{split}", "y_shuffle_train"] if split == "train" else [f"y_{split}"]):
+            y = out.get(key)
+            if y is None:
+                continue
+            if y.size != len(x) or y.ndim not in (1, 2):
+                raise CliError(f"{folder}/{key}.npy has {y.size} labels for {len(x)} images in x_{split}.npy: "
+                               "the arrays come from different runs")
+            if not np.issubdtype(y.dtype, np.integer):
+                if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
+                    raise CliError(f"{folder}/{key}.npy holds non-integer labels")
+            out[key] = y.reshape(-1, 1).astype(np.int64)
+    return out
+
+
+def check_labels(labels, n_classes, where):
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi >= n_classes:
+        raise CliError(f"{where} has labels in [{lo}, {hi}] but the model has {n_classes} classes (0..{n_classes - 1})")
+
+
+def fingerprint(*arrays):
+    """Short content hash: ties cached scores to the exact data they were computed on."""
+    h = hashlib.sha1()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(str((a.shape, a.dtype.str)).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]

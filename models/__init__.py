@@ -1,0 +1,32 @@
+"""Model zoo: graph builders only (no I/O). Each returns (logits, penultimate features).
+
+`MODELS` feeds argparse `choices`; `build` is how every script makes a graph from a model config (the dict a
+checkpoint manifest records), so no script restates the model by hand.
+"""
+from .resnet import resnet23, resnet56
+
+MODELS = {"resnet23": resnet23, "resnet56": resnet56}
+DEFAULT_NMAPS = {"resnet23": 64, "resnet56": None}
+MIN_SIZE = 8  # three 2x2 poolings (resnet23) / two stride-2 stages (resnet56) need at least 8x8 pixels
+
+
+def model_config(name, n_classes, input_shape, nmaps=None, dataset=None):
+    """The self-description stored with every checkpoint."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model '{name}' (choose from {', '.join(sorted(MODELS))})")
+    if name == "resnet23":
+        nmaps = nmaps or DEFAULT_NMAPS[name]
+        if nmaps < 2 or nmaps % 2:
+            raise ValueError(f"resnet23 needs an even --nmaps of at least 2, got {nmaps}")
+    else:
+        nmaps = None
+    c, h, w = (int(v) for v in input_shape)
+    if min(h, w) < MIN_SIZE:
+        raise ValueError(f"{name} needs images of at least {MIN_SIZE}x{MIN_SIZE} pixels, got {h}x{w}")
+    return {"name": name, "nmaps": nmaps, "n_classes": int(n_classes), "input_shape": [c, h, w], "dataset": dataset}
+
+
+def build(config, image, test, augment=None):
+    """Graph for `config` (see model_config) on the nn.Variable `image`: (logits, features)."""
+    fn = MODELS[config["name"]]
+    return fn(image, test=test, n_classes=config["n_classes"], nmaps=config.get("nmaps"), augment=augment)
