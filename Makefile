@@ -36,5 +36,18 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
+# Throughput of the scorer against the model's own forward / forward+backward (issue: performance).
+bench: $(STAMP)
+	$(PY) bench/throughput.py
+
+# Detection quality over several shuffle seeds, with confident learning as the baseline (needs cleanlab).
+bench-quality: $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
+	$(PY) bench/detection.py
+
+# MPI runtime from PyPI (mpi4py + a wheel-shipped MPICH) into the same .venv: .venv/bin/mpiexec.
+mpi: $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-mpi.txt
+
 clean:
 	rm -rf output tmp.monitor
