@@ -6,6 +6,7 @@ Spellings follow the original nnabla-examples TracIn example (`--model_save_path
 import argparse
 import sys
 
+import utils  # noqa: F401  (before models: quiets nnabla's import-time INFO log line)
 from models import MODELS
 
 DATASETS = ("digits", "cifar10")
@@ -170,12 +171,21 @@ def score_parser():
 
 def analysis_parser():
     p = Parser(prog="mislabel_analysis.py", description="Figures and metrics of mislabeled-sample detection.")
-    p.add_argument("--input", required=True,
-                   help="folder with x_train.npy, y_train.npy, y_shuffle_train.npy, influence_all_epoch.npy")
-    p.add_argument("--scores", default=None, help="score file (default: --input/influence_all_epoch.npy)")
+    p.add_argument("--input", default=None,
+                   help="folder with x_train.npy, y_train.npy, y_shuffle_train.npy, influence_all_epoch.npy "
+                        "(optional with --influence: then taken from the .npz and only its figure is drawn)")
+    p.add_argument("--scores", default=None,
+                   help="score file (default: --input/influence_all_epoch.npy); loss_last_epoch.npy, scores.json and "
+                        "{epoch}_influence.npy are looked up beside it")
     p.add_argument("--output", default="figure", help="folder for figures, metrics.json and report.html")
     p.add_argument("--ckpt_analysis", type=str2bool, default=False,
-                   help="per-checkpoint analysis from {epoch}_influence.npy")
+                   help="per-checkpoint analysis from {epoch}_influence.npy (calculate_score.py --save_every_epoch True)")
     p.add_argument("--save_extracted", type=str2bool, default=False,
-                   help="image sheets of the top-ranked samples per decile")
+                   help="image sheets of the top-ranked samples of each decile (extracted_samples/decile_XX.png)")
+    p.add_argument("--sheet_size", type=positive_int, default=64,
+                   help="with --save_extracted: samples per decile sheet (the highest-ranked of the decile)")
+    p.add_argument("--influence", default=None,
+                   help="influence_topk.npz of calculate_score.py --mode influence: draws influence_examples.png")
+    p.add_argument("--influence_rows", type=positive_int, default=20,
+                   help="with --influence: at most this many test samples (rows) in influence_examples.png")
     return p

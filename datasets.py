@@ -93,7 +93,7 @@ def _download(url, dest):
                        f"{os.path.dirname(dest)} or pass --data-dir FOLDER holding it") from None
 
 
-def cifar10_archive(data_dir=None, download=True, url=CIFAR10_URL):
+def cifar10_archive(data_dir=None, download=True, url=CIFAR10_URL, md5=CIFAR10_MD5):
     """Path of a verified cifar-10-python.tar.gz in `data_dir` (default: nnabla's data cache), downloading it if
     absent. A wrong checksum is a CliError; the bad file is left for the user to inspect."""
     data_dir = data_dir or default_data_dir()
@@ -104,8 +104,8 @@ def cifar10_archive(data_dir=None, download=True, url=CIFAR10_URL):
         os.makedirs(data_dir, exist_ok=True)
         _download(url, path)
     digest = md5sum(path)
-    if digest != CIFAR10_MD5:
-        raise CliError(f"{path} has MD5 {digest}, expected {CIFAR10_MD5}: the file is damaged or not the official "
+    if digest != md5:
+        raise CliError(f"{path} has MD5 {digest}, expected {md5}: the file is damaged or not the official "
                        f"archive; delete it and download {url} again")
     return path
 
@@ -244,6 +244,9 @@ def load_arrays(folder, need=ARRAY_FILES, optional=()):
                 if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
                     raise CliError(f"{folder}/{key}.npy holds non-integer labels")
             out[key] = y.reshape(-1, 1).astype(np.int64)
+    if "x_train" in out and "x_val" in out and out["x_train"].shape[1:] != out["x_val"].shape[1:]:
+        raise CliError(f"{folder}/x_val.npy holds images of shape {out['x_val'].shape[1:]} but x_train.npy "
+                       f"{out['x_train'].shape[1:]}: the arrays come from different runs")
     return out
 
 

@@ -141,11 +141,13 @@ class ScoringGraph:
     """One inference-mode graph for a fixed batch size (the last batch is padded): logits, features, the summed
     loss, and the layer functions whose inputs and output gradients give per-sample parameter gradients."""
 
-    def __init__(self, model_cfg, batch_size):
+    def __init__(self, model_cfg, batch_size, builder=None):
+        """`builder(image, test) -> (logits, features)` replaces the model zoo (tests use hand-checkable nets)."""
         import nnabla as nn
         import nnabla.functions as F
 
         import models
+        builder = builder or (lambda image, test: models.build(model_cfg, image, test=test))
         self.nn = nn
         self.cfg = model_cfg
         self.batch_size = batch_size
@@ -154,7 +156,7 @@ class ScoringGraph:
             # a private scope: graphs of several batch sizes, or a training run in the same process, never share
             self.x = nn.Variable(shape)
             self.y = nn.Variable((batch_size, 1))
-            self.logits, self.feats = models.build(model_cfg, self.x, test=True)
+            self.logits, self.feats = builder(self.x, True)
             # summed (not averaged) so that each sample's output gradient is its own loss's gradient
             self.loss = F.sum(F.softmax_cross_entropy(self.logits, self.y))
             self.params = nn.get_parameters(grad_only=False)
@@ -283,8 +285,8 @@ class ScoringGraph:
 class LoopGraph:
     """The original example's method, as a reference: batch size 1, backprop, read param.g."""
 
-    def __init__(self, model_cfg):
-        self.g = ScoringGraph(model_cfg, 1)
+    def __init__(self, model_cfg, builder=None):
+        self.g = ScoringGraph(model_cfg, 1, builder)
 
     def load(self, path):
         self.g.load(path)

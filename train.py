@@ -154,6 +154,13 @@ class Trainer:
             on_batch(value)
         return total_loss / (n_batches * bs), errors / (n_batches * bs)
 
+    def nonfinite(self):
+        """Name of the first parameter (or batch-norm statistic) holding NaN or inf, else None."""
+        for name, var in self.params.items():
+            if not np.isfinite(var.d).all():
+                return name
+        return None
+
     def evaluate(self, x_val, y_val):
         """Inference-mode (running batch-norm statistics) loss and error over every validation sample."""
         from influence import softmax_xent  # the one place that computes per-sample cross-entropy
@@ -181,7 +188,7 @@ def open_monitors(path, start_epoch):
         f = os.path.join(path, name.replace(" ", "-") + ".series.txt")
         if start_epoch > 0 and os.path.isfile(f):
             with open(f) as fh:
-                kept[f] = [line for line in fh if line.split() and int(line.split()[0]) < start_epoch]
+                kept[f] = [line for line in fh if line.split() and int(line.split()[0]) <= start_epoch]
     monitor = Monitor(path)
     series = {name: MonitorSeries(name, monitor, interval=1, verbose=False) for name in MONITOR_SERIES}
     for f, lines in kept.items():
@@ -224,6 +231,9 @@ def main(argv=None):
     quiet_nnabla()
     args.model_save_path = args.model_save_path or args.monitor_path
     manifest, start, ckpt_dir = resume_point(args, args.model_save_path)
+    for flag, path in (("--model_save_path", ckpt_dir), ("--monitor-path", args.monitor_path), ("--output", args.output)):
+        if path and os.path.exists(path) and not os.path.isdir(path):
+            raise CliError(f"{flag} '{path}' is a file, not a folder: choose another path")
     set_context(args.context, args.device_id, args.type_config)
     ensure_dir(ckpt_dir, "--model_save_path")
 
@@ -257,8 +267,17 @@ def main(argv=None):
     start_epoch = 0
     if manifest is not None:
         checkpoints.load_into(os.path.join(ckpt_dir, start["params"]), trainer.params)
-        trainer.solver.load_states(os.path.join(ckpt_dir, start["solver"]))
+        solver_path = os.path.join(ckpt_dir, start["solver"])
+        try:
+            trainer.solver.load_states(solver_path)
+        except Exception as e:  # nnabla raises RuntimeError / OSError / KeyError depending on the damage
+            raise CliError(f"{solver_path} is not a readable solver state ({type(e).__name__}): it is truncated or "
+                           f"corrupt; resume from an earlier epoch with --resume EPOCH") from None
         start_epoch = start["epoch"]
+        if start_epoch >= recipe["train_epochs"]:
+            print(f"nothing to do: training already finished ({start_epoch} of {recipe['train_epochs']} epochs; "
+                  f"{start['params']} in {ckpt_dir})", file=sys.stderr)
+            return 0
         manifest["checkpoints"] = [c for c in manifest["checkpoints"] if c["epoch"] <= start_epoch]
         print(f"resuming from epoch {start_epoch} ({start['params']})", file=sys.stderr)
     else:
@@ -276,8 +295,9 @@ def main(argv=None):
             lr = learning_rate(epoch, recipe["learning_rate"], epochs, recipe["lr_schedule"])
             loss, err = trainer.train_epoch(epoch, x_train, y_train, lr,
                                             lambda v: (bar.update(1), bar.set_postfix(epoch=epoch + 1, loss=f"{v:.3f}")))
-            if err is None:
-                raise CliError(f"training diverged: the loss became {loss} in epoch {epoch + 1}; the last good "
+            if err is None or trainer.nonfinite() is not None:
+                what = f"the loss became {loss}" if err is None else f"parameter {trainer.nonfinite()} became non-finite"
+                raise CliError(f"training diverged: {what} in epoch {epoch + 1}; the last good "
                                f"checkpoint is {os.path.join(ckpt_dir, checkpoints.params_name(last_good))}; "
                                "lower --learning_rate and rerun")
             vloss, verr = trainer.evaluate(x_val, y_val)

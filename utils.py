@@ -4,11 +4,17 @@ TracIn math lives in influence.py, checkpoint naming in checkpoints.py, data in 
 """
 import contextlib
 import json
+import logging
 import os
 import sys
 import tempfile
 
 import numpy as np
+
+# nnabla logs "[nnabla][INFO]: Initializing CPU extension..." while it is imported; set its logger's level first so
+# that a user's mistake is reported in exactly one line (any module importing nnabla imports this one before).
+if logging.getLogger("nnabla").level == logging.NOTSET:
+    logging.getLogger("nnabla").setLevel(logging.WARNING)
 
 
 class CliError(Exception):

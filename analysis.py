@@ -1,0 +1,432 @@
+"""Metrics and figures of mislabeled-sample detection: pure functions on arrays, no file discovery, no CLI.
+
+A *ranking* is a score per training sample; higher means "check this sample first". Its quality is measured
+against the boolean mask `mislabeled` (noisy label != clean label):
+
+  recall_at(f)       fraction of all mislabeled samples found among the k(f) highest-scored samples, where
+                     k(f) = floor(f * N + 0.5) (f * N rounded half up). The same k is used by the curve and the
+                     metrics. Ties are broken by a stable sort on the descending score (lower index first).
+  detection_curve    recall_at(f) for each f in `fractions` (default 0, 0.01, ..., 1.0).
+  auroc              scikit-learn roc_auc_score(mislabeled, scores): chance that a random mislabeled sample
+                     outranks a random clean one (0.5 = random order, 1 = perfect).
+  average_precision  scikit-learn average_precision_score: mean precision at each mislabeled sample's rank
+                     (random order gives about the noise rate).
+Metrics that need mislabeled samples (all of them) are None when there are none; AUROC also needs a clean one.
+
+Plotting functions take arrays and an output path and write a PNG atomically (utils.atomic_path); matplotlib is
+imported lazily with the Agg backend.
+"""
+import math
+
+import numpy as np
+
+RECALL_FRACTIONS = (0.05, 0.1, 0.15, 0.2, 0.3)
+CURVE_FRACTIONS = np.round(np.arange(101) / 100.0, 2)  # 0, 0.01, ..., 1.0 as the original
+DPI = 120
+
+
+# ------------------------------------------------------------------------------------------------------ metrics
+
+def n_checked(fraction, n):
+    """Number of samples checked at `fraction` of n: f * n rounded half up (the one convention used everywhere)."""
+    return int(min(n, max(0, math.floor(float(fraction) * n + 0.5))))
+
+
+def _as_inputs(scores, mislabeled):
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    mislabeled = np.asarray(mislabeled).reshape(-1).astype(bool)
+    if scores.shape != mislabeled.shape:
+        raise ValueError(f"{scores.size} scores for {mislabeled.size} samples")
+    if not np.all(np.isfinite(scores)):
+        raise ValueError("scores hold NaN or inf")
+    return scores, mislabeled
+
+
+def rank_order(scores):
+    """Sample indices, highest score first; ties keep index order (stable sort)."""
+    return np.argsort(-np.asarray(scores, dtype=np.float64).reshape(-1), kind="stable")
+
+
+def detection_curve(scores, mislabeled, fractions=CURVE_FRACTIONS):
+    """Recall (fraction of the mislabeled samples found) after checking each fraction of the data, highest score
+    first: an array shaped like `fractions`. All NaN when there are no mislabeled samples."""
+    scores, mislabeled = _as_inputs(scores, mislabeled)
+    fractions = np.asarray(fractions, dtype=np.float64)
+    total = int(mislabeled.sum())
+    if total == 0:
+        return np.full(fractions.shape, np.nan)
+    found = np.concatenate([[0], np.cumsum(mislabeled[rank_order(scores)])])
+    k = np.array([n_checked(f, len(scores)) for f in fractions.reshape(-1)], dtype=np.int64)
+    return (found[k] / total).reshape(fractions.shape)
+
+
+def recall_at(scores, mislabeled, fraction):
+    """Fraction of the mislabeled samples among the floor(fraction * N + 0.5) highest-scored; None without any."""
+    value = float(detection_curve(scores, mislabeled, [fraction])[0])
+    return None if math.isnan(value) else value
+
+
+def ranking_metrics(scores, mislabeled, fractions=RECALL_FRACTIONS):
+    """{'auroc', 'average_precision', 'recall_at': {str(f): recall}} for one ranking; undefined values are None.
+
+    recall_at keys are the fractions as written by str(float(f)) ('0.05', '0.1', ...)."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+    scores, mislabeled = _as_inputs(scores, mislabeled)
+    n_pos = int(mislabeled.sum())
+    n_neg = int(len(mislabeled) - n_pos)
+    curve = detection_curve(scores, mislabeled, list(fractions))
+    return {
+        "auroc": float(roc_auc_score(mislabeled, scores)) if n_pos and n_neg else None,
+        "average_precision": float(average_precision_score(mislabeled, scores)) if n_pos else None,
+        "recall_at": {str(float(f)): (None if math.isnan(r) else float(r)) for f, r in zip(fractions, curve)},
+    }
+
+
+def oracle_scores(mislabeled):
+    """The perfect ranking: every mislabeled sample before every clean one."""
+    return np.asarray(mislabeled, dtype=np.float64).reshape(-1)
+
+
+def random_curve(mislabeled, fractions=CURVE_FRACTIONS):
+    """Expected recall of a random order: k(f) / N (the diagonal, up to rounding)."""
+    n = np.asarray(mislabeled).size
+    if not np.asarray(mislabeled).any():
+        return np.full(np.shape(fractions), np.nan)
+    return np.array([n_checked(f, n) / n for f in np.reshape(fractions, -1)]).reshape(np.shape(fractions))
+
+
+def random_metrics(mislabeled, fractions=RECALL_FRACTIONS):
+    """Expected metrics of a random order: AUROC 0.5, average precision ~ noise rate, recall_at k(f)/N."""
+    mislabeled = np.asarray(mislabeled).reshape(-1).astype(bool)
+    n, n_pos = mislabeled.size, int(mislabeled.sum())
+    rec = random_curve(mislabeled, list(fractions))
+    return {
+        "auroc": 0.5 if 0 < n_pos < n else None,
+        "average_precision": n_pos / n if n_pos else None,
+        "recall_at": {str(float(f)): (None if math.isnan(r) else float(r)) for f, r in zip(fractions, rec)},
+    }
+
+
+def top_fraction_per_class(scores, mislabeled, true_labels, n_classes, fraction=0.1):
+    """Mislabeled samples per true class among the k(fraction) highest-scored: int array (n_classes,)."""
+    scores, mislabeled = _as_inputs(scores, mislabeled)
+    top = rank_order(scores)[:n_checked(fraction, len(scores))]
+    top = top[mislabeled[top]]
+    return np.bincount(np.asarray(true_labels).reshape(-1)[top].astype(np.int64), minlength=n_classes)[:n_classes]
+
+
+def decile_bounds(n, parts=10):
+    """[(start, stop)] rank ranges of each tenth of n samples, with the same rounding as recall_at."""
+    cuts = [n_checked(i / parts, n) for i in range(parts + 1)]
+    return list(zip(cuts[:-1], cuts[1:]))
+
+
+# ------------------------------------------------------------------------------------------------------ figures
+
+def _figure(width, height):
+    """A matplotlib Figure drawn by Agg, without pyplot's global state (nothing to close, nothing shown)."""
+    import sys
+
+    import matplotlib
+    if "matplotlib.pyplot" not in sys.modules:  # do not switch an interactive session's backend under it
+        matplotlib.use("Agg")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path, **kw):
+    from utils import atomic_path
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=DPI, **kw)
+    return path
+
+
+def spans_decades(values, decades=2.0):
+    """True when the positive values span at least `decades` orders of magnitude and none is negative."""
+    values = np.asarray(values, dtype=np.float64)
+    pos = values[values > 0]
+    return bool(values.size and values.min() >= 0 and pos.size and pos.max() / pos.min() >= 10 ** decades)
+
+
+def plot_distribution(scores, mislabeled, path, score_name="Self-influence (TracIn)", bins=50):
+    """Histograms of the scores of clean and shuffled samples, each normalised to its own size (fraction of the
+    group per bin), on a log-x axis when the scores span two decades or more; the legend shows the counts."""
+    scores, mislabeled = _as_inputs(scores, mislabeled)
+    log = spans_decades(scores)
+    shown = scores
+    n_zero = 0
+    if log:
+        pos_min = scores[scores > 0].min()
+        n_zero = int((scores <= 0).sum())
+        shown = np.maximum(scores, pos_min)
+        edges = np.geomspace(pos_min, shown.max(), bins + 1)
+    else:
+        lo, hi = float(shown.min()), float(shown.max())
+        edges = np.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)
+    fig = _figure(7.0, 4.5)
+    ax = fig.add_subplot(1, 1, 1)
+    for mask, name, color in ((~mislabeled, "clean labels", "tab:blue"), (mislabeled, "shuffled labels", "tab:red")):
+        n = int(mask.sum())
+        if n == 0:
+            ax.plot([], [], color=color, label=f"{name} (n={n})")
+            continue
+        v = shown[mask]
+        ax.hist(v, bins=edges, weights=np.full(n, 1.0 / n), color=color, alpha=0.45, label=f"{name} (n={n})")
+        ax.hist(v, bins=edges, weights=np.full(n, 1.0 / n), color=color, histtype="step", linewidth=1.5)
+        ax.axvline(np.median(v), color=color, linestyle="--", linewidth=1)
+    if log:
+        ax.set_xscale("log")
+    ax.set_xlabel(score_name + (" (log scale)" if log else ""))
+    ax.set_ylabel("Fraction of the group per bin")
+    title = "Score distribution: clean vs shuffled labels (dashed: medians)"
+    if n_zero:
+        title += f"\n{n_zero} scores <= 0 drawn in the leftmost bin"
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_score_curve(rankings, mislabeled, path, fractions=CURVE_FRACTIONS, mark=0.1):
+    """Fraction of the mislabeled samples found vs fraction of the data checked, for each ranking in
+    `rankings` ({name: scores}), plus random order and the oracle; recall at `mark` is marked on each curve."""
+    mislabeled = np.asarray(mislabeled).reshape(-1).astype(bool)
+    fractions = np.asarray(fractions, dtype=np.float64)
+    fig = _figure(6.5, 5.5)
+    ax = fig.add_subplot(1, 1, 1)
+    colors = ["tab:red", "tab:orange", "tab:green", "tab:purple", "tab:brown"]
+    curves = [(name, detection_curve(s, mislabeled, fractions), dict(color=colors[i % len(colors)], linewidth=2))
+              for i, (name, s) in enumerate(rankings.items())]
+    curves.append(("oracle", detection_curve(oracle_scores(mislabeled), mislabeled, fractions),
+                   dict(color="black", linestyle=":", linewidth=1.5)))
+    curves.append(("random order (expected)", random_curve(mislabeled, fractions),
+                   dict(color="gray", linestyle="--", linewidth=1.2)))
+    defined = bool(mislabeled.any())  # without mislabeled samples every recall is undefined (NaN)
+    for name, curve, style in curves:
+        if not defined:
+            ax.plot(fractions, np.zeros_like(fractions) * np.nan, label=name, **style)
+            continue
+        at = float(np.interp(mark, fractions, curve))
+        ax.plot(fractions, curve, label=f"{name}: {at:.2f} at {mark:.0%}", **style)
+        ax.plot([mark], [at], "o", color=style["color"], markersize=5)
+    ax.axvline(mark, color="gray", linewidth=0.8, alpha=0.7)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("Fraction of training data checked (highest score first)")
+    ax.set_ylabel("Fraction of mislabeled identified")
+    n_mis = int(mislabeled.sum())
+    title = f"Mislabeled-sample detection ({n_mis} of {mislabeled.size} mislabeled)"
+    if n_mis == 0:
+        title += "\nno mislabeled samples: recall undefined"
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", title=f"recall at {mark:.0%} checked")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_class_counts(counts, names, path, title, xlabel="Mislabeled samples among the top 10%"):
+    """Horizontal bar chart of one count per class (the original's {epoch}_top_influence_sample.png)."""
+    counts = np.asarray(counts)
+    fig = _figure(7.0, 0.35 * len(names) + 1.6)
+    ax = fig.add_subplot(1, 1, 1)
+    y = np.arange(len(names))
+    ax.barh(y, counts, color="tab:red", alpha=0.8)
+    for yi, c in zip(y, counts):
+        ax.text(c, yi, f" {int(c)}", va="center", fontsize=8)
+    ax.set_yticks(y)
+    ax.set_yticklabels(names)
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("True class")
+    ax.set_xlim(0, max(1, counts.max() if counts.size else 1) * 1.15)
+    ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_checkpoint_metrics(epochs, recall10, auroc, path, total=None):
+    """Recall at 10% and AUROC of each checkpoint's own term; `total` = (recall10, auroc) of the sum, drawn as
+    horizontal reference lines. None values (undefined) are left out."""
+    epochs = np.asarray(epochs)
+    r = np.array([np.nan if v is None else v for v in recall10], dtype=float)
+    a = np.array([np.nan if v is None else v for v in auroc], dtype=float)
+    fig = _figure(7.0, 4.5)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot(epochs, r, "o-", color="tab:red", label="recall at 10% checked")
+    ax.plot(epochs, a, "s-", color="tab:blue", label="AUROC")
+    if total is not None:
+        if total[0] is not None:
+            ax.axhline(total[0], color="tab:red", linestyle="--", linewidth=1, label="recall at 10%, all checkpoints")
+        if total[1] is not None:
+            ax.axhline(total[1], color="tab:blue", linestyle="--", linewidth=1, label="AUROC, all checkpoints")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("Checkpoint epoch")
+    ax.set_ylabel("Detection quality of the checkpoint's term")
+    ax.set_title("Which checkpoints carry the signal")
+    if len(epochs) <= 20:
+        ax.set_xticks(epochs)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# ------------------------------------------------------------------------------------------------- image sheets
+
+def to_rgb(image):
+    """(C,H,W) or (H,W) image -> (H,W,3) floats in [0,1]; uint8 is taken as 0-255, other types are min-max scaled."""
+    img = np.asarray(image)
+    if img.ndim == 3:
+        img = np.transpose(img, (1, 2, 0))
+    else:
+        img = img[:, :, None]
+    if img.shape[2] == 1:
+        img = np.repeat(img, 3, axis=2)
+    elif img.shape[2] != 3:
+        img = np.repeat(img[:, :, :1], 3, axis=2)
+    if img.dtype == np.uint8:
+        return img.astype(np.float64) / 255.0
+    img = img.astype(np.float64)
+    lo, hi = np.nanmin(img), np.nanmax(img)
+    return (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
+
+
+FRAME_COLORS = {"red": (0.85, 0.1, 0.1), "blue": (0.1, 0.35, 0.85), None: (1.0, 1.0, 1.0)}
+
+
+def plot_image_grid(cells, ncols, path, title, col_headers=None, min_cell_px=32, border=3, caption_lines=2,
+                    zoom=2.0):
+    """One PNG of a grid of images, drawn as a single mosaic (fast for hundreds of cells).
+
+    cells: list (row-major, len <= nrows*ncols) of None (empty slot) or dict(image=(C,H,W) array, caption=str,
+    frame=None|'red'|'blue', color=caption colour). col_headers: {column: text} written above the first row."""
+    n = len(cells)
+    nrows = max(1, -(-n // ncols))
+    first = next((c for c in cells if c is not None), None)
+    h, w = (to_rgb(first["image"]).shape[:2]) if first is not None else (min_cell_px, min_cell_px)
+    up = max(1, int(round(min_cell_px / max(h, w))))
+    ch, cw = h * up + 2 * border, w * up + 2 * border
+    gap, cap = 6, int(11 * caption_lines / zoom * DPI / 120 + 4)
+    head = 16 if col_headers else 0
+    H = head + nrows * (ch + cap + gap)
+    W = ncols * (cw + gap)
+    mosaic = np.ones((H, W, 3))
+    fig = _figure(W * zoom / DPI, H * zoom / DPI + 0.6)
+    ax = fig.add_axes([0, 0, 1, (H * zoom / DPI) / (H * zoom / DPI + 0.6)])
+    texts = []
+    for i, cell in enumerate(cells):
+        if cell is None:
+            continue
+        r, c = divmod(i, ncols)
+        y0, x0 = head + r * (ch + cap + gap), c * (cw + gap) + gap // 2
+        img = to_rgb(cell["image"])
+        if img.shape[:2] != (h, w):  # mixed sizes: crop / pad to the first image's size
+            pad = np.ones((h, w, 3))
+            pad[:min(h, img.shape[0]), :min(w, img.shape[1])] = img[:h, :w]
+            img = pad
+        img = np.repeat(np.repeat(img, up, axis=0), up, axis=1)
+        mosaic[y0:y0 + ch, x0:x0 + cw] = FRAME_COLORS.get(cell.get("frame"), FRAME_COLORS[None])
+        mosaic[y0 + border:y0 + border + h * up, x0 + border:x0 + border + w * up] = img
+        texts.append((x0 + cw / 2, y0 + ch + 1, cell.get("caption", ""), cell.get("color", "black")))
+    ax.imshow(mosaic, interpolation="nearest", extent=(0, W, H, 0))
+    ax.set_xlim(0, W)
+    ax.set_ylim(H, 0)
+    ax.axis("off")
+    for x, y, s, color in texts:
+        ax.text(x, y, s, ha="center", va="top", fontsize=6.5, color=color, linespacing=1.0)
+    for col, s in (col_headers or {}).items():
+        ax.text(col * (cw + gap) + gap // 2, head - 3, s, ha="left", va="bottom", fontsize=8, fontweight="bold")
+    fig.suptitle(title, fontsize=10, y=1 - 0.1 / (H * zoom / DPI + 0.6))
+    return _save(fig, path)
+
+
+def sample_sheet_cells(indices, images, true_labels, given_labels, names, scores=None):
+    """Cells for plot_image_grid: caption 'true / given' (+ score); mislabeled framed and captioned in red."""
+    cells = []
+    for i in indices:
+        t, g = int(true_labels[i]), int(given_labels[i])
+        bad = t != g
+        cap = f"#{i}\n{names[t]}" + (f" / {names[g]}" if bad else "")
+        if scores is not None:
+            cap += f"\n{scores[i]:.3g}"
+        cells.append(dict(image=images[i], caption=cap, frame="red" if bad else None,
+                          color="tab:red" if bad else "black"))
+    return cells
+
+
+# ------------------------------------------------------------------------------------------------------- report
+
+def format_value(v, digits=3):
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def metrics_table(rankings, fractions=RECALL_FRACTIONS):
+    """Plain-text table (one row per ranking) of a metrics.json 'rankings' dict."""
+    head = ["ranking", "AUROC", "AP"] + [f"R@{float(f):.0%}" for f in fractions]
+    rows = [head]
+    for name, m in rankings.items():
+        rows.append([name, format_value(m["auroc"]), format_value(m["average_precision"])]
+                    + [format_value(m["recall_at"].get(str(float(f)))) for f in fractions])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+                     for r in rows)
+
+
+def report_html(metrics, figures, title="TracIn mislabeled-sample detection"):
+    """One self-contained HTML page: summary, metrics table, definitions and the figures embedded as base64.
+
+    figures: [(heading, png_path)], drawn in order; missing files are skipped."""
+    import base64
+    import html
+    import os
+    esc = html.escape
+    fr = list(metrics.get("recall_fractions", RECALL_FRACTIONS))
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{esc(title)}</title><style>"
+             "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:4px 10px;"
+             "text-align:right}th:first-child,td:first-child{text-align:left}th{background:#eee}"
+             "img{max-width:100%;border:1px solid #ddd;margin:0.5em 0}code{background:#f4f4f4;padding:0 3px}"
+             f"</style></head><body><h1>{esc(title)}</h1>"]
+    if "n_train" in metrics:
+        rate = metrics["n_mislabeled"] / metrics["n_train"] if metrics["n_train"] else 0.0
+        parts.append(f"<p>Score file <code>{esc(str(metrics.get('score_file')))}</code>; "
+                     f"{metrics['n_train']} training samples, {metrics['n_mislabeled']} mislabeled ({rate:.1%}).")
+        if metrics.get("loss_file"):
+            parts.append(f" Loss baseline <code>{esc(metrics['loss_file'])}</code>.")
+        parts.append("</p>")
+    if metrics.get("rankings"):
+        parts.append("<h2>Metrics</h2><table><tr><th>ranking</th><th>AUROC</th><th>average precision</th>"
+                     + "".join(f"<th>recall@{float(f):.0%}</th>" for f in fr) + "</tr>")
+        for name, m in metrics["rankings"].items():
+            parts.append(f"<tr><td>{esc(name)}</td><td>{format_value(m['auroc'])}</td>"
+                         f"<td>{format_value(m['average_precision'])}</td>"
+                         + "".join(f"<td>{format_value(m['recall_at'].get(str(float(f))))}</td>" for f in fr)
+                         + "</tr>")
+        parts.append("</table><p><small>recall@f: fraction of all mislabeled samples among the "
+                     "floor(f&middot;N + 0.5) highest-scored (ties: lower index first). AUROC: chance that a random "
+                     "mislabeled sample scores above a random clean one (0.5 = random). Average precision: mean "
+                     "precision at the rank of each mislabeled sample (random &asymp; noise rate). "
+                     "n/a: undefined (no mislabeled or no clean samples). Random order: expected values.</small></p>")
+    if metrics.get("checkpoints"):
+        parts.append("<h2>Per checkpoint</h2><table><tr><th>epoch</th><th>AUROC</th><th>average precision</th>"
+                     "<th>recall@10%</th></tr>")
+        for c in metrics["checkpoints"]:
+            parts.append(f"<tr><td>{c['epoch']}</td><td>{format_value(c['auroc'])}</td>"
+                         f"<td>{format_value(c['average_precision'])}</td>"
+                         f"<td>{format_value(c['recall_at'].get('0.1'))}</td></tr>")
+        parts.append("</table>")
+    for heading, path in figures:
+        if not os.path.isfile(path):
+            continue
+        with open(path, "rb") as f:
+            data = base64.b64encode(f.read()).decode("ascii")
+        parts.append(f"<h2>{esc(heading)}</h2><p><small>{esc(os.path.basename(path))}</small><br>"
+                     f"<img alt='{esc(heading)}' src='data:image/png;base64,{data}'></p>")
+    parts.append("</body></html>\n")
+    return "".join(parts)
