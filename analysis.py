@@ -300,7 +300,7 @@ def to_rgb(image):
 FRAME_COLORS = {"red": (0.85, 0.1, 0.1), "blue": (0.1, 0.35, 0.85), None: (1.0, 1.0, 1.0)}
 
 
-def plot_image_grid(cells, ncols, path, title, col_headers=None, min_cell_px=32, border=3, caption_lines=2,
+def plot_image_grid(cells, ncols, path, title, col_headers=None, min_cell_px=48, border=3, caption_lines=2,
                     zoom=2.0):
     """One PNG of a grid of images, drawn as a single mosaic (fast for hundreds of cells).
 
@@ -313,18 +313,24 @@ def plot_image_grid(cells, ncols, path, title, col_headers=None, min_cell_px=32,
     up = max(1, int(round(min_cell_px / max(h, w))))
     ch, cw = h * up + 2 * border, w * up + 2 * border
     gap, cap = 6, int(11 * caption_lines / zoom * DPI / 120 + 4)
+    longest = max([len(line) for c in cells if c is not None for line in c.get("caption", "").split("\n")] + [0])
+    hgap = max(gap, int(np.ceil(longest * 6.5 * 0.62 * DPI / 72 / zoom)) + 4 - cw)  # captions must not touch
     head = 16 if col_headers else 0
     H = head + nrows * (ch + cap + gap)
-    W = ncols * (cw + gap)
+    W = ncols * (cw + hgap)
     mosaic = np.ones((H, W, 3))
-    fig = _figure(W * zoom / DPI, H * zoom / DPI + 0.6)
-    ax = fig.add_axes([0, 0, 1, (H * zoom / DPI) / (H * zoom / DPI + 0.6)])
+    import textwrap
+    w_in, h_in = W * zoom / DPI, H * zoom / DPI
+    lines = textwrap.wrap(title, width=max(30, int(w_in * 72 / 10 / 0.55)))  # ~10 pt characters per line
+    top = 0.2 * len(lines) + 0.15
+    fig = _figure(w_in, h_in + top)
+    ax = fig.add_axes([0, 0, 1, h_in / (h_in + top)])
     texts = []
     for i, cell in enumerate(cells):
         if cell is None:
             continue
         r, c = divmod(i, ncols)
-        y0, x0 = head + r * (ch + cap + gap), c * (cw + gap) + gap // 2
+        y0, x0 = head + r * (ch + cap + gap), c * (cw + hgap) + hgap // 2
         img = to_rgb(cell["image"])
         if img.shape[:2] != (h, w):  # mixed sizes: crop / pad to the first image's size
             pad = np.ones((h, w, 3))
@@ -341,8 +347,8 @@ def plot_image_grid(cells, ncols, path, title, col_headers=None, min_cell_px=32,
     for x, y, s, color in texts:
         ax.text(x, y, s, ha="center", va="top", fontsize=6.5, color=color, linespacing=1.0)
     for col, s in (col_headers or {}).items():
-        ax.text(col * (cw + gap) + gap // 2, head - 3, s, ha="left", va="bottom", fontsize=8, fontweight="bold")
-    fig.suptitle(title, fontsize=10, y=1 - 0.1 / (H * zoom / DPI + 0.6))
+        ax.text(col * (cw + hgap) + hgap // 2, head - 3, s, ha="left", va="bottom", fontsize=8, fontweight="bold")
+    fig.text(0.5, 1 - 0.08 / (h_in + top), "\n".join(lines), ha="center", va="top", fontsize=10)
     return _save(fig, path)
 
 

@@ -165,8 +165,35 @@ def score_parser():
                    help="also write {epoch}_influence.npy, each checkpoint's term of the sum")
     p.add_argument("--batch_size", type=positive_int, default=64)
     p.add_argument("--seed", "-s", type=int, default=0, help="seed for random projections")
+    # train -> test influence (issue 6); every flag below is for --mode influence only
+    p.add_argument("--mode", default="self", choices=["self", "influence"],
+                   help="self: self-influence of every training sample; influence: TracIn(train, test) "
+                        "proponents and opponents of test samples")
+    p.add_argument("--test_input", default=None,
+                   help="folder with x_val.npy (and y_val.npy) holding the test samples (default: --input)")
+    p.add_argument("--test_indices", type=index_list, default=None,
+                   help="test samples to explain, e.g. 0,5,17 (default: all of x_val.npy)")
+    p.add_argument("--test_label", default=None, choices=["true", "predicted"],
+                   help="label of a test sample: its y_val.npy label (true, default) or the class the last "
+                        "selected checkpoint predicts (predicted)")
+    p.add_argument("--top_k", type=positive_int, default=None,
+                   help="proponents and opponents kept per test sample (default 10)")
+    p.add_argument("--save_matrix", type=str2bool, default=None,
+                   help="also write the full (n_test, n_train) influence_matrix.npy (needs the memory)")
+    p.add_argument("--projection_dim", type=positive_int, default=None,
+                   help="Gaussian random projection of the gradients to D dimensions (layers all or patterns)")
+    p.add_argument("--max_memory_gb", type=positive_float, default=None,
+                   help="memory allowed for the full matrix and projection matrices (default: 80%% of the "
+                        "available memory)")
     add_context_args(p)
     return p
+
+
+def index_list(value):
+    out = int_list(value)
+    if any(v < 0 for v in out):
+        raise argparse.ArgumentTypeError(f"indices must be 0 or more, got '{value}'")
+    return out
 
 
 def analysis_parser():

@@ -49,6 +49,23 @@ def save_checkpoint(folder, epoch, lr, solver, manifest):
     return manifest
 
 
+_TEMP_RE = re.compile(r"^\.(params_\d+|solver_\d+|checkpoints)\..+\.tmp\.(h5|json)$")
+
+
+def remove_temporaries(folder):
+    """Delete the temporaries (utils.atomic_path) of checkpoint writes a killed run left behind; returns how many.
+    Files under final names are never touched."""
+    removed = 0
+    for name in os.listdir(folder):
+        if _TEMP_RE.match(name):
+            try:
+                os.remove(os.path.join(folder, name))
+                removed += 1
+            except OSError:
+                pass
+    return removed
+
+
 def new_manifest(model_cfg, train_cfg):
     return {"format": FORMAT, "model": model_cfg, "train": train_cfg, "checkpoints": []}
 

@@ -231,11 +231,11 @@ def main(argv=None):
     quiet_nnabla()
     args.model_save_path = args.model_save_path or args.monitor_path
     manifest, start, ckpt_dir = resume_point(args, args.model_save_path)
-    for flag, path in (("--model_save_path", ckpt_dir), ("--monitor-path", args.monitor_path), ("--output", args.output)):
+    for flag, path in (("--model_save_path", ckpt_dir), ("--monitor-path", args.monitor_path),
+                       ("--output", args.output)):
         if path and os.path.exists(path) and not os.path.isdir(path):
             raise CliError(f"{flag} '{path}' is a file, not a folder: choose another path")
     set_context(args.context, args.device_id, args.type_config)
-    ensure_dir(ckpt_dir, "--model_save_path")
 
     if manifest is not None:  # the recipe, data and model come from the run being resumed, never from new flags
         recipe, model_cfg = manifest["train"], manifest["model"]
@@ -244,7 +244,14 @@ def main(argv=None):
             raise CliError(f"the arrays in {recipe['array_dir']} changed since training started: cannot resume")
     else:
         array_dir = os.path.abspath(args.input or args.output or ckpt_dir)
-        if not args.input:
+        if not args.input:  # check the model flags before the arrays are made and written
+            import models
+            spec = datasets.SPECS[args.dataset]
+            try:
+                models.model_config(args.model, spec.n_classes, spec.input_shape,
+                                    args.nmaps or spec.train_defaults["nmaps"], args.dataset)
+            except ValueError as e:
+                raise CliError(str(e)) from None
             ensure_dir(array_dir, "--output")
         arrays, dataset = prepare_data(args, array_dir)
         n_classes = datasets.SPECS[dataset].n_classes if dataset else int(arrays["y_shuffle_train"].max()) + 1
@@ -262,6 +269,7 @@ def main(argv=None):
     x_train = arrays["x_train"].astype(np.float32)
     y_train = arrays["y_shuffle_train"]
     x_val, y_val = arrays["x_val"].astype(np.float32), arrays["y_val"]
+    ensure_dir(ckpt_dir, "--model_save_path")  # only now: a mistake found above leaves no empty folder behind
     trainer = Trainer(model_cfg, recipe, min(args.val_batch_size, len(x_val)))
 
     start_epoch = 0
@@ -279,6 +287,7 @@ def main(argv=None):
                   f"{start['params']} in {ckpt_dir})", file=sys.stderr)
             return 0
         manifest["checkpoints"] = [c for c in manifest["checkpoints"] if c["epoch"] <= start_epoch]
+        checkpoints.remove_temporaries(ckpt_dir)  # half-written files of the run that was killed
         print(f"resuming from epoch {start_epoch} ({start['params']})", file=sys.stderr)
     else:
         manifest = checkpoints.new_manifest(model_cfg, recipe)

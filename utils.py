@@ -76,6 +76,10 @@ def quiet_nnabla():
     logging.getLogger("nnabla").setLevel(logging.WARNING)
 
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
 @contextlib.contextmanager
 def atomic_path(path, suffix=None):
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
@@ -87,13 +91,31 @@ def atomic_path(path, suffix=None):
     base, ext = os.path.splitext(os.path.basename(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp" + (suffix if suffix is not None else ext), dir=d)
     os.close(fd)
+    with contextlib.suppress(OSError):  # mkstemp makes 0600 files; outputs get the usual permissions (umask)
+        os.chmod(tmp, 0o666 & ~_UMASK)
     try:
         yield tmp
+        _fsync(tmp)  # the data reaches the disk before the name does (writers such as nnabla's h5 do not fsync)
         os.replace(tmp, path)
+        _fsync(d)
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
+
+
+def _fsync(path):
+    """fsync a file or (where the OS allows) a folder; best effort."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def save_npy(path, array):

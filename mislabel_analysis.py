@@ -1,0 +1,316 @@
+"""Figures and metrics of mislabeled-sample detection from self-influence scores.
+
+    python mislabel_analysis.py --input out/data [--scores FILE] [--output figure]
+                                [--ckpt_analysis True] [--save_extracted True] [--influence influence_topk.npz]
+
+Reads y_train.npy (clean labels), y_shuffle_train.npy (the labels training saw; mislabeled = they differ),
+x_train.npy and the score file (default --input/influence_all_epoch.npy). Beside the score file it also uses
+loss_last_epoch.npy (a baseline ranking), scores.json (data set name for class names) and, with --ckpt_analysis,
+{epoch}_influence.npy. Writes into --output: self_influence_distribution.png, score_curve.png, metrics.json,
+report.html, and optionally {epoch}_top_influence_sample.png, checkpoint_metrics.png, extracted_samples/decile_XX.png
+and influence_examples.png. Every input is validated before anything is written. Metrics: see analysis.py.
+"""
+import os
+import re
+import sys
+
+import numpy as np
+
+import analysis
+import datasets
+from args import analysis_parser
+from utils import CliError, ensure_dir, load_json, run_cli, save_json
+
+SCORE_FILE = "influence_all_epoch.npy"
+LOSS_FILE = "loss_last_epoch.npy"
+EPOCH_FILE = re.compile(r"^(\d+)_influence\.npy$")
+
+
+def warn(msg):
+    print(f"mislabel_analysis.py: warning: {msg}", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------------------------------- loading
+
+def load_scores(path, n, what="score file"):
+    """A finite float64 vector of n scores from a .npy file ((N,) or (N,1)); every problem is a CliError."""
+    try:
+        a = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise CliError(f"{what} {path} is not a readable .npy array ({e}): rewrite it with calculate_score.py") from None
+    if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool) or a.ndim > 2 or (a.ndim == 2 and a.shape[1] != 1):
+        raise CliError(f"{what} {path} holds a {a.dtype} array of shape {a.shape}; expected one number per "
+                       "training sample")
+    a = a.reshape(-1).astype(np.float64)
+    if a.size != n:
+        raise CliError(f"{what} {path} has {a.size} scores but the labels have {n} samples: "
+                       "the score file comes from another data folder")
+    bad = ~np.isfinite(a)
+    if bad.any():
+        raise CliError(f"{what} {path} holds {int(bad.sum())} NaN/inf values (first at sample "
+                       f"{int(np.flatnonzero(bad)[0])}): rerun calculate_score.py")
+    return a
+
+
+def guess_dataset(image_shape, n_labels, info):
+    """Data set name for class names: scores.json's model.dataset, else the one whose image shape matches."""
+    name = ((info or {}).get("model") or {}).get("dataset")
+    if name in datasets.SPECS:
+        return name
+    for key, spec in datasets.SPECS.items():
+        if image_shape is not None and tuple(image_shape) == tuple(spec.input_shape) and n_labels <= spec.n_classes:
+            return key
+    return None
+
+
+def read_info(folder, name="scores.json"):
+    """The scorer's JSON record beside a score file (None when absent or unreadable: it only adds class names)."""
+    path = os.path.join(folder, name)
+    if not os.path.isfile(path):
+        return None
+    try:
+        info = load_json(path)
+        return info if isinstance(info, dict) else None
+    except (OSError, ValueError) as e:
+        warn(f"ignoring unreadable {path} ({e})")
+        return None
+
+
+def checkpoint_files(folder, info):
+    """[(epoch, path)] of {epoch}_influence.npy beside the score file, in epoch order; restricted to the
+    checkpoints scores.json lists when it is there (older files from another run are ignored)."""
+    found = {}
+    for name in os.listdir(folder):
+        m = EPOCH_FILE.match(name)
+        if m:
+            found[int(m.group(1))] = os.path.join(folder, name)
+    listed = [c.get("epoch") for c in (info or {}).get("checkpoints", []) if isinstance(c, dict)]
+    if listed:
+        extra = sorted(set(found) - set(listed))
+        if extra:
+            warn(f"ignoring {', '.join(f'{e}_influence.npy' for e in extra)} in {folder}: not among the "
+                 "checkpoints of its scores.json")
+        found = {e: p for e, p in found.items() if e in listed}
+    return sorted(found.items())
+
+
+def load_analysis(args, input_dir):
+    arrays = datasets.load_arrays(input_dir, need=("y_train.npy", "y_shuffle_train.npy"),
+                                  optional=("x_train.npy",))
+    y_true, y_given = arrays["y_train"][:, 0], arrays["y_shuffle_train"][:, 0]
+    if y_true.size != y_given.size:
+        raise CliError(f"{input_dir}/y_train.npy has {y_true.size} labels but y_shuffle_train.npy has "
+                       f"{y_given.size}: the arrays come from different runs")
+    if min(y_true.min(), y_given.min()) < 0:
+        raise CliError(f"{input_dir} holds negative labels: class labels must be 0, 1, 2, ...")
+    x = arrays.get("x_train")
+    if args.save_extracted and x is None:
+        raise CliError(f"{input_dir}/x_train.npy is missing: --save_extracted True draws the training images")
+    n = y_true.size
+    score_path = args.scores or os.path.join(input_dir, SCORE_FILE)
+    if not os.path.isfile(score_path):
+        raise CliError(f"score file {score_path} is missing: write it with calculate_score.py --input {input_dir} "
+                       "--checkpoint CHECKPOINT_FOLDER, or pass --scores FILE")
+    scores = load_scores(score_path, n)
+    folder = os.path.dirname(os.path.abspath(score_path))
+    info = read_info(folder)
+    loss_path = os.path.join(folder, LOSS_FILE)
+    loss = load_scores(loss_path, n, "loss file") if os.path.isfile(loss_path) else None
+    ckpts = []
+    if args.ckpt_analysis:
+        files = checkpoint_files(folder, info)
+        if not files:
+            raise CliError(f"no {{epoch}}_influence.npy beside {score_path}: --ckpt_analysis True needs "
+                           "calculate_score.py --save_every_epoch True")
+        ckpts = [(epoch, path, load_scores(path, n, "checkpoint score file")) for epoch, path in files]
+    n_classes = int(max(y_true.max(), y_given.max())) + 1
+    dataset = guess_dataset(None if x is None else x.shape[1:], n_classes, info)
+    n_classes = max(n_classes, datasets.SPECS[dataset].n_classes) if dataset else n_classes
+    return dict(x=x, y_true=y_true, y_given=y_given, scores=scores, score_path=os.path.abspath(score_path),
+                loss=loss, loss_path=os.path.abspath(loss_path) if loss is not None else None, ckpts=ckpts,
+                names=datasets.class_names(n_classes, dataset), n_classes=n_classes, dataset=dataset)
+
+
+def _folder(value, npz_path, what):
+    """A folder named in the .npz: as written, else relative to the .npz's own folder."""
+    for cand in (value, os.path.join(os.path.dirname(os.path.abspath(npz_path)), value)):
+        if os.path.isdir(cand):
+            return cand
+    raise CliError(f"{npz_path} names {what} folder '{value}', which does not exist: pass --input FOLDER "
+                   "(train arrays) or move the folders back")
+
+
+def load_influence(args):
+    path = args.influence
+    if not os.path.isfile(path):
+        raise CliError(f"influence file {path} is missing: write it with calculate_score.py --mode influence")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            npz = {k: z[k] for k in z.files}
+    except (ValueError, OSError, EOFError) as e:
+        raise CliError(f"{path} is not a readable .npz archive ({e}): rewrite it with calculate_score.py "
+                       "--mode influence") from None
+    keys = ("test_indices", "test_labels", "proponents", "proponent_scores", "opponents", "opponent_scores")
+    missing = [k for k in keys + ("test_input",) if k not in npz] + ([] if args.input or "input" in npz else ["input"])
+    if missing:
+        raise CliError(f"{path} lacks {', '.join(missing)}: it is not an influence_topk.npz of calculate_score.py "
+                       "--mode influence")
+    t = npz["test_indices"].reshape(-1)
+    T = t.size
+    for k in ("proponents", "proponent_scores", "opponents", "opponent_scores"):
+        if npz[k].ndim != 2 or npz[k].shape[0] != T:
+            raise CliError(f"{path}: {k} has shape {npz[k].shape}; expected ({T}, k) for {T} test samples")
+    if npz["test_labels"].size != T:
+        raise CliError(f"{path}: test_labels has {npz['test_labels'].size} entries for {T} test samples")
+    for k in ("proponent_scores", "opponent_scores"):
+        if not np.all(np.isfinite(npz[k].astype(np.float64))):
+            raise CliError(f"{path}: {k} holds NaN/inf values: rerun calculate_score.py --mode influence")
+    train_dir = args.input or _folder(str(npz["input"]), path, "train")
+    test_dir = _folder(str(npz["test_input"]), path, "test")
+    train = datasets.load_arrays(train_dir, need=("x_train.npy", "y_shuffle_train.npy"), optional=("y_train.npy",))
+    test = datasets.load_arrays(test_dir, need=("x_val.npy",), optional=("y_val.npy",))
+    n_train, n_test = len(train["x_train"]), len(test["x_val"])
+    if T and (t.min() < 0 or t.max() >= n_test):
+        raise CliError(f"{path}: test_indices reach {int(t.max())} but {test_dir}/x_val.npy has {n_test} samples")
+    for k in ("proponents", "opponents"):
+        a = npz[k]
+        if a.size and (a.min() < 0 or a.max() >= n_train):
+            raise CliError(f"{path}: {k} reach index {int(a.max())} but {train_dir}/x_train.npy has {n_train} "
+                           "samples: the file comes from another data folder")
+    y_given = train["y_shuffle_train"][:, 0]
+    y_true = train["y_train"][:, 0] if "y_train" in train else y_given
+    labels = np.concatenate([y_given, y_true, npz["test_labels"].reshape(-1).astype(np.int64)])
+    n_classes = int(labels.max()) + 1 if labels.size else 1
+    folder = os.path.dirname(os.path.abspath(path))
+    info = read_info(folder, "influence.json") or read_info(folder)
+    dataset = guess_dataset(train["x_train"].shape[1:], n_classes, info)
+    n_classes = max(n_classes, datasets.SPECS[dataset].n_classes) if dataset else n_classes
+    return dict(npz=npz, x_train=train["x_train"], y_given=y_given, y_true=y_true, x_test=test["x_val"],
+                y_test=test.get("y_val"), names=datasets.class_names(n_classes, dataset), path=path)
+
+
+# --------------------------------------------------------------------------------------------------- writing
+
+def run_analysis(d, args, out):
+    mis = d["y_true"] != d["y_given"]
+    n, n_mis = mis.size, int(mis.sum())
+    if n_mis == 0:
+        warn("no mislabeled samples (y_train.npy equals y_shuffle_train.npy): detection metrics are undefined "
+             "(null); train with --shuffle_label True to measure them")
+    rankings = {"tracin": d["scores"]}
+    if d["loss"] is not None:
+        rankings["loss"] = d["loss"]
+    metrics = {
+        "score_file": d["score_path"], "loss_file": d["loss_path"], "n_train": int(n), "n_mislabeled": n_mis,
+        "noise_rate": n_mis / n, "dataset": d["dataset"],
+        "recall_fractions": list(analysis.RECALL_FRACTIONS),
+        "recall_rounding": "recall_at(f) counts the floor(f*N + 0.5) highest-scored samples (f*N rounded half up); "
+                           "ties: stable sort of the descending score (lower index first)",
+        "rankings": {name: analysis.ranking_metrics(s, mis) for name, s in rankings.items()},
+    }
+    metrics["rankings"]["random"] = analysis.random_metrics(mis)
+    metrics["rankings"]["oracle"] = analysis.ranking_metrics(analysis.oracle_scores(mis), mis)
+    figures = [("Self-influence of clean vs shuffled samples",
+                analysis.plot_distribution(d["scores"], mis, os.path.join(out, "self_influence_distribution.png"))),
+               ("Detection curve", analysis.plot_score_curve(
+                   {("TracIn self-influence" if k == "tracin" else "loss at last checkpoint"): v
+                    for k, v in rankings.items()}, mis, os.path.join(out, "score_curve.png")))]
+    if d["ckpts"]:
+        metrics["checkpoints"] = []
+        for epoch, path, s in d["ckpts"]:
+            m = analysis.ranking_metrics(s, mis)
+            metrics["checkpoints"].append(dict(epoch=epoch, file=os.path.abspath(path), **m))
+            counts = analysis.top_fraction_per_class(s, mis, d["y_true"], d["n_classes"], 0.1)
+            figures.append((f"Checkpoint {epoch}: mislabeled per true class in its top 10%",
+                            analysis.plot_class_counts(counts, d["names"],
+                                                       os.path.join(out, f"{epoch}_top_influence_sample.png"),
+                                                       f"Epoch {epoch}: mislabeled samples among the top 10% "
+                                                       f"({int(counts.sum())} of {n_mis})")))
+        tr = metrics["rankings"]["tracin"]
+        figures.insert(2, ("Detection quality per checkpoint", analysis.plot_checkpoint_metrics(
+            [c["epoch"] for c in metrics["checkpoints"]], [c["recall_at"]["0.1"] for c in metrics["checkpoints"]],
+            [c["auroc"] for c in metrics["checkpoints"]], os.path.join(out, "checkpoint_metrics.png"),
+            total=(tr["recall_at"]["0.1"], tr["auroc"]))))
+    if args.save_extracted:
+        order = analysis.rank_order(d["scores"])
+        sheets = ensure_dir(os.path.join(out, "extracted_samples"))
+        for i, (a, b) in enumerate(analysis.decile_bounds(n)):
+            idx = order[a:b]
+            shown = idx[:args.sheet_size]
+            title = (f"Decile {i + 1} by self-influence: ranks {a + 1}-{b} of {n}, {int(mis[idx].sum())} of "
+                     f"{len(idx)} mislabeled; showing the top {len(shown)} (#index, true / given label, score; "
+                     "red = mislabeled)")
+            cells = analysis.sample_sheet_cells(shown, d["x"], d["y_true"], d["y_given"], d["names"], d["scores"])
+            figures.append((f"Decile {i + 1} (ranks {a + 1}-{b})", analysis.plot_image_grid(
+                cells, min(8, max(1, len(cells))), os.path.join(sheets, f"decile_{i + 1:02d}.png"), title,
+                caption_lines=3)))
+    return metrics, figures
+
+
+def draw_influence(d, args, out):
+    z, names = d["npz"], d["names"]
+    T = z["test_indices"].size
+    rows = min(T, args.influence_rows)
+    k_p, k_o = z["proponents"].shape[1], z["opponents"].shape[1]
+    ncols = 1 + 1 + k_p + 1 + k_o  # test | gap | proponents | gap | opponents
+    cells = []
+    for r in range(rows):
+        t, lab = int(z["test_indices"][r]), int(z["test_labels"][r])
+        cap = f"test #{t}\nlabel {names[lab]}"
+        if d["y_test"] is not None and int(d["y_test"][t, 0]) != lab:
+            cap += f" (val {names[int(d['y_test'][t, 0])]})"
+        if "self_influence" in z and z["self_influence"].size == T:
+            cap += f"\nself {float(z['self_influence'][r]):.3g}"
+        cells += [dict(image=d["x_test"][t], caption=cap, frame="blue"), None]
+        for group, scores, gap in (("proponents", "proponent_scores", True), ("opponents", "opponent_scores", False)):
+            for j in range(z[group].shape[1]):
+                i = int(z[group][r, j])
+                g, tr = int(d["y_given"][i]), int(d["y_true"][i])
+                bad = g != tr
+                cells.append(dict(image=d["x_train"][i], frame="red" if bad else None,
+                                  color="tab:red" if bad else "black",
+                                  caption=f"#{i}: {names[g]}" + (f"\n(true {names[tr]})" if bad else "")
+                                  + f"\n{float(z[scores][r, j]):+.3g}"))
+            if gap:
+                cells.append(None)
+    title = (f"Influence of training samples on test predictions ({rows} of {T} test samples): proponents "
+             "(highest score first) and opponents (most negative first); given label, red = mislabeled")
+    headers = {0: "test", 2: f"top {k_p} proponents", 3 + k_p: f"top {k_o} opponents"}
+    return analysis.plot_image_grid(cells, ncols, os.path.join(out, "influence_examples.png"), title,
+                                    col_headers=headers, caption_lines=3)
+
+
+def main(argv=None):
+    args = analysis_parser().parse_args(argv)
+    if args.input is None and args.influence is None:
+        raise CliError("--input FOLDER is required (or --influence influence_topk.npz)")
+    if args.input is None and (args.scores or args.ckpt_analysis or args.save_extracted):
+        raise CliError("--scores, --ckpt_analysis and --save_extracted need --input FOLDER (the labels)")
+    # validate everything before writing anything
+    data = load_analysis(args, args.input) if args.input is not None else None
+    infl = load_influence(args) if args.influence is not None else None
+    out = ensure_dir(args.output)
+    figures, metrics = [], {}
+    if data is not None:
+        metrics, figures = run_analysis(data, args, out)
+    if infl is not None:
+        figures.append(("Proponents and opponents of test samples", draw_influence(infl, args, out)))
+    if data is not None:
+        save_json(os.path.join(out, "metrics.json"), metrics)
+        from utils import atomic_path
+        with atomic_path(os.path.join(out, "report.html")) as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(analysis.report_html(metrics, figures))
+        print(f"{metrics['n_mislabeled']} of {metrics['n_train']} samples mislabeled; scores: {metrics['score_file']}")
+        print(analysis.metrics_table(metrics["rankings"]))
+        if metrics.get("checkpoints"):
+            print("\nper checkpoint (its own term of the sum):")
+            print(analysis.metrics_table({f"epoch {c['epoch']}": c for c in metrics["checkpoints"]}))
+        sys.stdout.flush()
+    print(f"wrote {len(figures)} figures" + (", metrics.json and report.html" if data is not None else "")
+          + f" to {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,135 @@
+"""MPI for the scorer: detect an MPI launch, wrap mpi4py's communicator, keep ranks from waiting on a failed one.
+
+    mpiexec -n 4 .venv/bin/python calculate_score.py --input ... --checkpoint ...
+
+Without an MPI launcher nothing here imports mpi4py and the scripts run as one process. Under one, every rank
+runs the same command: work units (self mode: (checkpoint, shard of training samples); influence mode: (chunk of
+test samples, shard of training samples)) are dealt round-robin by unit index, each rank writes its finished units
+to the shared cache folder, and rank 0 assembles the same files a single process writes. Units do not depend on
+the number of ranks, so the result is bitwise that of one process (on CPU), and a rerun with any number of ranks
+skips the finished units.
+
+Failures: a rank that fails (a bad input, an exception) tells the others at their next collective call, so no
+rank waits forever; only rank 0 prints (other ranks print only an error of their own that rank 0 did not have).
+"""
+import os
+import sys
+
+from utils import CliError
+
+# Environment variables that MPI launchers set in every process they start: Open MPI (mpirun), MPICH / Intel MPI
+# hydra (mpiexec), PMI-1/2 and PMIx process managers (also srun --mpi=pmi2|pmix).
+LAUNCH_VARS = ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "PMI_SIZE", "PMI_RANK", "PMIX_RANK",
+               "MPI_LOCALRANKID", "MPI_LOCALNRANKS", "HYDRA_CONTROL_FD", "HYDI_CONTROL_FD")
+
+
+def launched_under_mpi(environ=None):
+    env = os.environ if environ is None else environ
+    return any(v in env for v in LAUNCH_VARS)
+
+
+class PeerFailed(Exception):
+    """Another rank failed: this one stops too (the failing rank, or rank 0, reports why)."""
+
+    def __init__(self, failures):
+        self.failures = failures  # [(rank, (message, exit code))]
+        super().__init__("; ".join(f"rank {r}: {m}" for r, (m, _) in failures))
+
+
+class Comm:
+    """mpi4py's COMM_WORLD with the few collective calls the scorer needs. Every collective is an allgather that
+    also carries each rank's health, so a rank that failed releases the others instead of leaving them blocked."""
+
+    def __init__(self, mpi, comm):
+        self.MPI = mpi
+        self.comm = comm
+        self.rank = comm.Get_rank()
+        self.size = comm.Get_size()
+        local = comm.Split_type(mpi.COMM_TYPE_SHARED, key=self.rank)
+        self.local_rank = local.Get_rank()
+        self.local_size = local.Get_size()
+        local.Free()
+        self.settled = False  # a collective has already told every rank about a failure
+
+    def _exchange(self, status, value):
+        got = self.comm.allgather((status, value))
+        failures = [(r, v) for r, (s, v) in enumerate(got) if s == "failed"]
+        if failures:
+            self.settled = True
+            raise PeerFailed(failures)
+        return [v for _, v in got]
+
+    def allgather(self, value):
+        """Every rank's value, in rank order; raises PeerFailed on every rank if any rank has failed."""
+        return self._exchange("ok", value)
+
+    def allreduce(self, value):
+        return sum(self.allgather(value))
+
+    def barrier(self):
+        self.allgather(None)
+
+    def fail(self, message, code):
+        """Called by a failing rank in place of its next collective: every rank's failure [(rank, (msg, code))]."""
+        if self.settled:
+            return []
+        self.settled = True
+        got = self.comm.allgather(("failed", (message, code)))
+        return [(r, v) for r, (s, v) in enumerate(got) if s == "failed"]
+
+
+def world():
+    """A Comm when started by an MPI launcher, else None (mpi4py is then never imported)."""
+    if not launched_under_mpi():
+        return None
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        found = next(v for v in LAUNCH_VARS if v in os.environ)
+        raise CliError(f"started by an MPI launcher ({found} is set) but mpi4py is not installed: run `make mpi` "
+                       "(pip install -r requirements-mpi.txt) or start the script without mpiexec") from None
+    return Comm(MPI, MPI.COMM_WORLD)
+
+
+def run_cli(main_fn, argv=None, prog=None):
+    """utils.run_cli for a script that may run under MPI: main_fn(argv, comm=...) on every rank.
+
+    Exit codes are those of utils.run_cli on every rank (2 for a bad input). Only rank 0 prints an error, except
+    an error of another rank that rank 0 did not have itself."""
+    import utils
+    prog = prog or os.path.basename(sys.argv[0])
+    try:
+        comm = world()
+    except CliError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    if comm is None:
+        return utils.run_cli(main_fn, argv, prog)
+
+    def report(message, code):
+        # rank 0 prints; another rank prints only when rank 0 failed with a different message (when rank 0 did
+        # not fail, it reports this failure itself, through PeerFailed)
+        failures = dict(comm.fail(message, code))
+        if comm.rank == 0 or (0 in failures and failures[0][0] != message):
+            print(f"{prog}: error: {message}" + (f" (rank {comm.rank} of {comm.size})" if comm.rank else ""),
+                  file=sys.stderr)
+        return code
+
+    try:
+        code = main_fn(argv, comm=comm)
+    except PeerFailed as e:
+        r, (m, c) = e.failures[0]
+        if comm.rank == 0:
+            print(f"{prog}: error: {m} (rank {r} of {comm.size})", file=sys.stderr)
+        return c
+    except CliError as e:
+        return report(str(e), 2)
+    except Exception as e:  # noqa: BLE001 - release the other ranks, then fail with the traceback
+        import traceback
+        traceback.print_exc()
+        return report(f"{type(e).__name__}: {e}", 1)
+    try:
+        comm.allgather(None)  # the final collective: a rank failing after the others finished releases them here
+    except PeerFailed as e:
+        return e.failures[0][1][1]
+    return code
