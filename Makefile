@@ -34,6 +34,7 @@ demo: $(STAMP)
 	$(PY) mislabel_analysis.py --input $(DEMO)/data --output $(DEMO)/figures
 
 test: $(STAMP)
+	@$(MAKE) --no-print-directory mpi || echo "warning: requirements-mpi.txt did not install: tests/test_mpi.py will skip"
 	$(PY) -m pytest -q tests
 
 # Throughput of the scorer against the model's own forward / forward+backward (issue: performance).
@@ -46,8 +47,12 @@ bench-quality: $(STAMP)
 	$(PY) bench/detection.py
 
 # MPI runtime from PyPI (mpi4py + a wheel-shipped MPICH) into the same .venv: .venv/bin/mpiexec.
-mpi: $(STAMP)
+MPI_STAMP := $(VENV)/.mpi-installed
+mpi: $(MPI_STAMP)
+
+$(MPI_STAMP): requirements-mpi.txt $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-mpi.txt
+	touch $@
 
 clean:
 	rm -rf output tmp.monitor

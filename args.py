@@ -144,7 +144,8 @@ def train_parser():
 
 
 def score_parser():
-    p = Parser(prog="calculate_score.py", description="TracInCP self-influence of every training sample.")
+    p = Parser(prog="calculate_score.py", description="TracInCP self-influence of every training sample "
+                                                         "(--mode self) or train -> test influence (--mode influence).")
     p.add_argument("--input", required=True, help="folder with x_train.npy and y_shuffle_train.npy")
     p.add_argument("--checkpoint", required=True, help="folder with params_*.h5 (and checkpoints.json)")
     p.add_argument("--output", default=None, help="folder for the scores (default: --input)")
@@ -182,6 +183,9 @@ def score_parser():
                    help="also write the full (n_test, n_train) influence_matrix.npy (needs the memory)")
     p.add_argument("--projection_dim", type=positive_int, default=None,
                    help="Gaussian random projection of the gradients to D dimensions (layers all or patterns)")
+    p.add_argument("--test_chunk", type=positive_int, default=None,
+                   help="test samples per work unit (default: as many as 512 MB of their gradients allow); "
+                        "smaller chunks spread test samples over more MPI ranks")
     p.add_argument("--max_memory_gb", type=positive_float, default=None,
                    help="memory allowed for the full matrix and projection matrices (default: 80%% of the "
                         "available memory)")

@@ -10,6 +10,14 @@ learning rates and the model from --checkpoint (checkpoints.json). Writes into -
   scores.json               checkpoints, eta, layers, method, speed, versions
 Work is cached per (checkpoint, shard of samples) under --output/tracin_cache: a killed run continues where it
 stopped when rerun with the same settings.
+
+--mode influence (train -> test, see influence.py): TracIn(z, z') of test samples z' (--test_input's x_val.npy,
+labels y_val.npy or --test_label predicted) against every training sample. Writes influence_topk.npz (per test
+sample: top-k proponents and opponents with scores, its self-influence), influence.json and, with --save_matrix
+True, influence_matrix.npy (n_test, n_train). Cached per (test chunk, training shard) unit the same way.
+
+Under an MPI launcher (mpiexec -n N ...; see parallel.py) the units are spread over the ranks and rank 0 writes
+the same files as one process.
 """
 import json
 import os
@@ -53,7 +61,7 @@ def settings_key(**kw):
 
 
 INFLUENCE_ONLY = ("test_input", "test_indices", "test_label", "top_k", "save_matrix", "projection_dim",
-                  "max_memory_gb")
+                  "test_chunk", "max_memory_gb")
 
 
 def main(argv=None, comm=None):
@@ -228,10 +236,11 @@ def run_influence(args, plan, engine, names, model_cfg, ckpts, x, y, output, ctx
     k, kind, featurizer = plan["k"], plan["kind"], plan["featurizer"]
     n_test, n_train = len(idx), len(x)
     etas = [c["lr"] if args.lr_weight else 1.0 for c in ckpts]
-    chunk = influence.test_chunk_size(n_test, featurizer.width(), len(ckpts))
+    chunk = min(args.test_chunk, n_test) if args.test_chunk else \
+        influence.test_chunk_size(n_test, featurizer.width(), len(ckpts))
     key = settings_key(mode="influence", data=datasets.fingerprint(x, y), test=datasets.fingerprint(xt, yt),
                        names=names, method=args.method, kind=kind, batch=featurizer.batch_size,
-                       shard=influence.INFLUENCE_SHARD, chunk=chunk, k=k, matrix=bool(args.save_matrix),
+                       shard=influence.influence_shard(n_train), chunk=chunk, k=k, matrix=bool(args.save_matrix),
                        projection=[args.projection_dim, args.seed] if args.projection_dim else None,
                        ckpts=[[c["epoch"], c["digest"], e] for c, e in zip(ckpts, etas)],
                        ctx=ctx.backend[0], type=args.type_config)

@@ -127,24 +127,29 @@ def conv_sq_norms(x, g, w_shape, args):
         gg = np.matmul(gm.transpose(0, 2, 1), gm)
         uu = np.matmul(cols.transpose(0, 2, 1), cols)
         return np.einsum("bij,bij->b", gg, uu, dtype=np.float64)
-    prod = np.matmul(gm, cols.transpose(0, 2, 1)).reshape(len(x), -1)
-    return np.einsum("bk,bk->b", prod, prod, dtype=np.float64)
+    return _sq_rows(np.matmul(gm, cols.transpose(0, 2, 1)))
 
 
 def bn_grads(x, g, mean, var, eps):
     """Per-sample (beta, gamma) gradients (B, C) of inference-mode batch norm y = gamma x_hat + beta."""
-    axes = tuple(range(2, x.ndim))
-    x_hat = (x - mean) / np.sqrt(var + eps)
-    return g.sum(axis=axes), (g * x_hat).sum(axis=axes)
+    b, c = g.shape[:2]
+    gm = g.reshape(b, c, -1)
+    t = np.subtract(x.reshape(b, c, -1), np.reshape(mean, (1, c, 1)), dtype=np.float32)  # one temporary, reused
+    t *= (1.0 / np.sqrt(np.reshape(var, (1, c, 1)).astype(np.float64) + eps)).astype(np.float32)  # x_hat
+    t *= gm
+    return gm.sum(axis=2), t.sum(axis=2)
 
 
 def _sq_rows(a):
-    """Per-row squared norms (m,) float64 of an (m, ...) array."""
+    """Per-row squared norms (m,) float64 of an (m, ...) array. Long float32 rows: squares summed by numpy's
+    pairwise float32 summation (relative error ~1e-7 log2(n)), ~10x faster than an einsum cast to float64."""
     a = a.reshape(len(a), -1)
-    return np.einsum("bk,bk->b", a, a, dtype=np.float64)
+    if a.dtype != np.float32 or a.shape[1] < 4096:
+        return np.einsum("bk,bk->b", a, a, dtype=np.float64)
+    return np.square(a).sum(axis=1).astype(np.float64)
 
 
-def _scoring_copy(loss, outputs, params):
+def _scoring_copy(loss, outputs, params, bn_affine=None):
     """A copy of the inference graph under `loss` for per-sample gradients, on the same input and label variables.
 
     Same functions with the same arguments, except:
@@ -184,13 +189,14 @@ def _scoring_copy(loss, outputs, params):
         stats = None
         if kind == "BatchNormalization" and len(ins) == 5:
             stats = (ins[3], ins[4])
-        if (kind == "BatchNormalization" and not args.get("batch_stat") and len(ins) == 5 and ins[0].ndim == 4
+        if (BN_AFFINE if bn_affine is None else bn_affine) and (kind == "BatchNormalization" and not args.get("batch_stat") and len(ins) == 5 and ins[0].ndim == 4
                 and list(args.get("axes", [1])) == [1] and len(f.outputs) == 1):
             x, beta, gamma, mean, var = ins
-            c = x.shape[1]
-            s = gamma * F.pow_scalar(F.add_scalar(var, args["eps"]), -0.5)
-            w = F.reshape(s, (c, 1, 1), inplace=False)
-            b = F.reshape(beta - mean * s, (c,), inplace=False)
+            c, eps = x.shape[1], args["eps"]
+            w4, b1 = (c, 1, 1), (c,)  # weight and bias shapes of the depthwise convolution: leaf views, no copy
+            w = gamma.reshape(w4, unlink=True) * F.pow_scalar(F.add_scalar(var.reshape(w4, unlink=True), eps), -0.5)
+            s = gamma.reshape(b1, unlink=True) * F.pow_scalar(F.add_scalar(var.reshape(b1, unlink=True), eps), -0.5)
+            b = beta.reshape(b1, unlink=True) - mean.reshape(b1, unlink=True) * s
             outs = [F.depthwise_convolution(x, w, b)]
         else:
             outs = getattr(NF, kind)(ctx, **args)(*ins, auto_forward=False)
@@ -204,6 +210,7 @@ def _scoring_copy(loss, outputs, params):
 
 
 _GRAPH_IDS = itertools.count()
+BN_AFFINE = os.environ.get('BN_AFFINE', '1') == '1'  # TEMP experiment
 
 
 class ScoringGraph:
@@ -237,6 +244,8 @@ class ScoringGraph:
             self.loss, [self.logits, self.feats, self.loss], self.params)
         self._logits.persistent = True
         self._feats.persistent = True
+        outs = {self._logits, self._feats}
+        self._held = list({v for layer in self._layers for v in (layer["x"], layer["out"]) if v not in outs})
         self._marked = set()  # layers whose output gradient the backward computes (only ever grows)
         self._kept = False
 
@@ -260,9 +269,8 @@ class ScoringGraph:
     def _keep(self, keep):
         """Keep every layer's input and output (data and gradient) through a cleared forward/backward, or not."""
         if keep != self._kept:
-            for layer in self._layers:
-                layer["x"].persistent = keep
-                layer["out"].persistent = keep
+            for v in self._held:  # (logits and features stay persistent)
+                v.persistent = keep
             self._kept = keep
 
     def forward(self, x):
@@ -481,9 +489,18 @@ def weighted_sum(terms, etas):
 # for), so n_test x n_train scores never exist unless requested. Per-unit top-k lists merge exactly into the
 # global top-k (ties broken by the lower training index everywhere).
 
-INFLUENCE_SHARD = 512  # training samples per influence work unit (resumption and MPI sharding; rank-count free)
+INFLUENCE_SHARD = (256, 4096)  # training samples per influence work unit: n_train / 64 within these bounds
 TEST_FEATURE_BUDGET = 512 << 20  # bytes of cached test features (all checkpoints) per test chunk
 MAX_TEST_CHUNK = 4096
+PARAM_CACHE_BUDGET = 2 << 30  # bytes of checkpoint weights kept in memory between units
+
+
+def influence_shard(n_train):
+    """Training samples per influence unit: about 64 units per test chunk (enough to spread over many ranks),
+    at least 256 (per-unit overhead) and at most 4096 (the per-unit top-k files stay small next to the work).
+    A function of n_train only: units never depend on the number of ranks."""
+    lo, hi = INFLUENCE_SHARD
+    return int(min(hi, max(lo, -(-n_train // 64))))
 
 
 def last_layer_features(logits, feats, labels):
@@ -566,12 +583,24 @@ class InfluenceFeatures:
         self.seed = seed
         self.n_params = sum(int(np.prod(self._graph().params[n].shape)) for n in self.names)
         self.proj = None
+        self._weights = {}  # checkpoint path -> {param name: array}, the state engine.load(path) leaves
 
     def _graph(self):
         return self.engine.g if isinstance(self.engine, LoopGraph) else self.engine
 
     def set_checkpoint(self, index, ckpt):
-        self.engine.load(ckpt["path"])
+        """Load checkpoint `ckpt` (number `index` in the run). Influence units reload every checkpoint, so the
+        weights a load leaves in the graph's parameters are kept in memory (up to PARAM_CACHE_BUDGET)."""
+        params = self._graph().params
+        cached = self._weights.get(ckpt["path"])
+        if cached is not None:
+            for n, v in params.items():
+                v.d = cached[n]
+        else:
+            self.engine.load(ckpt["path"])
+            size = sum(v.size * 4 for v in params.values())
+            if size * (len(self._weights) + 1) <= PARAM_CACHE_BUDGET:
+                self._weights[ckpt["path"]] = {n: v.d.copy() for n, v in params.items()}
         if self.projection_dim:
             self.proj = projection_matrix(self.n_params, self.projection_dim, self.seed, index)
 
@@ -622,8 +651,9 @@ def test_chunk_size(n_test, width, n_ckpts, budget=TEST_FEATURE_BUDGET):
     return int(max(1, min(n_test, MAX_TEST_CHUNK, budget // per_sample)))
 
 
-def influence_units(n_test, n_train, chunk, shard=INFLUENCE_SHARD):
+def influence_units(n_test, n_train, chunk, shard=None):
     """Work units (t0, t1, s, e): test samples t0:t1 against training samples s:e, test chunk major."""
+    shard = shard or influence_shard(n_train)
     return [(t0, min(t0 + chunk, n_test), s, e) for t0 in range(0, n_test, chunk) for (s, e) in shards(n_train, shard)]
 
 

@@ -326,4 +326,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(run_cli(main, resume_hint="add --resume to the same command to continue"))

@@ -21,7 +21,7 @@ class CliError(Exception):
     """A mistake in the user's input: reported as one line on stderr, exit code 2, no traceback."""
 
 
-def run_cli(main_fn, argv=None, prog=None):
+def run_cli(main_fn, argv=None, prog=None, resume_hint="rerun the same command to continue"):
     """Run an entry script's main; turn a CliError (or Ctrl-C) into a one-line message and an exit code."""
     prog = prog or os.path.basename(sys.argv[0])
     try:
@@ -30,7 +30,7 @@ def run_cli(main_fn, argv=None, prog=None):
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted; rerun the same command to continue", file=sys.stderr)
+        print(f"{prog}: interrupted; {resume_hint}", file=sys.stderr)
         return 130
 
 

@@ -15,7 +15,7 @@ mean 0, variance 1), in inference mode, samples per second of
 and the ratios last/forward (goal >= 0.95), last/last-loop (>= 50), all/fwd+bwd (>= 1), all/all-loop (> 1).
 
 Timing: one process per model and size runs all six, interleaved round-robin `--repeats` times (so a change of
-machine load hits them alike); each row is the median. Loops run on fewer samples (they are slow): samples/s is
+machine load hits them alike); rates are medians over rounds, ratios medians of the per-round ratios. Loops run on fewer samples (they are slow): samples/s is
 comparable, wall time is not. `maxrel` is the largest relative difference of the batched squared norms from the
 loop's on the loop's samples (exactness, not speed).
 
@@ -226,13 +226,13 @@ def main(argv=None):
             if not a.no_memory:
                 for m in METHODS:
                     mem[m] = call(a, "memory", method=m, **kw)
-            results.append((model, size, kw, med, r["maxrel"], mem))
+            results.append((model, size, kw, med, r["maxrel"], mem, r["rates"]))
 
     print()
     print("samples/s (median) and peak RSS MB (+MB over the process after graph construction)")
     hdr = f"{'model':9s} {'input':7s} {'batch':>5s} " + " ".join(f"{m:>17s}" for m in METHODS)
     print(hdr)
-    for model, size, kw, med, _, mem in results:
+    for model, size, kw, med, _, mem, _ in results:
         cells = []
         for m in METHODS:
             c = fmt_rate(med[m])
@@ -245,10 +245,10 @@ def main(argv=None):
     print()
     print("ratios (goal)          " + "  ".join(f"{g[0]} ({g[4]}{g[3]:g})" for g in GOALS)
           + "   maxrel last / all")
-    for model, size, kw, med, maxrel, _ in results:
+    for model, size, kw, med, maxrel, _, rates in results:
         cells = []
         for name, num, den, goal, op in GOALS:
-            v = med[num] / med[den]
+            v = statistics.median(a / b for a, b in zip(rates[num], rates[den]))  # paired: same round
             ok = v >= goal if op == ">=" else v > goal
             cells.append(f"{v:{len(name) + len(op) + len(f'{goal:g}') - 1}.2f} {'met' if ok else 'NOT'}")
         shape = "1x8x8" if size == 8 else "3x32x32"
@@ -261,11 +261,11 @@ def main(argv=None):
         for model in models_:
             size = 32 if 32 in sizes else sizes[0]
             cells = []
-            for bs in [int(v) for v in a.mem_batches.split(",") if v]:
-                for mult in (2, 4):
-                    r = call(a, "memory", model=model, size=size, samples=bs * mult, loop_samples=1,
-                             batch_size=bs, method="all")
-                    cells.append(f"bs {bs} N {bs * mult}: {r['peak']:.0f} (+{r['peak'] - r['base']:.0f})")
+            batches = [int(v) for v in a.mem_batches.split(",") if v]
+            runs = [(bs, 2 * bs) for bs in batches] + [(batches[0], 8 * batches[0])]
+            for bs, n in runs:
+                r = call(a, "memory", model=model, size=size, samples=n, loop_samples=1, batch_size=bs, method="all")
+                cells.append(f"bs {bs} N {n}: {r['peak']:.0f} (+{r['peak'] - r['base']:.0f})")
             print(f"{model:9s} {size}x{size}  " + "  ".join(cells))
     print(f"\n# {time.time() - t0:.0f} s; load average now {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     return 0
