@@ -126,6 +126,11 @@ def train_parser():
     p.add_argument("--shuffle_label", type=str2bool, default=True, help="shuffle --shuffle_rate of each class")
     p.add_argument("--shuffle_rate", type=rate, default=0.1, help="fraction of each class given another label")
     p.add_argument("--augmentation", type=str2bool, default=True, help="data augmentation in the training graph")
+    p.add_argument("--precise_bn", type=str2bool, default=True,
+                   help="before every checkpoint, set the batch-norm running statistics to the average batch "
+                        "statistics of the (un-augmented) training set under the current weights, so inference "
+                        "mode, and thus TracIn's gradients, fit the weights; False = the training-time moving "
+                        "averages (the original)")
     p.add_argument("--checkpoint", default=None, help="resume from this params_{epoch}.h5 (with its solver state)")
     p.add_argument("--resume", nargs="?", const=True, default=False, type=resume_value,
                    help="continue from the newest complete checkpoint in --model_save_path (or the epoch given)")

@@ -68,6 +68,7 @@ def resolve_recipe(args, x_train, dataset):
         "weight_decay": pick("weight_decay"), "momentum": 0.9,
         "augmentation": dict(spec.augment) if args.augmentation else None,
         "nmaps": pick("nmaps") if args.model == "resnet23" else None,
+        "precise_bn": bool(args.precise_bn),
     }
 
 
@@ -115,7 +116,7 @@ class Trainer:
         nn, F = self.nn, self.F
         key = (batch_size, epoch)
         if key not in self._graphs:
-            self._graphs = {k: v for k, v in self._graphs.items() if k[1] == epoch}
+            self._graphs = {k: v for k, v in self._graphs.items() if k == "recal" or k[1] == epoch}
             x = nn.Variable((batch_size,) + tuple(self.cfg["input_shape"]))
             y = nn.Variable((batch_size, 1))
             augment = self.recipe["augmentation"]
@@ -160,6 +161,37 @@ class Trainer:
             if not np.isfinite(var.d).all():
                 return name
         return None
+
+    def recalibrate_bn(self, x_train):
+        """Precise batch norm: replace every running mean / variance by the mean over the training set (in
+        order, un-augmented, batches of the training size, the last one wrapping) of the batch statistics that a
+        training-mode forward pass computes under the current weights. The moving averages lag the weights (they
+        mix the statistics of ~10 recent batches, of older weights and augmented images), which early in
+        training makes inference-mode features, and hence TracIn's per-checkpoint gradients, orders of magnitude
+        off. Running statistics never enter a training-mode forward, so the weight trajectory is unchanged."""
+        nn = self.nn
+        bs = min(self.recipe["train_batch_size"], len(x_train))
+        if "recal" not in self._graphs or self._graphs["recal"][0].shape[0] != bs:
+            x = nn.Variable((bs,) + tuple(self.cfg["input_shape"]))
+            logits, _ = self.models.build(self.cfg, x, test=False)
+            decay = []
+            logits.visit(lambda f: decay.append(f.info.args["decay_rate"])
+                         if f.info.type_name == "BatchNormalization" else None)
+            self._graphs["recal"] = (x, logits, decay[0])
+        x, logits, decay = self._graphs["recal"]
+        stats = {k: v for k, v in self.params.items() if k.endswith("bn/mean") or k.endswith("bn/var")}
+        total = {k: np.zeros(v.shape, dtype=np.float64) for k, v in stats.items()}
+        n_batches = math.ceil(len(x_train) / bs)
+        order = np.arange(n_batches * bs) % len(x_train)
+        for b in range(n_batches):
+            for v in stats.values():
+                v.data.zero()
+            x.d = x_train[order[b * bs:(b + 1) * bs]]
+            logits.forward(clear_buffer=True)  # running = decay * 0 + (1 - decay) * batch statistic
+            for k, v in stats.items():
+                total[k] += v.d
+        for k, v in stats.items():
+            v.d = (total[k] / (n_batches * (1.0 - decay))).astype(np.float32)
 
     def evaluate(self, x_val, y_val):
         """Inference-mode (running batch-norm statistics) loss and error over every validation sample."""
@@ -291,6 +323,8 @@ def main(argv=None):
         print(f"resuming from epoch {start_epoch} ({start['params']})", file=sys.stderr)
     else:
         manifest = checkpoints.new_manifest(model_cfg, recipe)
+        if recipe.get("precise_bn"):
+            trainer.recalibrate_bn(x_train)
         manifest = checkpoints.save_checkpoint(ckpt_dir, 0, checkpoint_lr(0, recipe), trainer.solver, manifest)
 
     mon = open_monitors(args.monitor_path, start_epoch)
@@ -309,12 +343,15 @@ def main(argv=None):
                 raise CliError(f"training diverged: {what} in epoch {epoch + 1}; the last good "
                                f"checkpoint is {os.path.join(ckpt_dir, checkpoints.params_name(last_good))}; "
                                "lower --learning_rate and rerun")
+            save = (epoch + 1) % interval == 0 or epoch + 1 == epochs
+            if save and recipe.get("precise_bn"):
+                trainer.recalibrate_bn(x_train)
             vloss, verr = trainer.evaluate(x_val, y_val)
             for name, v in zip(MONITOR_SERIES, (loss, err, vloss, verr)):
                 mon[name].add(epoch + 1, v)
             mon["time"].add(epoch + 1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.3f}", val_err=f"{verr:.3f}")
-            if (epoch + 1) % interval == 0 or epoch + 1 == epochs:
+            if save:
                 manifest = checkpoints.save_checkpoint(ckpt_dir, epoch + 1, checkpoint_lr(epoch + 1, recipe),
                                                        trainer.solver, manifest)
                 last_good = epoch + 1

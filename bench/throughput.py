@@ -1,6 +1,6 @@
 """Scoring throughput and peak memory against the model's own forward and forward+backward (`make bench`).
 
-    python bench/throughput.py [--models resnet23,resnet56] [--sizes 8,32] [--repeats 3] [--samples 8:512,32:64]
+    python bench/throughput.py [--models resnet23,resnet56] [--sizes 8,32] [--repeats 5] [--samples 8:512,32:64]
                                [--loop-samples 8:64,32:8] [--batch-size 8:64,32:32] [--no-memory]
 
 For every model and input size (1x8x8 and 3x32x32), with random weights (fresh initialisation: batch-norm running
@@ -9,15 +9,17 @@ mean 0, variance 1), in inference mode, samples per second of
   fwd+bwd        the model's own graph, batched forward + backward of the summed loss with every parameter's
                  gradient (a training step without the update; the yardstick for `--layers all`)
   last           scorer, --layers last  --method batched   (compute_unit: one forward + closed form)
-  last-loop      scorer, --layers last  --method loop      (the original: batch size 1, backprop, read param.g)
+  last-loop      scorer, --layers last  --method loop      (the original: batch size 1, forward + backward, read
+                 param.g; only the affine parameters need a gradient, yet nnabla still backpropagates through every
+                 layer, as in the original)
   all            scorer, --layers all   --method batched   (every trainable parameter, batch norm included)
   all-loop       scorer, --layers all   --method loop
 and the ratios last/forward (goal >= 0.95), last/last-loop (>= 50), all/fwd+bwd (>= 1), all/all-loop (> 1).
 
 Timing: one process per model and size runs all six, interleaved round-robin `--repeats` times (so a change of
-machine load hits them alike); rates are medians over rounds, ratios medians of the per-round ratios. Loops run on fewer samples (they are slow): samples/s is
-comparable, wall time is not. `maxrel` is the largest relative difference of the batched squared norms from the
-loop's on the loop's samples (exactness, not speed).
+machine load hits them alike); rates are medians over rounds, ratios medians of the per-round ratios. Loops run on
+fewer samples (they are slow): samples/s is comparable, wall time is not. `maxrel` is the largest relative
+difference of the batched squared norms from the loop's on the loop's samples (exactness, not speed).
 
 Peak memory: nnabla's arrays live in C++ (tracemalloc cannot see them), so each (model, size, method) runs once more
 in a fresh process and reports its peak resident set size (ru_maxrss); `+MB` is the peak minus the resident size
@@ -187,7 +189,7 @@ def main(argv=None):
     ap.add_argument("--models", default="resnet23,resnet56")
     ap.add_argument("--sizes", default="8,32", help="input sizes: 8 (1x8x8) and/or 32 (3x32x32)")
     ap.add_argument("--nmaps", type=int, default=64, help="resnet23 width (default 64, as the original)")
-    ap.add_argument("--repeats", type=int, default=3, help="timing rounds; rows are medians (default 3)")
+    ap.add_argument("--repeats", type=int, default=5, help="timing rounds; rows are medians (default 5)")
     ap.add_argument("--samples", default="8:512,32:64", help="samples per timing round for batched methods")
     ap.add_argument("--loop-samples", default="8:64,32:8", help="samples per timing round for the loops")
     ap.add_argument("--batch-size", default="8:64,32:32", help="batch size of the batched methods")
@@ -248,7 +250,7 @@ def main(argv=None):
     for model, size, kw, med, maxrel, _, rates in results:
         cells = []
         for name, num, den, goal, op in GOALS:
-            v = statistics.median(a / b for a, b in zip(rates[num], rates[den]))  # paired: same round
+            v = statistics.median(p / q for p, q in zip(rates[num], rates[den]))  # paired: same round
             ok = v >= goal if op == ">=" else v > goal
             cells.append(f"{v:{len(name) + len(op) + len(f'{goal:g}') - 1}.2f} {'met' if ok else 'NOT'}")
         shape = "1x8x8" if size == 8 else "3x32x32"
