@@ -106,24 +106,19 @@ def main(argv=None, comm=None):
     cache_dir = os.path.join(output, CACHE, key)
 
     from tqdm import tqdm
-    bars = {}
+    # one bar over every (checkpoint, sample) of this rank's units; cached units count as done
+    mine = sum(e - s for u, (_, s, e) in enumerate(influence.self_units(ckpts, len(x))) if u % world == rank)
+    bar = tqdm(total=mine, unit="sample", dynamic_ncols=True, disable=rank != 0,
+               desc=f"self-influence, {len(ckpts)} checkpoints")
 
     def progress(ckpt, k, cached):
-        if rank != 0:
-            return
-        if ckpt["epoch"] not in bars:
-            for b in bars.values():
-                b.close()
-            bars.clear()
-            bars[ckpt["epoch"]] = tqdm(total=len(x), unit="sample", dynamic_ncols=True,
-                                       desc=f"checkpoint {ckpt['epoch']} ({ckpts.index(ckpt) + 1}/{len(ckpts)})")
-        bars[ckpt["epoch"]].update(k)
+        bar.set_postfix_str(f"checkpoint {ckpt['epoch']}", refresh=False)
+        bar.update(k)
 
     t0 = time.time()
     n_done = influence.run_units(engine, args.layers, names, ckpts, x, y, min(args.batch_size, len(x)), cache_dir,
                                  rank, world, progress)
-    for b in bars.values():
-        b.close()
+    bar.close()
     elapsed = time.time() - t0
     if comm is not None:
         n_done = comm.allreduce(n_done)

@@ -442,6 +442,11 @@ def shards(n, shard=SHARD):
     return [(s, min(s + shard, n)) for s in range(0, n, shard)]
 
 
+def self_units(ckpts, n):
+    """The (checkpoint, start, end) work units of self-influence, in their fixed order; rank r of w does u % w == r."""
+    return [(c, s, e) for c in ckpts for (s, e) in shards(n)]
+
+
 def file_digest(path, chunk=1 << 20):
     h = hashlib.sha1()
     with open(path, "rb") as f:
@@ -478,7 +483,7 @@ def run_units(engine, layers, names, ckpts, x, y, batch_size, cache_dir, rank=0,
     Each unit is written atomically to cache_dir as soon as it completes, so a killed run loses at most the units
     in flight, and a rerun (with any number of ranks) skips finished ones. Returns the number of samples computed."""
     from utils import atomic_path
-    units = [(c, s, e) for c in ckpts for (s, e) in shards(len(x))]
+    units = self_units(ckpts, len(x))
     done_samples = 0
     loaded = None
     for u, (ckpt, s, e) in enumerate(units):
