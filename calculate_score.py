@@ -143,7 +143,8 @@ def main(argv=None, comm=None):
         "checkpoints": [{"epoch": c["epoch"], "lr": c["lr"], "eta": e, "params": os.path.basename(c["path"])}
                         for c, e in zip(ckpts, etas)],
         "loss_checkpoint": ckpts[-1]["epoch"],
-        "batch_size": args.batch_size, "context": args.context, "type_config": args.type_config, "ranks": world,
+        "batch_size": args.batch_size, "context": ctx.backend[0].split(":")[0], "type_config": args.type_config,
+        "ranks": world,
         "samples_computed": int(n_done), "seconds": round(elapsed, 3),
         "samples_per_second": round(n_done / elapsed, 2) if n_done and elapsed > 0 else None,
         "versions": {"nnabla": nnabla.__version__, "numpy": np.__version__, "python": platform.python_version()},
@@ -287,7 +288,8 @@ def run_influence(args, plan, engine, names, model_cfg, ckpts, x, y, output, ctx
         "checkpoints": [{"epoch": c["epoch"], "lr": c["lr"], "eta": e, "params": os.path.basename(c["path"])}
                         for c, e in zip(ckpts, etas)],
         "matrix": "influence_matrix.npy" if matrix is not None else None,
-        "batch_size": args.batch_size, "context": args.context, "type_config": args.type_config, "ranks": world,
+        "batch_size": args.batch_size, "context": ctx.backend[0].split(":")[0], "type_config": args.type_config,
+        "ranks": world,
         "gradient_evaluations": int(n_done), "seconds": round(elapsed, 3),
         "seconds_per_test_sample": round(elapsed / n_test, 4) if n_done else None,
         "versions": {"nnabla": nnabla.__version__, "numpy": np.__version__, "python": platform.python_version()},
