@@ -27,11 +27,16 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-dev.txt; \
 	touch $@
 
+# The whole pipeline with the scripts' defaults for digits; the extra flags only ask for more output files.
 demo: $(STAMP)
 	$(PY) train.py --dataset digits --output $(DEMO)/data --model_save_path $(DEMO)/checkpoints \
 	    --monitor-path $(DEMO)/monitor -c cpu
-	$(PY) calculate_score.py --input $(DEMO)/data --checkpoint $(DEMO)/checkpoints --output $(DEMO)/data -c cpu
-	$(PY) mislabel_analysis.py --input $(DEMO)/data --output $(DEMO)/figures
+	$(PY) calculate_score.py --input $(DEMO)/data --checkpoint $(DEMO)/checkpoints --output $(DEMO)/data -c cpu \
+	    --save_every_epoch True
+	$(PY) calculate_score.py --input $(DEMO)/data --checkpoint $(DEMO)/checkpoints --output $(DEMO)/influence \
+	    -c cpu --mode influence --test_indices 0,1,2 --top_k 8
+	$(PY) mislabel_analysis.py --input $(DEMO)/data --output $(DEMO)/figures --ckpt_analysis True \
+	    --save_extracted True --influence $(DEMO)/influence/influence_topk.npz
 
 test: $(STAMP)
 	@$(MAKE) --no-print-directory mpi || echo "warning: requirements-mpi.txt did not install: tests/test_mpi.py will skip"
@@ -39,12 +44,12 @@ test: $(STAMP)
 
 # Throughput of the scorer against the model's own forward / forward+backward (issue: performance).
 bench: $(STAMP)
-	$(PY) bench/throughput.py
+	$(PY) -m bench.throughput
 
 # Detection quality over several shuffle seeds, with confident learning as the baseline (needs cleanlab).
 bench-quality: $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
-	$(PY) bench/detection.py
+	$(PY) -m bench.detection
 
 # MPI runtime from PyPI (mpi4py + a wheel-shipped MPICH) into the same .venv: .venv/bin/mpiexec.
 MPI_STAMP := $(VENV)/.mpi-installed

@@ -161,7 +161,8 @@ def score_parser():
     p.add_argument("--checkpoint_interval", type=positive_int, default=None,
                    help="every K-th recorded checkpoint, counting back from the last")
     p.add_argument("--layers", default="last",
-                   help="last (final affine W, b), all (every trainable parameter), or comma-separated "
+                   help="last (final affine W, b; the original's), last_bias (its bias b only: ||p - y||^2, "
+                        "the best detector in bench/detection.py), all (every trainable parameter), or comma-separated "
                         "parameter-name patterns (fnmatch, e.g. 'affine/*,conv8/*')")
     p.add_argument("--method", default="batched", choices=["batched", "loop"],
                    help="batched per-sample gradients, or the original's batch-size-1 backprop loop (reference)")

@@ -102,7 +102,7 @@ def main(argv=None, comm=None):
         return run_influence(args, plan, engine, names, model_cfg, ckpts, x, y, output, ctx, comm)
     key = settings_key(data=datasets.fingerprint(x, y), names=names, method=args.method,
                        batch=args.batch_size, shard=influence.SHARD, ctx=ctx.backend[0], type=args.type_config,
-                       layers="last" if args.layers == "last" else "grad")
+                       layers=args.layers if args.layers in influence.CLOSED_FORMS else "grad")
     cache_dir = os.path.join(output, CACHE, key)
 
     from tqdm import tqdm

@@ -59,6 +59,13 @@ def last_layer_sq_norms(logits, feats, labels):
     return (e * e).sum(1) * ((h * h).sum(1) + 1.0)
 
 
+def last_bias_sq_norms(logits, labels):
+    """||grad_b loss||^2 of the final affine bias alone: ||p - y||^2 (the label-dependent factor of the last-layer
+    closed form, without the feature-norm factor ||h||^2 + 1)."""
+    e = output_error(logits, labels)
+    return (e * e).sum(1)
+
+
 def last_layer_grads(logits, feats, labels):
     """Per-sample last-layer gradients flattened as [vec(h e^T), e] (the order of nnabla's affine/W, affine/b)."""
     e = output_error(logits, labels)
@@ -70,10 +77,13 @@ def last_layer_grads(logits, feats, labels):
 
 def select_params(names, spec):
     """Parameter names selected by `spec`: 'last' (the final affine layer, as the original: names containing
-    'affine'), 'all' (every trainable parameter), or comma-separated fnmatch patterns / name prefixes."""
+    'affine'), 'last_bias' (its bias only), 'all' (every trainable parameter), or comma-separated fnmatch
+    patterns / name prefixes."""
     names = list(names)
     if spec == "last":
         chosen = [n for n in names if "affine" in n]
+    elif spec == "last_bias":
+        chosen = [n for n in names if "affine" in n and n.endswith("/b")]
     elif spec == "all":
         chosen = names
     else:
@@ -459,6 +469,9 @@ def unit_path(cache_dir, ckpt, start, end):
     return os.path.join(cache_dir, f"epoch{ckpt['epoch']}_{ckpt['digest']}", f"{start:09d}-{end:09d}.npz")
 
 
+CLOSED_FORMS = ("last", "last_bias")  # layer selections scored from one forward pass, no backward
+
+
 def compute_unit(engine, layers, names, x, y, batch_size, on_batch=None):
     """Squared gradient norms and losses of samples x (n, ...) with labels y (n,) at the loaded checkpoint."""
     n = len(x)
@@ -466,9 +479,10 @@ def compute_unit(engine, layers, names, x, y, batch_size, on_batch=None):
     loss = np.empty(n, dtype=np.float64)
     for s in range(0, n, batch_size):
         xb, yb = x[s:s + batch_size].astype(np.float32), y[s:s + batch_size]
-        if layers == "last" and isinstance(engine, ScoringGraph):
+        if layers in CLOSED_FORMS and isinstance(engine, ScoringGraph):
             logits, feats = engine.forward(xb)
-            sq[s:s + len(xb)] = last_layer_sq_norms(logits, feats, yb)
+            sq[s:s + len(xb)] = (last_layer_sq_norms(logits, feats, yb) if layers == "last"
+                                 else last_bias_sq_norms(logits, yb))
         else:
             sq[s:s + len(xb)], logits = engine.sq_norms(xb, yb, names)
         loss[s:s + len(xb)] = softmax_xent(logits, yb)

@@ -303,13 +303,13 @@ def main(argv=None):
                 f.write(analysis.report_html(metrics, figures))
         print(f"{metrics['n_mislabeled']} of {metrics['n_train']} samples mislabeled; scores: {metrics['score_file']}")
         print(analysis.metrics_table(metrics["rankings"]))
-        r10 = metrics["rankings"]["tracin"]["recall_at"].get("0.1")
-        if r10 is not None:
-            print(f"TracIn found {r10:.1%} of the mislabeled samples in the top 10% of the ranking; "
-                  f"figures and report: {os.path.abspath(out)}")
         if metrics.get("checkpoints"):
             print("\nper checkpoint (its own term of the sum):")
             print(analysis.metrics_table({f"epoch {c['epoch']}": c for c in metrics["checkpoints"]}))
+        r10 = metrics["rankings"]["tracin"]["recall_at"].get("0.1")
+        if r10 is not None:
+            print(f"\nTracIn found {r10:.1%} of the mislabeled samples in the top 10% of the ranking; "
+                  f"figures and report: {os.path.abspath(out)}")
         sys.stdout.flush()
     print(f"wrote {len(figures)} figures" + (", metrics.json and report.html" if data is not None else "")
           + f" to {out}", file=sys.stderr)

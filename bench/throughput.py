@@ -1,6 +1,6 @@
 """Scoring throughput and peak memory against the model's own forward and forward+backward (`make bench`).
 
-    python bench/throughput.py [--models resnet23,resnet56] [--sizes 8,32] [--repeats 5] [--samples 8:512,32:64]
+    python -m bench.throughput [--models resnet23,resnet56] [--sizes 8,32] [--repeats 5] [--samples 8:512,32:64]
                                [--loop-samples 8:64,32:8] [--batch-size 8:64,32:32] [--no-memory]
 
 For every model and input size (1x8x8 and 3x32x32), with random weights (fresh initialisation: batch-norm running
@@ -37,8 +37,6 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
 
 METHODS = ("forward", "fwd+bwd", "last", "last-loop", "all", "all-loop")
 GOALS = (("last/forward", "last", "forward", 0.95, ">="), ("last/last-loop", "last", "last-loop", 50.0, ">="),
@@ -169,12 +167,12 @@ def worker_memory(a):
 # ------------------------------------------------------------------------------------------------------ driver
 
 def call(a, mode, **kw):
-    args = [sys.executable, os.path.abspath(__file__), "--worker", mode, "--nmaps", str(a.nmaps),
+    args = [sys.executable, "-m", "bench.throughput", "--worker", mode, "--nmaps", str(a.nmaps),
             "--context", a.context, "--repeats", str(a.repeats)]
     for k, v in kw.items():
         args += [f"--{k.replace('_', '-')}", str(v)]
     env = dict(os.environ, PYTHONWARNINGS="ignore")
-    p = subprocess.run(args, capture_output=True, text=True, env=env)
+    p = subprocess.run(args, capture_output=True, text=True, env=env, cwd=REPO)
     if p.returncode != 0:
         raise SystemExit(f"worker failed: {' '.join(args)}\n{p.stderr[-3000:]}")
     return json.loads(p.stdout.strip().splitlines()[-1])

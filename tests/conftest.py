@@ -8,8 +8,6 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(REPO, "tests", "fixtures")
-if REPO not in sys.path:  # tests import the project's modules; the scripts themselves need no path setup
-    sys.path.insert(0, REPO)
 
 
 def run_script(script, *args, cwd=None, check=True, timeout=600, env=None):

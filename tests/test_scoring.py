@@ -165,6 +165,17 @@ def test_batched_equals_loop(which, layers, small_run, resnet56_run, tmp_path):
         assert not any(p.endswith("bn/mean") for p in meta["parameters"])
 
 
+def test_last_bias_closed_form_equals_bias_gradients(small_run, tmp_path):
+    """--layers last_bias (||p - y||^2 from one forward) == the batched and loop gradients of affine/b."""
+    _score(small_run, tmp_path / "c", "--layers", "last_bias")
+    _score(small_run, tmp_path / "b", "--layers", "affine/b")
+    _score(small_run, tmp_path / "l", "--layers", "affine/b", "--method", "loop")
+    c = np.load(tmp_path / "c" / "influence_all_epoch.npy")
+    np.testing.assert_allclose(c, np.load(tmp_path / "b" / "influence_all_epoch.npy"), rtol=1e-5)
+    np.testing.assert_allclose(c, np.load(tmp_path / "l" / "influence_all_epoch.npy"), rtol=1e-5)
+    assert json.load(open(tmp_path / "c" / "scores.json"))["parameters"] == ["affine/b"]
+
+
 def test_lr_weighting_and_per_checkpoint_terms(small_run, tmp_path):
     _score(small_run, tmp_path / "w", "--save_every_epoch", "True")
     _score(small_run, tmp_path / "u", "--save_every_epoch", "True", "--lr_weight", "False")
