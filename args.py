@@ -32,44 +32,22 @@ def str2bool(value):
     raise argparse.ArgumentTypeError(f"expected True or False, got '{value}'")
 
 
-def positive_int(value):
-    try:
-        v = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got '{value}'") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
-    return v
+def _bounded(convert, what, ok, bound):
+    """An argparse type: `convert` the text (else 'expected <what>'), then check `ok` (else the `bound` message)."""
+    def parse(value):
+        try:
+            v = convert(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got '{value}'") from None
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"{bound}, got {v}")
+        return v
+    return parse
 
 
-def non_negative_int(value):
-    try:
-        v = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got '{value}'") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {v}")
-    return v
-
-
-def rate(value):
-    try:
-        v = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got '{value}'") from None
-    if not 0.0 <= v <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {v}")
-    return v
-
-
-def positive_float(value):
-    try:
-        v = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got '{value}'") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {v}")
-    return v
+positive_int = _bounded(int, "a whole number", lambda v: v >= 1, "must be at least 1")
+rate = _bounded(float, "a number between 0 and 1", lambda v: 0.0 <= v <= 1.0, "must be between 0 and 1")
+positive_float = _bounded(float, "a number", lambda v: v > 0, "must be positive")
 
 
 def int_list(value):

@@ -55,6 +55,15 @@ def resolve_checkpoints(args, warn=True):
     return model_cfg, selected
 
 
+def gather_count(comm, n_done):
+    """Total work done over all ranks; returns once every rank has finished its units (rank 0 then writes)."""
+    if comm is None:
+        return n_done
+    total = comm.allreduce(n_done)
+    comm.barrier()
+    return total
+
+
 def settings_key(**kw):
     import hashlib
     return hashlib.sha1(json.dumps(kw, sort_keys=True).encode()).hexdigest()[:12]
@@ -120,11 +129,9 @@ def main(argv=None, comm=None):
                                  rank, world, progress)
     bar.close()
     elapsed = time.time() - t0
-    if comm is not None:
-        n_done = comm.allreduce(n_done)
-        comm.barrier()
-        if rank != 0:
-            return 0
+    n_done = gather_count(comm, n_done)
+    if rank != 0:
+        return 0
 
     terms, losses = influence.collect(ckpts, len(x), cache_dir)
     etas = [c["lr"] if args.lr_weight else 1.0 for c in ckpts]
@@ -257,11 +264,9 @@ def run_influence(args, plan, engine, names, model_cfg, ckpts, x, y, output, ctx
                                            progress=progress)
     bar.close()
     elapsed = time.time() - t0
-    if comm is not None:
-        n_done = comm.allreduce(n_done)
-        comm.barrier()
-        if rank != 0:
-            return 0
+    n_done = gather_count(comm, n_done)
+    if rank != 0:
+        return 0
 
     top, self_inf, matrix = influence.collect_influence(n_test, n_train, k, chunk, cache_dir,
                                                         matrix=bool(args.save_matrix))
