@@ -51,6 +51,10 @@ def resolve_checkpoints(args, warn=True):
     if manifest is None and warn:
         print(f"warning: {args.checkpoint} has no {checkpoints.MANIFEST}: scoring every params_*.h5 with "
               f"--model {args.model} and learning rate 1 (unweighted, as the original)", file=sys.stderr)
+    elif args.model and args.model != model_cfg["name"] and warn:
+        # the seed's command line names a model; the manifest, written by training, knows which one it was
+        print(f"warning: --model {args.model} ignored: {checkpoints.MANIFEST} records {model_cfg['name']}",
+              file=sys.stderr)
     selected = checkpoints.select(entries, args.checkpoint_epochs, args.checkpoint_interval)
     return model_cfg, selected
 

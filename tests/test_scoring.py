@@ -238,6 +238,15 @@ def test_original_example_folder_scores_with_model_flag(small_run, tmp_path):
     assert p.returncode == 2 and "--model" in p.stderr
 
 
+def test_seed_command_with_other_model_uses_manifest(small_run, tmp_path):
+    """The seed README's command names --model resnet56; the manifest's model wins, with a warning."""
+    p = _score(small_run, tmp_path / "m", "--model", "resnet56")
+    assert "--model resnet56 ignored: checkpoints.json records resnet23" in p.stderr
+    _score(small_run, tmp_path / "d")
+    assert np.array_equal(np.load(tmp_path / "m" / "influence_all_epoch.npy"),
+                          np.load(tmp_path / "d" / "influence_all_epoch.npy"))
+
+
 def test_rerun_reuses_finished_work(small_run, tmp_path):
     _score(small_run, tmp_path / "s")
     first = np.load(tmp_path / "s" / "influence_all_epoch.npy")
