@@ -127,7 +127,7 @@ def discover(folder, model_cfg=None):
     return model_cfg, entries, None
 
 
-def select(entries, epochs=None, interval=None, default_skip_init=True):
+def select(entries, epochs=None, interval=None):
     """Pick checkpoints: the listed epochs, every `interval`-th counting back from the last, or all.
 
     The initialisation (epoch 0) is left out unless named: its gradients are those of an untrained network and
@@ -141,7 +141,7 @@ def select(entries, epochs=None, interval=None, default_skip_init=True):
             raise CliError(f"no checkpoint for epoch(s) {','.join(map(str, missing))}; available: "
                            f"{_ranges(sorted(by_epoch))}")
         return [by_epoch[k] for k in sorted(set(epochs))]
-    pool = [e for e in entries if not (default_skip_init and e["epoch"] == 0)] or list(entries)
+    pool = [e for e in entries if e["epoch"] != 0] or list(entries)
     if interval is not None:
         pool = pool[::-1][::interval][::-1]
     return pool

@@ -810,7 +810,7 @@ def collect_influence(n_test, n_train, k, chunk, cache_dir, matrix=False):
     return {key: np.concatenate(v) for key, v in top.items()}, self_inf, full
 
 
-def predict(engine, x, batch_size=None):
+def predict(engine, x):
     """Predicted classes of x at the loaded checkpoint (inference mode)."""
     g = engine.g if isinstance(engine, LoopGraph) else engine
     bs = g.batch_size

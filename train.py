@@ -57,7 +57,7 @@ def infer_dataset(x):
     return None
 
 
-def resolve_recipe(args, x_train, dataset):
+def resolve_recipe(args, dataset):
     spec = datasets.SPECS.get(dataset) or datasets.SPECS[args.dataset]
     d = spec.train_defaults
     pick = (lambda key: getattr(args, key) if getattr(args, key) is not None else d[key])
@@ -295,7 +295,7 @@ def main(argv=None):
         n_classes = datasets.SPECS[dataset].n_classes if dataset else int(arrays["y_shuffle_train"].max()) + 1
         datasets.check_labels(arrays["y_shuffle_train"], n_classes, "y_shuffle_train.npy")
         datasets.check_labels(arrays["y_val"], n_classes, "y_val.npy")
-        recipe = resolve_recipe(args, arrays["x_train"], dataset)
+        recipe = resolve_recipe(args, dataset)
         recipe.update(model=args.model, array_dir=array_dir,
                       data_fingerprint=datasets.fingerprint(arrays["x_train"], arrays["y_shuffle_train"]))
         try:
