@@ -31,6 +31,17 @@ def write_subset(folder, n_train=96, n_val=32, seed=0):
     return arrays
 
 
+def checkpoint_logits(run, epoch, x_file, y_file):
+    """Independent inference-mode logits of checkpoint `epoch` of `run` on one array file, with its labels."""
+    import influence
+    from utils import load_json
+    m = load_json(os.path.join(run["ckpt"], "checkpoints.json"))
+    x = np.load(os.path.join(run["data"], x_file)).astype(np.float32)
+    g = influence.ScoringGraph(m["model"], len(x))
+    g.load(os.path.join(run["ckpt"], f"params_{epoch}.h5"))
+    return g.forward(x)[0], np.load(os.path.join(run["data"], y_file))[:, 0]
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """A trained tiny resnet23 (nmaps 8, 3 epochs) on 96 digits: {'data', 'ckpt', 'root'} folders."""

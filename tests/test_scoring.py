@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import influence
-from conftest import run_script, write_subset
+from conftest import checkpoint_logits, run_script, write_subset
 
 
 # ------------------------------------------------------------------------------- hand-computed two-layer net
@@ -195,12 +195,7 @@ def test_lr_weighting_and_per_checkpoint_terms(small_run, tmp_path):
 
 def test_loss_baseline_is_cross_entropy_at_last_checkpoint(small_run, tmp_path):
     _score(small_run, tmp_path / "s")
-    m = json.load(open(small_run["ckpt"] / "checkpoints.json"))
-    g = influence.ScoringGraph(m["model"], 24)
-    g.load(str(small_run["ckpt"] / "params_3.h5"))
-    x = np.load(small_run["data"] / "x_train.npy").astype(np.float32)
-    y = np.load(small_run["data"] / "y_shuffle_train.npy")[:, 0]
-    logits, _ = g.forward(x)
+    logits, y = checkpoint_logits(small_run, 3, "x_train.npy", "y_shuffle_train.npy")
     z = logits.astype(np.float64)
     ref = np.log(np.exp(z).sum(1)) - z[np.arange(24), y]
     np.testing.assert_allclose(np.load(tmp_path / "s" / "loss_last_epoch.npy"), ref, rtol=1e-6)

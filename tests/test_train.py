@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 
 import checkpoints
-import influence
 import train
-from conftest import run_script, write_subset
+from conftest import checkpoint_logits, run_script, write_subset
 
 
 def _h5(path):
@@ -60,12 +59,7 @@ def test_validation_error_is_the_true_error_rate(tiny_run):
     """The monitor's final test error equals the error of params_3 recomputed independently."""
     series = open(tiny_run["root"] / "monitor" / "Test-error.series.txt").read().split()
     assert series[-2] == "3"
-    m = json.load(open(tiny_run["ckpt"] / "checkpoints.json"))
-    g = influence.ScoringGraph(m["model"], 32)
-    g.load(str(tiny_run["ckpt"] / "params_3.h5"))
-    x = np.load(tiny_run["data"] / "x_val.npy").astype(np.float32)
-    y = np.load(tiny_run["data"] / "y_val.npy")[:, 0]
-    logits, _ = g.forward(x)
+    logits, y = checkpoint_logits(tiny_run, 3, "x_val.npy", "y_val.npy")
     assert float(series[-1]) == pytest.approx((logits.argmax(1) != y).mean(), abs=1e-6)
 
 
