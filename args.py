@@ -138,10 +138,11 @@ def score_parser():
     p.add_argument("--checkpoint_epochs", type=int_list, default=None, help="e.g. 29,59,89")
     p.add_argument("--checkpoint_interval", type=positive_int, default=None,
                    help="every K-th recorded checkpoint, counting back from the last")
-    p.add_argument("--layers", default="last",
-                   help="last (final affine W, b; the original's), last_bias (its bias b only: ||p - y||^2, "
-                        "the best detector in bench/detection.py), all (every trainable parameter), or comma-separated "
-                        "parameter-name patterns (fnmatch, e.g. 'affine/*,conv8/*')")
+    p.add_argument("--layers", default=None,
+                   help="last_bias (the final affine layer's bias b: ||p - y||^2; default of --mode self, the best "
+                        "detector in bench/detection.py), last (final affine W and b, the original's; default of "
+                        "--mode influence), all (every trainable parameter), or comma-separated parameter-name "
+                        "patterns (fnmatch, e.g. 'affine/*,conv8/*')")
     p.add_argument("--method", default="batched", choices=["batched", "loop"],
                    help="batched per-sample gradients, or the original's batch-size-1 backprop loop (reference)")
     p.add_argument("--lr_weight", type=str2bool, default=True,
@@ -175,6 +176,20 @@ def score_parser():
                         "available memory)")
     add_context_args(p)
     return p
+
+
+# --layers when not given. Self-influence: the bias alone detects mislabeled samples best, because the weight
+# gradient multiplies the label-dependent error p - y by the label-agnostic feature norm ||h||^2 + 1 (README,
+# "Detection quality"). Train -> test influence: W and b, so that a proponent must also share the test sample's
+# features (h . h'), not only its error direction.
+DEFAULT_LAYERS = {"self": "last_bias", "influence": "last"}
+
+
+def parse_score_args(argv=None):
+    args = score_parser().parse_args(argv)
+    if args.layers is None:
+        args.layers = DEFAULT_LAYERS[args.mode]
+    return args
 
 
 def index_list(value):

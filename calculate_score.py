@@ -30,7 +30,7 @@ import numpy as np
 import checkpoints
 import datasets
 import influence
-from args import score_parser
+from args import parse_score_args
 from utils import CliError, ensure_dir, quiet_nnabla, save_json, save_npy, set_context
 
 CACHE = "tracin_cache"
@@ -78,7 +78,7 @@ INFLUENCE_ONLY = ("test_input", "test_indices", "test_label", "top_k", "save_mat
 
 
 def main(argv=None, comm=None):
-    args = score_parser().parse_args(argv)
+    args = parse_score_args(argv)
     if args.mode == "self":
         given = [f"--{n}" for n in INFLUENCE_ONLY if getattr(args, n) is not None]
         if given:

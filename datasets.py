@@ -51,8 +51,8 @@ SPECS = {
     # and +-10% scale, which keep the label. Chosen for TracIn's detection of shuffled labels (README, detection
     # quality study; seeds 0-2): peak lr 0.01 with cosine decay learns in ~3 epochs and ends fitting only ~7% of
     # the shuffled labels (lr 0.02 without rotation: ~21%). Both with precise batch norm (train.py --precise_bn),
-    # this recipe took TracIn (last layer, lr-weighted) from AUROC 0.9957 / recall@10% 0.909 to 0.9987 / 0.963
-    # (held-out seeds 10-12, bench/detection.py: 0.9979 / 0.942).
+    # this recipe took TracIn (--layers last, lr-weighted) from AUROC 0.9957 / recall@10% 0.909 to 0.9987 / 0.963
+    # (held-out seeds 10-15, bench/detection.py: 0.9982 / 0.951; the default --layers last_bias: 0.9994 / 0.974).
     "digits": DatasetSpec(
         "digits", DIGITS_CLASSES, (1, 8, 8),
         augment=dict(angle=0.15, min_scale=0.9, max_scale=1.1, flip_lr=False),

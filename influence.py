@@ -10,6 +10,8 @@ on the sample's (noisy) training label; theta are the selected parameters ("laye
 Per-sample gradients, batched (no batch-size-1 loop):
 - last layer (affine W, b), closed form from one forward pass: with p = softmax(logits), e = p - onehot(y) and h
   the penultimate features, grad_W = h e^T and grad_b = e, so ||grad||^2 = ||e||^2 (||h||^2 + 1) (paper, sec. 3.2).
+  The bias alone ("last_bias", calculate_score.py's self-influence default) is ||e||^2: the label-agnostic
+  ||h||^2 factor only adds noise to mislabel detection (README, "Detection quality").
 - any layer set: one batched backward of the summed loss keeps every layer's input and output gradient; then per
   sample and layer type: affine = outer products, convolution = output-gradient x im2col(input) products, batch
   norm in inference mode = per-channel sums of g * x_hat (gamma) and g (beta). Squared norms of convolution

@@ -34,7 +34,10 @@ def runs(tiny_run, tmp_path_factory):
         out[f"self_{layers}"] = root / f"self_{layers}"
         score(tiny_run, out[f"self_{layers}"], "--layers", layers)
         out[f"diag_{layers}"] = root / f"diag_{layers}"
-        score(tiny_run, out[f"diag_{layers}"], "--mode", "influence", "--layers", layers, "--test_input", as_test,
+        # `last` is --mode influence's default: the run leaves --layers out, so the tests below on diag_last
+        # (== the affine/* gradients, == self-influence with --layers last) also check the default
+        flags = ("--layers", layers) if layers != "last" else ()
+        score(tiny_run, out[f"diag_{layers}"], "--mode", "influence", *flags, "--test_input", as_test,
               "--save_matrix", "True", "--top_k", 5)
     out["val_all"] = root / "val_all"
     score(tiny_run, out["val_all"], "--mode", "influence", "--layers", "all", "--save_matrix", "True", "--top_k", 7)

@@ -176,6 +176,24 @@ def test_last_bias_closed_form_equals_bias_gradients(small_run, tmp_path):
     assert json.load(open(tmp_path / "c" / "scores.json"))["parameters"] == ["affine/b"]
 
 
+def test_default_is_lr_weighted_brier_score_of_the_bias(small_run, tmp_path):
+    """No --layers: self-influence over affine/b, i.e. sum_i eta_i ||softmax(logits_i) - onehot(label)||^2, checked
+    against independent inference-mode logits of every checkpoint."""
+    _score(small_run, tmp_path / "d")
+    meta = json.load(open(tmp_path / "d" / "scores.json"))
+    assert meta["layers"] == "last_bias" and meta["parameters"] == ["affine/b"]
+    lr = {c["epoch"]: c["lr"] for c in json.load(open(small_run["ckpt"] / "checkpoints.json"))["checkpoints"]}
+    ref = 0.0
+    for e in (1, 2, 3):
+        logits, y = checkpoint_logits(small_run, e, "x_train.npy", "y_shuffle_train.npy")
+        z = logits.astype(np.float64)
+        p = np.exp(z - z.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        p[np.arange(len(y)), y] -= 1.0
+        ref = ref + lr[e] * (p ** 2).sum(1)
+    np.testing.assert_allclose(np.load(tmp_path / "d" / "influence_all_epoch.npy"), ref, rtol=1e-5)
+
+
 def test_lr_weighting_and_per_checkpoint_terms(small_run, tmp_path):
     _score(small_run, tmp_path / "w", "--save_every_epoch", "True")
     _score(small_run, tmp_path / "u", "--save_every_epoch", "True", "--lr_weight", "False")
