@@ -1,0 +1,294 @@
+"""Import a folder of your own images (the ImageFolder layout) into the project's array format.
+
+    root/
+      cat/   img001.png  img002.jpg  sub/img003.png ...
+      dog/   ...
+
+Classes are the sorted names of root's sub-folders (label 0 = the first); every PNG/JPEG below a class folder
+(sub-folders included, hidden files and folders skipped) is one sample of that class. Labels are taken as given:
+nothing is shuffled, because the point is to audit the labels the folders hold.
+
+Pixels (the rules the arrays follow):
+- Colour: every file is decoded as its viewer shows it (EXIF orientation applied, palette resolved, transparency
+  composited onto white, 16-bit grey scaled to 8 bits). An image is in colour when some pixel has R, G, B not
+  all equal; if any image is, all become RGB (C=3), else all are greyscale (C=1). A greyscale set keeps one
+  channel instead of three identical ones, and an RGB file of grey pixels does not force colour.
+- Size: every image becomes `image_size` (H, W); an int S means S x S. By default, the most common (H, W) of the
+  files (ties: the larger), scaled down, aspect kept, so that its longer side is at most DEFAULT_MAX_SIDE: most
+  files of a uniform set then keep their exact pixels, while large photos shrink to a size a ResNet can train on
+  and TracIn can score on a CPU.
+- Resize: the centre of the image with the target's aspect ratio is cut out (whole pixels), then resized with
+  PIL's bilinear filter (anti-aliased: when shrinking, every source pixel contributes). Cropping keeps shapes
+  undistorted (stretching would not) and adds no borders (padding would, and border widths that follow each
+  source's size can become a shortcut the model learns); bilinear does not overshoot at sharp edges as bicubic or
+  Lanczos do on line art and digits. The price: an object at the edge of an elongated image may be cut off.
+
+Split: a seeded, per-class validation split; each class gives floor(val_fraction * n + 0.5) of its n images.
+
+Arrays (see make_arrays): x_train, y_shuffle_train (the folder labels: the labels training sees), x_val, y_val;
+no y_train.npy, because clean labels are unknown: an array folder without y_train.npy has no ground truth. Beside
+them, FILE_LIST (files.json) maps every train / val index back to its file, relative to the image folder:
+  {"format": 1, "root": "/abs/images", "classes": ["cat", "dog"], "image_size": [H, W], "channels": 1,
+   "val_fraction": 0.1, "seed": 0, "train": ["cat/img001.png", ...], "val": [...], "skipped": [...]}
+"""
+import collections
+import math
+import os
+
+import numpy as np
+
+from .errors import InputError, MissingInputError
+
+FILE_LIST = "files.json"
+FORMAT = 1
+EXTENSIONS = (".png", ".jpg", ".jpeg")
+DEFAULT_MAX_SIDE = 64
+MIN_SIDE = 8  # the models' three 2x2 poolings need at least 8 pixels a side (models.MIN_SIZE)
+ORIENTATION = 0x0112  # EXIF tag; values 5-8 mean the stored image is turned a quarter
+BACKGROUND = (255, 255, 255)  # what transparent pixels become
+
+
+# ------------------------------------------------------------------------------------------------- listing
+
+def _hidden(name):
+    return name.startswith(".")
+
+
+def _images_below(folder, root):
+    """(images, others): paths relative to root (POSIX separators) below `folder`, sorted."""
+    images, others = [], []
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=_raise):
+        dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
+        for name in sorted(filenames):
+            if _hidden(name):
+                continue
+            rel = os.path.relpath(os.path.join(dirpath, name), root).replace(os.sep, "/")
+            (images if name.lower().endswith(EXTENSIONS) else others).append(rel)
+    return sorted(images), sorted(others)
+
+
+def _raise(error):
+    raise OSError(error.errno, f"cannot list folder '{error.filename}' ({error.strerror}): make it readable")
+
+
+def scan(root):
+    """(classes, files, labels, skipped) of an ImageFolder tree; files relative to root, in (class, path) order.
+
+    skipped lists the files that are not PNG/JPEG or lie directly in root (outside every class folder)."""
+    if not os.path.exists(root):
+        raise MissingInputError(f"image folder '{root}' does not exist: pass the folder that holds one "
+                                "sub-folder per class")
+    if not os.path.isdir(root):
+        raise InputError(f"'{root}' is a file, not a folder: pass the folder that holds one sub-folder per class")
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except OSError as e:
+        raise OSError(e.errno, f"cannot list folder '{root}' ({e.strerror}): make it readable") from None
+    classes = [e.name for e in entries if e.is_dir() and not _hidden(e.name)]
+    skipped = sorted(e.name for e in entries if not e.is_dir() and not _hidden(e.name))
+    if not classes:
+        loose = sum(name.lower().endswith(EXTENSIONS) for name in skipped)
+        raise InputError(f"image folder '{root}' has no class sub-folders" + (f" (it holds {loose} images directly)"
+                         if loose else "") + ": put each class's images into a sub-folder named after the class")
+    if len(classes) == 1:
+        raise InputError(f"image folder '{root}' has a single class sub-folder ('{classes[0]}'): a classifier "
+                         "needs at least two classes; add one sub-folder per class")
+    files, labels = [], []
+    for label, name in enumerate(classes):
+        images, others = _images_below(os.path.join(root, name), root)
+        if not images:
+            found = f" (it holds {len(others)} other files, e.g. '{others[0]}')" if others else ""
+            raise InputError(f"class folder '{os.path.join(root, name)}' holds no PNG/JPEG images{found}: add "
+                             "images, convert them to PNG, or remove the folder")
+        files += images
+        labels += [label] * len(images)
+        skipped += others
+    return classes, files, np.asarray(labels, dtype=np.int64), sorted(skipped)
+
+
+# ------------------------------------------------------------------------------------------------- decoding
+
+def _unreadable(path, error):
+    return InputError(f"cannot read image '{path}' ({type(error).__name__}: {error}): the file is damaged or not "
+                      "a PNG/JPEG; replace or remove it")
+
+
+def displayed_size(path):
+    """(height, width) of the image at `path` as a viewer shows it, from its header (no pixel decoding)."""
+    from PIL import Image
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            if img.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8):
+                w, h = h, w
+    except Exception as e:  # PIL's format plugins raise many types (OSError, SyntaxError, struct.error, ...)
+        raise _unreadable(path, e) from None
+    return h, w
+
+
+def _to_rgb(img):
+    """An RGB image of what a viewer shows for `img` (see the module notes)."""
+    from PIL import Image, ImageOps
+    img = ImageOps.exif_transpose(img)
+    if img.mode.startswith("I;16") or img.mode == "I":  # 16-bit greyscale PNG: 0-65535 -> 0-255
+        a = np.asarray(img, dtype=np.float64) / 257.0
+        img = Image.fromarray(np.clip(np.round(a), 0, 255).astype(np.uint8), "L")
+    if "A" in img.getbands() or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def crop_box(width, height, target_h, target_w):
+    """(left, top, right, bottom) of the centred, largest whole-pixel region with the target's aspect ratio."""
+    if width * target_h > height * target_w:  # wider than the target: cut the sides
+        w = max(1, min(width, round(height * target_w / target_h)))
+        left = (width - w) // 2
+        return left, 0, left + w, height
+    h = max(1, min(height, round(width * target_h / target_w)))
+    top = (height - h) // 2
+    return 0, top, width, top + h
+
+
+def read_image(path, size):
+    """(pixels (H, W, 3) uint8 at `size` = (H, W), in colour?) of one file; errors name the file."""
+    from PIL import Image
+    try:
+        with Image.open(path) as img:
+            rgb = _to_rgb(img)
+    except Exception as e:  # a truncated or corrupt file fails while decoding, with the plugin's own type
+        raise _unreadable(path, e) from None
+    a = np.asarray(rgb)
+    colour = bool(np.any(a[..., 0] != a[..., 1]) or np.any(a[..., 1] != a[..., 2]))
+    th, tw = size
+    if rgb.size != (tw, th):
+        rgb = rgb.resize((tw, th), Image.BILINEAR, box=crop_box(rgb.width, rgb.height, th, tw))
+    return np.asarray(rgb, dtype=np.uint8), colour
+
+
+# ---------------------------------------------------------------------------------------------------- sizes
+
+def check_image_size(image_size):
+    """(H, W) from an int S (S x S) or a pair; None stays None (the default rule)."""
+    if image_size is None:
+        return None
+    size = (image_size, image_size) if np.isscalar(image_size) else tuple(image_size)
+    if len(size) != 2 or not all(isinstance(v, (int, np.integer)) and v >= MIN_SIDE for v in size):
+        raise InputError(f"image_size {image_size!r} is not a size: give an integer of at least {MIN_SIDE} "
+                         "(square) or a pair (height, width) of such integers")
+    return int(size[0]), int(size[1])
+
+
+def default_size(sizes, max_side=DEFAULT_MAX_SIDE):
+    """The most common (H, W) in `sizes` (ties: the larger area), shrunk (aspect kept) to a longer side of at
+    most `max_side`."""
+    counts = collections.Counter(sizes)
+    h, w = max(counts, key=lambda s: (counts[s], s[0] * s[1], s))
+    scale = min(1.0, max_side / max(h, w))
+    h, w = max(1, round(h * scale)), max(1, round(w * scale))
+    if min(h, w) < MIN_SIDE:
+        raise InputError(f"the most common image size is {h}x{w} pixels after scaling, below the {MIN_SIDE} pixels "
+                         "a side the models need: choose an image_size")
+    return h, w
+
+
+# ---------------------------------------------------------------------------------------------------- import
+
+def load_image_folder(root, image_size=None, progress=False):
+    """Every image of an ImageFolder tree as one array: a dict with x (N, C, H, W) uint8, y (N,) int64, files
+    (relative to root, aligned with x), classes, skipped (files left out) and size (H, W).
+
+    progress=True shows a tqdm bar on stderr while the files are decoded."""
+    from tqdm import tqdm
+    size = check_image_size(image_size)
+    classes, files, labels, skipped = scan(root)
+    paths = [os.path.join(root, f) for f in files]
+    if size is None:  # headers only: the pixels are decoded once, below, straight to the final size
+        size = default_size([displayed_size(p) for p in tqdm(paths, desc="image sizes", unit="image",
+                                                             disable=not progress)])
+    x = np.empty((len(paths),) + size + (3,), dtype=np.uint8)
+    colour = False
+    for i, p in enumerate(tqdm(paths, desc="reading images", unit="image", disable=not progress)):
+        x[i], c = read_image(p, size)
+        colour = colour or c
+    x = x.transpose(0, 3, 1, 2) if colour else x[:, None, :, :, 0]  # grey images have R = G = B
+    return {"x": np.ascontiguousarray(x), "y": labels, "files": files, "classes": classes, "skipped": skipped,
+            "size": size}
+
+
+def split_indices(labels, classes, val_fraction, seed, root=""):
+    """(train, val) index arrays, each in file order: class c gives floor(val_fraction * n_c + 0.5) of its n_c
+    samples, drawn with RandomState(seed). Every class keeps a training sample; the validation set is not empty."""
+    if not 0.0 < float(val_fraction) < 1.0:
+        raise InputError(f"val_fraction {val_fraction} is outside (0, 1): training needs validation images and "
+                         "training images")
+    rng = np.random.RandomState(seed)
+    val = np.zeros(len(labels), dtype=bool)
+    for c, name in enumerate(classes):
+        idx = np.flatnonzero(labels == c)
+        k = int(math.floor(val_fraction * len(idx) + 0.5))
+        if k >= len(idx):
+            raise InputError(f"class folder '{os.path.join(root, name)}' holds {len(idx)} image(s): a validation "
+                             f"fraction of {val_fraction} takes all of them, leaving no training sample; add "
+                             "images or choose a smaller val_fraction")
+        val[rng.choice(idx, k, replace=False)] = True
+    if not val.any():
+        raise InputError(f"a validation fraction of {val_fraction} selects no image of '{root}' (classes of "
+                         f"{np.bincount(labels).min()}-{np.bincount(labels).max()} images): choose a larger "
+                         "val_fraction")
+    return np.flatnonzero(~val), np.flatnonzero(val)
+
+
+def make_arrays(root, image_size=None, val_fraction=0.1, seed=0, progress=False):
+    """(arrays, file_list) of an ImageFolder tree.
+
+    arrays: x_train, y_shuffle_train, x_val, y_val in the project's array format (x uint8 (N, C, H, W), y int64
+    (N, 1)); y_shuffle_train holds the folder labels. There is no y_train: clean labels are unknown (a caller
+    that shuffles labels for an experiment sets y_train to these labels and y_shuffle_train to the shuffled ones).
+    file_list: the content of FILE_LIST (module notes)."""
+    data = load_image_folder(root, image_size, progress)
+    train, val = split_indices(data["y"], data["classes"], val_fraction, seed, root)
+    x, y = data["x"], data["y"].reshape(-1, 1)
+    arrays = {"x_train": x[train], "y_shuffle_train": y[train], "x_val": x[val], "y_val": y[val]}
+    file_list = {
+        "format": FORMAT, "root": os.path.abspath(root), "classes": list(data["classes"]),
+        "image_size": list(data["size"]), "channels": int(x.shape[1]),
+        "val_fraction": float(val_fraction), "seed": int(seed),
+        "train": [data["files"][i] for i in train], "val": [data["files"][i] for i in val],
+        "skipped": data["skipped"],
+    }
+    return arrays, file_list
+
+
+# ------------------------------------------------------------------------------------------------ file list
+
+def save_file_list(folder, file_list):
+    """Write FILE_LIST into `folder` atomically."""
+    from .io import save_json
+    save_json(os.path.join(folder, FILE_LIST), file_list)
+
+
+def read_file_list(folder, n_train=None):
+    """The FILE_LIST of an array folder, or None when it has none (arrays not imported from images).
+
+    n_train, when given, must equal the number of training files listed (the arrays' length)."""
+    import json
+    path = os.path.join(folder, FILE_LIST)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            fl = json.load(f)
+        classes, train, val = fl["classes"], fl["train"], fl["val"]
+        if not (isinstance(classes, list) and isinstance(train, list) and isinstance(val, list)):
+            raise ValueError("classes, train and val must be lists")
+        if not all(isinstance(s, str) for s in classes + train + val):
+            raise ValueError("classes, train and val must hold strings")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(f"{path} is not a file list of an image import ({e}): import the image folder again") \
+            from None
+    if n_train is not None and len(train) != n_train:
+        raise InputError(f"{path} lists {len(train)} training files but the arrays hold {n_train} samples: the "
+                         "file list comes from another import; import the image folder again")
+    return fl
