@@ -8,22 +8,19 @@ x_train.npy and the score file (default --input/influence_all_epoch.npy). Beside
 loss_last_epoch.npy (a baseline ranking), scores.json (data set name for class names) and, with --ckpt_analysis,
 {epoch}_influence.npy. Writes into --output: self_influence_distribution.png, score_curve.png, metrics.json,
 report.html, and optionally {epoch}_top_influence_sample.png, checkpoint_metrics.png, extracted_samples/decile_XX.png
-and influence_examples.png. Every input is validated before anything is written. Metrics: see analysis.py.
+and influence_examples.png. Every input is validated before anything is written. Metrics: see tracin/metrics.py; file layouts: tracin/formats.py.
 """
 import os
-import re
 import sys
 
 import numpy as np
 
-import analysis
-import datasets
-from args import analysis_parser
-from utils import CliError, ensure_dir, load_json, run_cli, save_json
-
-SCORE_FILE = "influence_all_epoch.npy"
-LOSS_FILE = "loss_last_epoch.npy"
-EPOCH_FILE = re.compile(r"^(\d+)_influence\.npy$")
+from tracin import datasets, formats, plots
+from tracin.cli import CliError, analysis_parser, run_cli
+from tracin.io import atomic_path, ensure_dir, load_json, save_json
+from tracin.metrics import (RECALL_FRACTIONS, decile_bounds, oracle_scores, random_metrics, rank_order,
+                            ranking_metrics, top_fraction_per_class)
+from tracin.report import metrics_table, report_html
 
 
 def warn(msg):
@@ -31,26 +28,6 @@ def warn(msg):
 
 
 # --------------------------------------------------------------------------------------------------- loading
-
-def load_scores(path, n, what="score file"):
-    """A finite float64 vector of n scores from a .npy file ((N,) or (N,1)); every problem is a CliError."""
-    try:
-        a = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise CliError(f"{what} {path} is not a readable .npy array ({e}): rewrite it with calculate_score.py") from None
-    if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool) or a.ndim > 2 or (a.ndim == 2 and a.shape[1] != 1):
-        raise CliError(f"{what} {path} holds a {a.dtype} array of shape {a.shape}; expected one number per "
-                       "training sample")
-    a = a.reshape(-1).astype(np.float64)
-    if a.size != n:
-        raise CliError(f"{what} {path} has {a.size} scores but the labels have {n} samples: "
-                       "the score file comes from another data folder")
-    bad = ~np.isfinite(a)
-    if bad.any():
-        raise CliError(f"{what} {path} holds {int(bad.sum())} NaN/inf values (first at sample "
-                       f"{int(np.flatnonzero(bad)[0])}): rerun calculate_score.py")
-    return a
-
 
 def guess_dataset(image_shape, n_labels, info):
     """Data set name for class names: scores.json's model.dataset, else the one whose image shape matches."""
@@ -63,7 +40,7 @@ def guess_dataset(image_shape, n_labels, info):
     return None
 
 
-def read_info(folder, name="scores.json"):
+def read_info(folder, name=formats.SCORES_JSON):
     """The scorer's JSON record beside a score file (None when absent or unreadable: it only adds class names)."""
     path = os.path.join(folder, name)
     if not os.path.isfile(path):
@@ -81,7 +58,7 @@ def checkpoint_files(folder, info):
     checkpoints scores.json lists when it is there (older files from another run are ignored)."""
     found = {}
     for name in os.listdir(folder):
-        m = EPOCH_FILE.match(name)
+        m = formats.EPOCH_SCORES_RE.match(name)
         if m:
             found[int(m.group(1))] = os.path.join(folder, name)
     listed = [c.get("epoch") for c in (info or {}).get("checkpoints", []) if isinstance(c, dict)]
@@ -107,22 +84,22 @@ def load_analysis(args, input_dir):
     if args.save_extracted and x is None:
         raise CliError(f"{input_dir}/x_train.npy is missing: --save_extracted True draws the training images")
     n = y_true.size
-    score_path = args.scores or os.path.join(input_dir, SCORE_FILE)
+    score_path = args.scores or os.path.join(input_dir, formats.SCORES)
     if not os.path.isfile(score_path):
         raise CliError(f"score file {score_path} is missing: write it with calculate_score.py --input {input_dir} "
                        "--checkpoint CHECKPOINT_FOLDER, or pass --scores FILE")
-    scores = load_scores(score_path, n)
+    scores = formats.read_score_vector(score_path, n)
     folder = os.path.dirname(os.path.abspath(score_path))
     info = read_info(folder)
-    loss_path = os.path.join(folder, LOSS_FILE)
-    loss = load_scores(loss_path, n, "loss file") if os.path.isfile(loss_path) else None
+    loss_path = os.path.join(folder, formats.LOSS)
+    loss = formats.read_score_vector(loss_path, n, "loss file") if os.path.isfile(loss_path) else None
     ckpts = []
     if args.ckpt_analysis:
         files = checkpoint_files(folder, info)
         if not files:
             raise CliError(f"no {{epoch}}_influence.npy beside {score_path}: --ckpt_analysis True needs "
                            "calculate_score.py --save_every_epoch True")
-        ckpts = [(epoch, path, load_scores(path, n, "checkpoint score file")) for epoch, path in files]
+        ckpts = [(epoch, path, formats.read_score_vector(path, n, "checkpoint score file")) for epoch, path in files]
     n_classes = int(max(y_true.max(), y_given.max())) + 1
     dataset = guess_dataset(None if x is None else x.shape[1:], n_classes, info)
     n_classes = max(n_classes, datasets.SPECS[dataset].n_classes) if dataset else n_classes
@@ -144,33 +121,14 @@ def load_influence(args):
     path = args.influence
     if not os.path.isfile(path):
         raise CliError(f"influence file {path} is missing: write it with calculate_score.py --mode influence")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            npz = {k: z[k] for k in z.files}
-    except (ValueError, OSError, EOFError) as e:
-        raise CliError(f"{path} is not a readable .npz archive ({e}): rewrite it with calculate_score.py "
-                       "--mode influence") from None
-    keys = ("test_indices", "test_labels", "proponents", "proponent_scores", "opponents", "opponent_scores")
-    missing = [k for k in keys + ("test_input",) if k not in npz] + ([] if args.input or "input" in npz else ["input"])
-    if missing:
-        raise CliError(f"{path} lacks {', '.join(missing)}: it is not an influence_topk.npz of calculate_score.py "
-                       "--mode influence")
+    npz = formats.read_topk(path, need_input=not args.input)
     t = npz["test_indices"].reshape(-1)
-    T = t.size
-    for k in ("proponents", "proponent_scores", "opponents", "opponent_scores"):
-        if npz[k].ndim != 2 or npz[k].shape[0] != T:
-            raise CliError(f"{path}: {k} has shape {npz[k].shape}; expected ({T}, k) for {T} test samples")
-    if npz["test_labels"].size != T:
-        raise CliError(f"{path}: test_labels has {npz['test_labels'].size} entries for {T} test samples")
-    for k in ("proponent_scores", "opponent_scores"):
-        if not np.all(np.isfinite(npz[k].astype(np.float64))):
-            raise CliError(f"{path}: {k} holds NaN/inf values: rerun calculate_score.py --mode influence")
     train_dir = args.input or _folder(str(npz["input"]), path, "train")
     test_dir = _folder(str(npz["test_input"]), path, "test")
     train = datasets.load_arrays(train_dir, need=("x_train.npy", "y_shuffle_train.npy"), optional=("y_train.npy",))
     test = datasets.load_arrays(test_dir, need=("x_val.npy",), optional=("y_val.npy",))
     n_train, n_test = len(train["x_train"]), len(test["x_val"])
-    if T and (t.min() < 0 or t.max() >= n_test):
+    if t.size and (t.min() < 0 or t.max() >= n_test):
         raise CliError(f"{path}: test_indices reach {int(t.max())} but {test_dir}/x_val.npy has {n_test} samples")
     for k in ("proponents", "opponents"):
         a = npz[k]
@@ -182,7 +140,7 @@ def load_influence(args):
     labels = np.concatenate([y_given, y_true, npz["test_labels"].reshape(-1).astype(np.int64)])
     n_classes = int(labels.max()) + 1 if labels.size else 1
     folder = os.path.dirname(os.path.abspath(path))
-    info = read_info(folder, "influence.json") or read_info(folder)
+    info = read_info(folder, formats.INFLUENCE_JSON) or read_info(folder)
     dataset = guess_dataset(train["x_train"].shape[1:], n_classes, info)
     n_classes = max(n_classes, datasets.SPECS[dataset].n_classes) if dataset else n_classes
     return dict(npz=npz, x_train=train["x_train"], y_given=y_given, y_true=y_true, x_test=test["x_val"],
@@ -203,46 +161,46 @@ def run_analysis(d, args, out):
     metrics = {
         "score_file": d["score_path"], "loss_file": d["loss_path"], "n_train": int(n), "n_mislabeled": n_mis,
         "noise_rate": n_mis / n, "dataset": d["dataset"],
-        "recall_fractions": list(analysis.RECALL_FRACTIONS),
+        "recall_fractions": list(RECALL_FRACTIONS),
         "recall_rounding": "recall_at(f) counts the floor(f*N + 0.5) highest-scored samples (f*N rounded half up); "
                            "ties: stable sort of the descending score (lower index first)",
-        "rankings": {name: analysis.ranking_metrics(s, mis) for name, s in rankings.items()},
+        "rankings": {name: ranking_metrics(s, mis) for name, s in rankings.items()},
     }
-    metrics["rankings"]["random"] = analysis.random_metrics(mis)
-    metrics["rankings"]["oracle"] = analysis.ranking_metrics(analysis.oracle_scores(mis), mis)
+    metrics["rankings"]["random"] = random_metrics(mis)
+    metrics["rankings"]["oracle"] = ranking_metrics(oracle_scores(mis), mis)
     figures = [("Self-influence of clean vs shuffled samples",
-                analysis.plot_distribution(d["scores"], mis, os.path.join(out, "self_influence_distribution.png"))),
-               ("Detection curve", analysis.plot_score_curve(
+                plots.plot_distribution(d["scores"], mis, os.path.join(out, formats.DISTRIBUTION_PNG))),
+               ("Detection curve", plots.plot_score_curve(
                    {("TracIn self-influence" if k == "tracin" else "loss at last checkpoint"): v
-                    for k, v in rankings.items()}, mis, os.path.join(out, "score_curve.png")))]
+                    for k, v in rankings.items()}, mis, os.path.join(out, formats.CURVE_PNG)))]
     if d["ckpts"]:
         metrics["checkpoints"] = []
         for epoch, path, s in d["ckpts"]:
-            m = analysis.ranking_metrics(s, mis)
+            m = ranking_metrics(s, mis)
             metrics["checkpoints"].append(dict(epoch=epoch, file=os.path.abspath(path), **m))
-            counts = analysis.top_fraction_per_class(s, mis, d["y_true"], d["n_classes"], 0.1)
+            counts = top_fraction_per_class(s, mis, d["y_true"], d["n_classes"], 0.1)
             figures.append((f"Checkpoint {epoch}: mislabeled per true class in its top 10%",
-                            analysis.plot_class_counts(counts, d["names"],
-                                                       os.path.join(out, f"{epoch}_top_influence_sample.png"),
+                            plots.plot_class_counts(counts, d["names"],
+                                                       os.path.join(out, formats.epoch_top_png(epoch)),
                                                        f"Epoch {epoch}: mislabeled samples among the top 10% "
                                                        f"({int(counts.sum())} of {n_mis})")))
         tr = metrics["rankings"]["tracin"]
-        figures.insert(2, ("Detection quality per checkpoint", analysis.plot_checkpoint_metrics(
+        figures.insert(2, ("Detection quality per checkpoint", plots.plot_checkpoint_metrics(
             [c["epoch"] for c in metrics["checkpoints"]], [c["recall_at"]["0.1"] for c in metrics["checkpoints"]],
-            [c["auroc"] for c in metrics["checkpoints"]], os.path.join(out, "checkpoint_metrics.png"),
+            [c["auroc"] for c in metrics["checkpoints"]], os.path.join(out, formats.CHECKPOINT_METRICS_PNG),
             total=(tr["recall_at"]["0.1"], tr["auroc"]))))
     if args.save_extracted:
-        order = analysis.rank_order(d["scores"])
-        sheets = ensure_dir(os.path.join(out, "extracted_samples"))
-        for i, (a, b) in enumerate(analysis.decile_bounds(n)):
+        order = rank_order(d["scores"])
+        ensure_dir(os.path.join(out, formats.SHEETS_DIR))
+        for i, (a, b) in enumerate(decile_bounds(n)):
             idx = order[a:b]
             shown = idx[:args.sheet_size]
             title = (f"Decile {i + 1} by self-influence: ranks {a + 1}-{b} of {n}, {int(mis[idx].sum())} of "
                      f"{len(idx)} mislabeled; showing the top {len(shown)} (#index, true / given label, score; "
                      "red = mislabeled)")
-            cells = analysis.sample_sheet_cells(shown, d["x"], d["y_true"], d["y_given"], d["names"], d["scores"])
-            figures.append((f"Decile {i + 1} (ranks {a + 1}-{b})", analysis.plot_image_grid(
-                cells, min(8, max(1, len(cells))), os.path.join(sheets, f"decile_{i + 1:02d}.png"), title,
+            cells = plots.sample_sheet_cells(shown, d["x"], d["y_true"], d["y_given"], d["names"], d["scores"])
+            figures.append((f"Decile {i + 1} (ranks {a + 1}-{b})", plots.plot_image_grid(
+                cells, min(8, max(1, len(cells))), os.path.join(out, formats.decile_png(i + 1)), title,
                 caption_lines=3)))
     return metrics, figures
 
@@ -276,7 +234,7 @@ def draw_influence(d, args, out):
     title = (f"Influence of training samples on test predictions ({rows} of {T} test samples): proponents "
              "(highest score first) and opponents (most negative first); given label, red = mislabeled")
     headers = {0: "test", 2: f"top {k_p} proponents", 3 + k_p: f"top {k_o} opponents"}
-    return analysis.plot_image_grid(cells, ncols, os.path.join(out, "influence_examples.png"), title,
+    return plots.plot_image_grid(cells, ncols, os.path.join(out, formats.INFLUENCE_PNG), title,
                                     col_headers=headers, caption_lines=3)
 
 
@@ -296,16 +254,15 @@ def main(argv=None):
     if infl is not None:
         figures.append(("Proponents and opponents of test samples", draw_influence(infl, args, out)))
     if data is not None:
-        save_json(os.path.join(out, "metrics.json"), metrics)
-        from utils import atomic_path
-        with atomic_path(os.path.join(out, "report.html")) as tmp:
+        save_json(os.path.join(out, formats.METRICS_JSON), metrics)
+        with atomic_path(os.path.join(out, formats.REPORT)) as tmp:
             with open(tmp, "w", encoding="utf-8") as f:
-                f.write(analysis.report_html(metrics, figures))
+                f.write(report_html(metrics, figures))
         print(f"{metrics['n_mislabeled']} of {metrics['n_train']} samples mislabeled; scores: {metrics['score_file']}")
-        print(analysis.metrics_table(metrics["rankings"]))
+        print(metrics_table(metrics["rankings"]))
         if metrics.get("checkpoints"):
             print("\nper checkpoint (its own term of the sum):")
-            print(analysis.metrics_table({f"epoch {c['epoch']}": c for c in metrics["checkpoints"]}))
+            print(metrics_table({f"epoch {c['epoch']}": c for c in metrics["checkpoints"]}))
         r10 = metrics["rankings"]["tracin"]["recall_at"].get("0.1")
         if r10 is not None:
             print(f"\nTracIn found {r10:.1%} of the mislabeled samples in the top 10% of the ranking; "

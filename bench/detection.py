@@ -19,7 +19,7 @@ and ranks the training samples by
                  four folds and its last checkpoint's softmax on the held-out fold (5 extra trainings per seed)
   variants       (--variants True, the default) other scorer settings on the same checkpoints, one flag changed
                  each (the study rows of the README); a variant that equals the defaults is left out
-Metrics (analysis.ranking_metrics against noisy != clean label): AUROC, average precision, recall at 5/10/20% of the
+Metrics (tracin.metrics.ranking_metrics against noisy != clean label): AUROC, average precision, recall at 5/10/20% of the
 data checked (at 5% only 72 of the 1438 samples are checked, fewer than the 143 mislabeled: the oracle row shows
 the ceiling). Writes the table (mean +- sample std over seeds, then every seed) to --table, everything to --json,
 and the mean detection curves to --figure. The default seeds 10-15 were not used to tune the defaults
@@ -101,9 +101,10 @@ def logistic_fit_predict(x, y):
 
 def network_fit_predict(arrays, seed, folder, context, log):
     """Our network, trained by train.py with its defaults on four folds, predicting the fifth (softmax)."""
-    import datasets
-    import influence
-    from checkpoints import discover
+    import tracin
+    from tracin import datasets
+    from tracin.graphs import ScoringGraph
+    from tracin.maths import softmax
 
     def fit_predict(k, train_idx, test_idx):
         d = os.path.join(folder, f"fold{k}")
@@ -113,19 +114,19 @@ def network_fit_predict(arrays, seed, folder, context, log):
         run(script("train.py") + ["--input", os.path.join(d, "data"), "--seed", str(seed), "--model_save_path",
                                   os.path.join(d, "ckpt"), "--monitor-path", os.path.join(d, "monitor"),
                                   "-c", context], log)
-        cfg, entries, _ = discover(os.path.join(d, "ckpt"))
-        g = influence.ScoringGraph(cfg, len(test_idx))
-        g.load(entries[-1]["path"])
+        ckpts = tracin.load_checkpoints(os.path.join(d, "ckpt"))
+        g = ScoringGraph(ckpts.model, len(test_idx))
+        g.load(ckpts[-1].path)
         logits, _ = g.forward(arrays["x_train"][test_idx].astype(np.float32))
-        return influence.softmax(logits.astype(np.float64))
+        return softmax(logits.astype(np.float64))
     return fit_predict
 
 
 # ------------------------------------------------------------------------------------------------------ one seed
 
 def bench_seed(seed, args):
-    import analysis
-    import datasets
+    from tracin import datasets
+    from tracin import metrics as analysis
     folder = os.path.join(args.work, f"seed{seed}")
     data, ckpt, log = (os.path.join(folder, "data"), os.path.join(folder, "ckpt"), os.path.join(folder, "log.txt"))
     done = os.path.isfile(os.path.join(data, "influence_all_epoch.npy"))
@@ -159,7 +160,7 @@ def bench_seed(seed, args):
         times["cleanlab_net_s"] = time.time() - t0
     scores_json = json.load(open(os.path.join(data, "scores.json")))
     if args.variants:
-        from checkpoints import discover
+        from tracin.checkpoints import discover
         epochs = [e["epoch"] for e in discover(ckpt)[1]]
         half = ",".join(str(e) for e in epochs if e >= epochs[-1] // 2)
         for i, (name, flags) in enumerate(VARIANTS.items()):
@@ -238,7 +239,7 @@ def markdown(results, table, goals, args):
               f"Scoring (calculate_score.py defaults): layers `{sc['layers']}` ({', '.join(sc['parameters'])}), "
               f"lr weighting {sc['lr_weight']}, checkpoints {_span(sc['checkpoints'])}. Train + score: "
               f"{np.mean(secs):.0f} s per seed on this machine.",
-              "Goal (issue 5), TracIn at the defaults: AUROC ≥ 0.995, recall@10% ≥ 0.95, and at least cleanlab "
+              "Goal, TracIn at the defaults: AUROC ≥ 0.995, recall@10% ≥ 0.95, and at least cleanlab "
               "(logistic regression) in mean AUROC, AP and recall@10%: " +
               ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in goals[DEFAULT].items()) + ". " +
               "TracIn rows meeting all of it: " +
@@ -266,7 +267,7 @@ def plot(results, path):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from utils import atomic_path
+    from tracin.io import atomic_path
     fig = Figure(figsize=(11, 4.8), dpi=120)
     FigureCanvasAgg(fig)
     names = [n for n in results[0]["curves"] if not n.startswith("oracle")]
@@ -302,7 +303,7 @@ def plot(results, path):
 
 
 def main():
-    from args import str2bool
+    from tracin.cli import str2bool
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", default="10,11,12,13,14,15",
                    help="comma-separated shuffle seeds (default 10-15: held out)")

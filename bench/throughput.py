@@ -79,22 +79,22 @@ class Bench:
     def __init__(self, model, size, batch_size, nmaps, context, need_loop=True):
         import numpy as np
 
-        import influence
-        import models
-        from utils import quiet_nnabla, set_context
+        from tracin import models
+        from tracin.context import quiet_nnabla, set_context
+        from tracin.graphs import LoopGraph, ScoringGraph, select_params
         quiet_nnabla()
         set_context(context)
-        self.np, self.influence = np, influence
+        self.np = np
         c = 1 if size == 8 else 3
         self.cfg = models.model_config(model, 10, (c, size, size), nmaps if model == "resnet23" else None)
         self.bs = batch_size
-        self.g = influence.ScoringGraph(self.cfg, batch_size)  # its model graph (g.logits, g.loss) is the yardstick
-        self.loop = influence.LoopGraph(self.cfg) if need_loop else None
+        self.g = ScoringGraph(self.cfg, batch_size)  # its model graph (g.logits, g.loss) is the yardstick
+        self.loop = LoopGraph(self.cfg) if need_loop else None
         if self.loop is not None:
             for k, p in self.g.params.items():  # the same weights everywhere
                 self.loop.g.params[k].d = p.d
-        self.all_names = influence.select_params(self.g.trainable, "all")
-        self.last_names = influence.select_params(self.g.trainable, "last")
+        self.all_names = select_params(self.g.trainable, "all")
+        self.last_names = select_params(self.g.trainable, "last")
         rng = np.random.RandomState(0)
         self.rng = rng
         self.shape = (c, size, size)
@@ -106,7 +106,8 @@ class Bench:
 
     def run(self, method, x, y):
         """Process all of x with `method`; returns squared norms for scorer methods, else None."""
-        g, inf, bs = self.g, self.influence, self.bs
+        from tracin.job_self import score_batch, scoring_kind
+        g, bs = self.g, self.bs
         if method == "forward":
             for s in range(0, len(x), bs):
                 g.x.d = x[s:s + bs]
@@ -127,9 +128,11 @@ class Bench:
             return None
         layers = method.split("-")[0]
         names = self.last_names if layers == "last" else self.all_names
-        engine = self.loop if method.endswith("loop") else g
-        sq, _ = inf.compute_unit(engine, layers, names, x, y, bs)
-        return sq
+        loop = method.endswith("loop")
+        kind = scoring_kind(layers, "loop" if loop else "batched")
+        graph = self.loop if loop else g
+        return self.np.concatenate([score_batch(graph, kind, names, x[s:s + bs], y[s:s + bs])[0]
+                                    for s in range(0, len(x), bs)])
 
 
 def worker_timing(a):

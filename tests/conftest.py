@@ -22,7 +22,7 @@ def run_script(script, *args, cwd=None, check=True, timeout=600, env=None):
 
 def write_subset(folder, n_train=96, n_val=32, seed=0):
     """A small digits array folder (original layout) with 10% shuffled labels."""
-    import datasets
+    from tracin import datasets
     arrays = datasets.make_arrays("digits", shuffle_rate=0.1, seed=seed)
     arrays["x_train"], arrays["y_train"] = arrays["x_train"][:n_train], arrays["y_train"][:n_train]
     arrays["y_shuffle_train"] = arrays["y_shuffle_train"][:n_train]
@@ -33,11 +33,11 @@ def write_subset(folder, n_train=96, n_val=32, seed=0):
 
 def checkpoint_logits(run, epoch, x_file, y_file):
     """Independent inference-mode logits of checkpoint `epoch` of `run` on one array file, with its labels."""
-    import influence
-    from utils import load_json
+    from tracin.graphs import ScoringGraph
+    from tracin.io import load_json
     m = load_json(os.path.join(run["ckpt"], "checkpoints.json"))
     x = np.load(os.path.join(run["data"], x_file)).astype(np.float32)
-    g = influence.ScoringGraph(m["model"], len(x))
+    g = ScoringGraph(m["model"], len(x))
     g.load(os.path.join(run["ckpt"], f"params_{epoch}.h5"))
     return g.forward(x)[0], np.load(os.path.join(run["data"], y_file))[:, 0]
 

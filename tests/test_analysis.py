@@ -5,9 +5,10 @@ import os
 import numpy as np
 import pytest
 
-import analysis
+from tracin import metrics as analysis
+from tracin import plots
+from tracin.errors import InputError
 from conftest import run_script, write_subset
-from utils import CliError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -111,15 +112,15 @@ def test_every_plot_is_a_valid_png(tmp_path, rng):
     mis[:6] = True
     decades = np.exp(rng.uniform(-3, 5, 60))
     paths = [
-        analysis.plot_distribution(decades, mis, tmp_path / "log.png"),
-        analysis.plot_distribution(rng.normal(size=60), mis, tmp_path / "linear.png"),
-        analysis.plot_distribution(decades, np.zeros(60, bool), tmp_path / "clean_only.png"),
-        analysis.plot_score_curve({"a": decades, "b": -decades}, mis, tmp_path / "curve.png"),
-        analysis.plot_score_curve({"a": decades}, np.zeros(60, bool), tmp_path / "curve_undefined.png"),
-        analysis.plot_class_counts(np.arange(10), [str(i) for i in range(10)], tmp_path / "bars.png", "t"),
-        analysis.plot_checkpoint_metrics([1, 2, 3], [0.2, None, 0.9], [0.6, 0.8, None], tmp_path / "ck.png",
+        plots.plot_distribution(decades, mis, tmp_path / "log.png"),
+        plots.plot_distribution(rng.normal(size=60), mis, tmp_path / "linear.png"),
+        plots.plot_distribution(decades, np.zeros(60, bool), tmp_path / "clean_only.png"),
+        plots.plot_score_curve({"a": decades, "b": -decades}, mis, tmp_path / "curve.png"),
+        plots.plot_score_curve({"a": decades}, np.zeros(60, bool), tmp_path / "curve_undefined.png"),
+        plots.plot_class_counts(np.arange(10), [str(i) for i in range(10)], tmp_path / "bars.png", "t"),
+        plots.plot_checkpoint_metrics([1, 2, 3], [0.2, None, 0.9], [0.6, 0.8, None], tmp_path / "ck.png",
                                          total=(0.5, 0.7)),
-        analysis.plot_image_grid(analysis.sample_sheet_cells(range(12), rng.randint(0, 255, (12, 3, 32, 32)).astype(
+        plots.plot_image_grid(plots.sample_sheet_cells(range(12), rng.randint(0, 255, (12, 3, 32, 32)).astype(
             np.uint8), np.arange(12) % 10, (np.arange(12) + (np.arange(12) % 3 == 0)) % 10,
             [f"c{i}" for i in range(10)], decades), 5, tmp_path / "sheet.png", "a sheet " * 20),
     ]
@@ -173,19 +174,19 @@ def test_bad_scores_change_nothing(folder, tmp_path, bad, words):
     out.mkdir()
     (out / "metrics.json").write_text("old")
     np.save(tmp_path / "bad.npy", bad)
-    with pytest.raises(CliError, match=words):
+    with pytest.raises(InputError, match=words):
         run_main("--input", folder, "--scores", tmp_path / "bad.npy", "--output", out)
     assert os.listdir(out) == ["metrics.json"] and (out / "metrics.json").read_text() == "old"
 
 
 def test_bad_loss_and_checkpoint_files(folder, tmp_path):
     np.save(folder / "loss_last_epoch.npy", np.zeros(50))
-    with pytest.raises(CliError, match="loss file .* 50 scores"):
+    with pytest.raises(InputError, match="loss file .* 50 scores"):
         run_main("--input", folder, "--output", tmp_path / "fig")
     os.remove(folder / "loss_last_epoch.npy")
-    with pytest.raises(CliError, match="save_every_epoch"):
+    with pytest.raises(InputError, match="save_every_epoch"):
         run_main("--input", folder, "--output", tmp_path / "fig", "--ckpt_analysis", "True")
-    with pytest.raises(CliError, match="--input"):
+    with pytest.raises(InputError, match="--input"):
         run_main("--scores", folder / "influence_all_epoch.npy")
 
 
@@ -218,9 +219,9 @@ def test_influence_examples(tmp_path):
     bad = dict(np.load(npz))
     bad["opponents"] = bad["opponents"] + 100
     np.savez(npz, **bad)
-    with pytest.raises(CliError, match="opponents reach index"):
+    with pytest.raises(InputError, match="opponents reach index"):
         run_main("--influence", npz, "--output", out)
-    with pytest.raises(CliError, match="--mode influence"):
+    with pytest.raises(InputError, match="--mode influence"):
         run_main("--influence", tmp_path / "missing.npz", "--output", out)
 
 

@@ -109,7 +109,7 @@ CASES = [
          edit_npy("x_val.npy", pad_images)),
     case("train-images-too-small", "train.py", ("--input", "{data}") + TRAIN, "at least 8x8", crop_images),
     case("train-odd-nmaps-keeps-arrays", "train.py", ("--output", "{data}") + TRAIN + ("--nmaps", "3"),
-         "even --nmaps"),
+         "even width (nmaps)"),
     case("train-unknown-model", "train.py", ("--model", "resnet99") + TRAIN, "invalid choice: 'resnet99'"),
     case("train-unknown-dataset", "train.py", ("--dataset", "mnist") + TRAIN, "invalid choice: 'mnist'"),
     case("train-shuffle-rate-text", "train.py", ("--shuffle_rate", "ten") + TRAIN, "expected a number"),

@@ -243,7 +243,7 @@ def test_divergence_stops_before_a_nan_checkpoint(tmp_path):
 
 
 def test_atomic_path_keeps_the_old_file_on_failure(tmp_path):
-    from utils import atomic_path, save_json
+    from tracin.io import atomic_path, save_json
     path = tmp_path / "metrics.json"
     save_json(path, {"a": 1})
     with pytest.raises(RuntimeError):

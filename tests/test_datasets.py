@@ -7,8 +7,8 @@ import tarfile
 import numpy as np
 import pytest
 
-import datasets
-from utils import CliError
+from tracin import datasets
+from tracin.errors import InputError
 
 
 # --------------------------------------------------------------------------------------------- shuffling
@@ -70,12 +70,12 @@ def test_load_arrays_rejects_mismatched_lengths(tmp_path):
     arrays = datasets.make_arrays("digits", seed=0)
     arrays["y_shuffle_train"] = arrays["y_shuffle_train"][:-1]
     datasets.save_arrays(tmp_path, arrays)
-    with pytest.raises(CliError, match="y_shuffle_train.npy has 1437 labels for 1438 images"):
+    with pytest.raises(InputError, match="y_shuffle_train.npy has 1437 labels for 1438 images"):
         datasets.load_arrays(str(tmp_path))
 
 
 def test_check_labels_names_range():
-    with pytest.raises(CliError, match=r"labels in \[0, 12\].*10 classes"):
+    with pytest.raises(InputError, match=r"labels in \[0, 12\].*10 classes"):
         datasets.check_labels(np.array([[0], [12]]), 10, "y.npy")
 
 
@@ -131,21 +131,21 @@ def test_md5_checked_and_cached_download(tmp_path):
     assert path == str(cache / datasets.CIFAR10_ARCHIVE) and datasets.md5sum(path) == digest
     assert datasets.cifar10_archive(str(cache), download=False, md5=digest) == path
     # the official checksum rejects the tiny archive, naming both digests
-    with pytest.raises(CliError, match=f"MD5 {digest}, expected {datasets.CIFAR10_MD5}"):
+    with pytest.raises(InputError, match=f"MD5 {digest}, expected {datasets.CIFAR10_MD5}"):
         datasets.cifar10_archive(str(cache))
 
 
 def test_offline_without_archive_names_file_and_place(tmp_path):
     missing = (tmp_path / "nowhere" / "x.tar.gz").as_uri()
-    with pytest.raises(CliError) as e:
+    with pytest.raises(InputError) as e:
         datasets.cifar10_archive(str(tmp_path / "cache"), url=missing)
     msg = str(e.value)
-    assert datasets.CIFAR10_ARCHIVE in msg and str(tmp_path / "cache") in msg and "--data-dir" in msg
+    assert datasets.CIFAR10_ARCHIVE in msg and str(tmp_path / "cache") in msg and "--" not in msg  # no flags
     assert not os.path.exists(tmp_path / "cache" / datasets.CIFAR10_ARCHIVE)  # no partial file left
 
 
 def test_corrupt_archive_is_a_clear_error(tmp_path):
     path = tmp_path / datasets.CIFAR10_ARCHIVE
     path.write_bytes(b"not a tar")
-    with pytest.raises(CliError, match="not a readable CIFAR-10 python archive"):
+    with pytest.raises(InputError, match="not a readable CIFAR-10 python archive"):
         datasets.read_cifar10_archive(str(path))

@@ -7,8 +7,11 @@ import os
 import numpy as np
 import pytest
 
-import datasets
-import influence
+from tracin import datasets
+from tracin.graphs import ScoringGraph, select_params
+from tracin.job_influence import InfluenceFeatures
+from tracin.maths import projection_matrix
+from tracin.topk import RunningTopK
 from conftest import run_script
 
 
@@ -112,26 +115,36 @@ def test_last_layer_closed_form_equals_gradient_machinery(runs, tiny_run):
     np.testing.assert_allclose(grads, closed, rtol=1e-4, atol=1e-6 * np.abs(closed).max())
 
 
+def _last_layer_grads(logits, feats, labels):
+    """Per-sample gradients of affine W (H, C) and b (C,), flattened as [vec(h e^T), e], e = softmax - onehot."""
+    z = logits.astype(np.float64)
+    e = np.exp(z - z.max(1, keepdims=True))
+    e /= e.sum(1, keepdims=True)
+    e[np.arange(len(e)), labels] -= 1.0
+    h = feats.reshape(len(feats), -1).astype(np.float64)
+    return np.concatenate([(h[:, :, None] * e[:, None, :]).reshape(len(h), -1), e], axis=1)
+
+
 def test_closed_form_by_hand(tiny_run):
-    """In-process: the features' dot products equal explicit outer-product gradients (last_layer_grads) and the
+    """In-process: the features' dot products equal explicit outer-product gradients [vec(h e^T), e] and the
     flattened batched gradients of affine/W, affine/b."""
     man = json.loads((tiny_run["ckpt"] / "checkpoints.json").read_text())
-    g = influence.ScoringGraph(man["model"], 8)
+    g = ScoringGraph(man["model"], 8)
     g.load(str(tiny_run["ckpt"] / man["checkpoints"][-1]["params"]))
     arrays = datasets.load_arrays(str(tiny_run["data"]))
     x, y = arrays["x_train"][:8].astype(np.float32), arrays["y_shuffle_train"][:8, 0]
     xt, yt = arrays["x_val"][:5].astype(np.float32), arrays["y_val"][:5, 0]
-    names = influence.select_params(g.trainable, "last")
-    last = influence.InfluenceFeatures(g, "last", names, 8)
-    grad = influence.InfluenceFeatures(g, "grad", names, 8)
+    names = select_params(g.trainable, "last")
+    last = InfluenceFeatures(g, "last", names, 8)
+    grad = InfluenceFeatures(g, "grad", names, 8)
     d_last = last.dots(last.batch(xt, yt)[0], last.batch(x, y)[0])
     d_grad = grad.dots(grad.batch(xt, yt)[0], grad.batch(x, y)[0])
     lt, ft = g.forward(xt)
     lj, fj = g.forward(x)
-    explicit = influence.last_layer_grads(lt, ft, yt) @ influence.last_layer_grads(lj, fj, y).T
+    explicit = _last_layer_grads(lt, ft, yt) @ _last_layer_grads(lj, fj, y).T
     np.testing.assert_allclose(d_last, explicit, rtol=1e-10)
     np.testing.assert_allclose(d_grad, explicit, rtol=1e-4, atol=1e-7 * np.abs(explicit).max())
-    assert last.width() == ft.shape[1] + lt.shape[1] and grad.width() == influence.last_layer_grads(lt, ft, yt).shape[1]
+    assert last.width() == ft.shape[1] + lt.shape[1] and grad.width() == _last_layer_grads(lt, ft, yt).shape[1]
 
 
 def test_lr_weighting_is_applied(runs, tiny_run):
@@ -175,14 +188,14 @@ def test_projection_error_within_documented_bound(runs, tiny_run, dim):
 
 
 def test_projection_matrix_is_seeded_and_unbiased():
-    a = influence.projection_matrix(300, 256, seed=1, index=0)
-    np.testing.assert_array_equal(a, influence.projection_matrix(300, 256, seed=1, index=0))
-    assert not np.array_equal(a, influence.projection_matrix(300, 256, seed=1, index=1))
-    assert not np.array_equal(a, influence.projection_matrix(300, 256, seed=2, index=0))
+    a = projection_matrix(300, 256, seed=1, index=0)
+    np.testing.assert_array_equal(a, projection_matrix(300, 256, seed=1, index=0))
+    assert not np.array_equal(a, projection_matrix(300, 256, seed=1, index=1))
+    assert not np.array_equal(a, projection_matrix(300, 256, seed=2, index=0))
     assert a.dtype == np.float32 and abs(a.var() * 256 - 1) < 0.02
     rng = np.random.RandomState(0)
     g, h = rng.randn(300), rng.randn(300)
-    errs = [(g @ influence.projection_matrix(300, 256, 0, i)) @ (h @ influence.projection_matrix(300, 256, 0, i))
+    errs = [(g @ projection_matrix(300, 256, 0, i)) @ (h @ projection_matrix(300, 256, 0, i))
             - g @ h for i in range(200)]
     bound = np.sqrt(2.0 / 256) * np.linalg.norm(g) * np.linalg.norm(h)
     assert abs(np.mean(errs)) < 0.3 * bound and np.std(errs) <= bound
@@ -190,18 +203,24 @@ def test_projection_matrix_is_seeded_and_unbiased():
 
 def test_running_topk_merges_exactly(rng):
     m = np.round(rng.randn(6, 200), 1)  # many ties
-    full = influence.topk_full(m, 9)
+    cols = np.arange(200)
+    full = {"prop_idx": np.stack([np.lexsort((cols, -row))[:9] for row in m]),
+            "opp_idx": np.stack([np.lexsort((cols, row))[:9] for row in m])}
+    full["prop_score"] = np.take_along_axis(m, full["prop_idx"], 1)
+    full["opp_score"] = np.take_along_axis(m, full["opp_idx"], 1)
     parts = np.array_split(np.arange(200), [13, 50, 51, 140])
-    run = influence.RunningTopK(6, 9)
+    run = RunningTopK(6, 9)
     for p in parts[::-1]:  # any order of blocks
-        sub = influence.RunningTopK(6, 9)
+        sub = RunningTopK(6, 9)
         sub.add_block(m[:, p], p)
         run.add(**{k: v for k, v in zip(("prop_idx", "prop_score", "opp_idx", "opp_score"),
                                          sub.arrays().values())})
     for key in ("prop_idx", "prop_score", "opp_idx", "opp_score"):
-        np.testing.assert_array_equal(run.arrays()[key], full.arrays()[key])
-    cols = np.arange(200)
-    np.testing.assert_array_equal(full.prop_idx[2], np.lexsort((cols, -m[2]))[:9])
+        np.testing.assert_array_equal(run.arrays()[key], full[key])
+    one = RunningTopK(6, 9)  # a single block of the whole rows: the same as sorting them
+    one.add_block(m, cols)
+    for key in ("prop_idx", "prop_score", "opp_idx", "opp_score"):
+        np.testing.assert_array_equal(one.arrays()[key], full[key])
 
 
 def test_predicted_labels_and_rerun_from_cache(runs, tiny_run):
@@ -210,7 +229,7 @@ def test_predicted_labels_and_rerun_from_cache(runs, tiny_run):
     score(tiny_run, out, *args)
     first = load(out)
     man = json.loads((tiny_run["ckpt"] / "checkpoints.json").read_text())
-    g = influence.ScoringGraph(man["model"], 3)
+    g = ScoringGraph(man["model"], 3)
     g.load(str(tiny_run["ckpt"] / man["checkpoints"][-1]["params"]))
     x_val = np.load(tiny_run["data"] / "x_val.npy")[[1, 2, 30]].astype(np.float32)
     np.testing.assert_array_equal(first["test_labels"], g.forward(x_val)[0].argmax(1))

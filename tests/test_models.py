@@ -5,7 +5,7 @@ import nnabla as nn
 import numpy as np
 import pytest
 
-import models
+from tracin import models
 from conftest import FIXTURES
 
 

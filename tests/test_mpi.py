@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-import parallel
+from tracin import parallel
 from conftest import REPO, write_subset
 
 BIN = os.path.dirname(sys.executable)

@@ -7,8 +7,8 @@ import h5py
 import numpy as np
 import pytest
 
-import checkpoints
-import train
+from tracin import checkpoints
+from tracin.training import learning_rate
 from conftest import checkpoint_logits, run_script, write_subset
 
 
@@ -25,15 +25,15 @@ def _same_h5(a, b):
 
 
 def test_schedule_matches_the_original_at_270_epochs():
-    lr = lambda e: train.learning_rate(e, 1.0, 270, "step")
+    lr = lambda e: learning_rate(e, 1.0, 270, "step")
     assert lr(0) == pytest.approx(1 / 15) and lr(13) == pytest.approx(14 / 15)
     assert lr(14) == lr(89) == 1.0
     assert lr(90) == pytest.approx(0.1) and lr(179) == pytest.approx(0.1)
     assert lr(180) == pytest.approx(0.01) and lr(240) == pytest.approx(0.001) and lr(269) == pytest.approx(0.001)
     # scaled to 30 epochs: warm-up 2 epochs, steps at 10, 20, 27
-    assert [round(train.learning_rate(e, 1.0, 30, "step"), 6) for e in (0, 1, 9, 10, 20, 27)] == \
+    assert [round(learning_rate(e, 1.0, 30, "step"), 6) for e in (0, 1, 9, 10, 20, 27)] == \
         [0.5, 1.0, 1.0, 0.1, 0.01, 0.001]
-    cos = [train.learning_rate(e, 0.02, 30, "cosine") for e in range(30)]
+    cos = [learning_rate(e, 0.02, 30, "cosine") for e in range(30)]
     assert cos[1] == pytest.approx(0.02 * 0.5 * (1 + np.cos(np.pi / 30)))
     assert all(a >= b for a, b in zip(cos[1:], cos[2:])) and cos[-1] > 0
 
@@ -44,7 +44,7 @@ def test_tiny_run_writes_checkpoints_and_manifest(tiny_run):
     assert [c["epoch"] for c in m["checkpoints"]] == [0, 1, 2, 3]
     for c in m["checkpoints"]:
         assert os.path.isfile(ckpt / c["params"]) and os.path.isfile(ckpt / c["solver"])
-        expected = train.learning_rate(max(c["epoch"] - 1, 0), m["train"]["learning_rate"], 3, m["train"]["lr_schedule"])
+        expected = learning_rate(max(c["epoch"] - 1, 0), m["train"]["learning_rate"], 3, m["train"]["lr_schedule"])
         assert c["lr"] == pytest.approx(expected)
     assert m["model"] == {"name": "resnet23", "nmaps": 8, "n_classes": 10, "input_shape": [1, 8, 8],
                           "dataset": "digits"}
@@ -118,3 +118,26 @@ def test_save_interval_and_monitor_series(tmp_path):
     for name in ("Training-loss", "Training-error", "Test-loss", "Test-error"):
         lines = open(tmp_path / "mon" / f"{name}.series.txt").read().split("\n")
         assert [int(l.split()[0]) for l in lines if l] == [1, 2, 3]
+
+
+def test_default_dataset_is_cifar10_and_offline_error_points_to_digits(tmp_path, monkeypatch, capsys):
+    """The original's train.py command means CIFAR-10; offline without the archive, one line names the archive,
+    the folder to put it in, --data-dir and --dataset digits, and nothing but the data cache is created."""
+    import urllib.error
+    import urllib.request
+
+    import train
+    from tracin.cli import run_cli, train_parser
+    assert train_parser().parse_args([]).dataset == "cifar10"
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    argv = ["--data-dir", str(tmp_path / "cache"), "--output", str(tmp_path / "data"), "--model_save_path",
+            str(tmp_path / "ckpt"), "--monitor-path", str(tmp_path / "mon"), "-c", "cpu"]
+    assert run_cli(train.main, argv, prog="train.py") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("train.py: error: cannot download"), err
+    for words in ("cifar-10-python.tar.gz", str(tmp_path / "cache"), "--data-dir", "--dataset digits"):
+        assert words in err[0], (words, err[0])
+    assert sorted(os.listdir(tmp_path)) == ["cache"] and os.listdir(tmp_path / "cache") == []

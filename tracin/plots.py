@@ -1,127 +1,13 @@
-"""Metrics and figures of mislabeled-sample detection: pure functions on arrays, no file discovery, no CLI.
-
-A *ranking* is a score per training sample; higher means "check this sample first". Its quality is measured
-against the boolean mask `mislabeled` (noisy label != clean label):
-
-  recall_at(f)       fraction of all mislabeled samples found among the k(f) highest-scored samples, where
-                     k(f) = floor(f * N + 0.5) (f * N rounded half up). The same k is used by the curve and the
-                     metrics. Ties are broken by a stable sort on the descending score (lower index first).
-  detection_curve    recall_at(f) for each f in `fractions` (default 0, 0.01, ..., 1.0).
-  auroc              scikit-learn roc_auc_score(mislabeled, scores): chance that a random mislabeled sample
-                     outranks a random clean one (0.5 = random order, 1 = perfect).
-  average_precision  scikit-learn average_precision_score: mean precision at each mislabeled sample's rank
-                     (random order gives about the noise rate).
-Metrics that need mislabeled samples (all of them) are None when there are none; AUROC also needs a clean one.
-
-Plotting functions take arrays and an output path and write a PNG atomically (utils.atomic_path); matplotlib is
-imported lazily with the Agg backend.
+"""Figures of mislabeled-sample detection and influence: functions of arrays and an output path that write a PNG
+atomically (tracin.io.atomic_path); matplotlib is imported lazily and drawn by Agg without pyplot's global state.
 """
-import math
-
 import numpy as np
 
-RECALL_FRACTIONS = (0.05, 0.1, 0.15, 0.2, 0.3)
-CURVE_FRACTIONS = np.round(np.arange(101) / 100.0, 2)  # 0, 0.01, ..., 1.0 as the original
+from .io import atomic_path
+from .metrics import CURVE_FRACTIONS, as_inputs, detection_curve, oracle_scores, random_curve
+
 DPI = 120
 
-
-# ------------------------------------------------------------------------------------------------------ metrics
-
-def n_checked(fraction, n):
-    """Number of samples checked at `fraction` of n: f * n rounded half up (the one convention used everywhere)."""
-    return int(min(n, max(0, math.floor(float(fraction) * n + 0.5))))
-
-
-def _as_inputs(scores, mislabeled):
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    mislabeled = np.asarray(mislabeled).reshape(-1).astype(bool)
-    if scores.shape != mislabeled.shape:
-        raise ValueError(f"{scores.size} scores for {mislabeled.size} samples")
-    if not np.all(np.isfinite(scores)):
-        raise ValueError("scores hold NaN or inf")
-    return scores, mislabeled
-
-
-def rank_order(scores):
-    """Sample indices, highest score first; ties keep index order (stable sort)."""
-    return np.argsort(-np.asarray(scores, dtype=np.float64).reshape(-1), kind="stable")
-
-
-def detection_curve(scores, mislabeled, fractions=CURVE_FRACTIONS):
-    """Recall (fraction of the mislabeled samples found) after checking each fraction of the data, highest score
-    first: an array shaped like `fractions`. All NaN when there are no mislabeled samples."""
-    scores, mislabeled = _as_inputs(scores, mislabeled)
-    fractions = np.asarray(fractions, dtype=np.float64)
-    total = int(mislabeled.sum())
-    if total == 0:
-        return np.full(fractions.shape, np.nan)
-    found = np.concatenate([[0], np.cumsum(mislabeled[rank_order(scores)])])
-    k = np.array([n_checked(f, len(scores)) for f in fractions.reshape(-1)], dtype=np.int64)
-    return (found[k] / total).reshape(fractions.shape)
-
-
-def recall_at(scores, mislabeled, fraction):
-    """Fraction of the mislabeled samples among the floor(fraction * N + 0.5) highest-scored; None without any."""
-    value = float(detection_curve(scores, mislabeled, [fraction])[0])
-    return None if math.isnan(value) else value
-
-
-def ranking_metrics(scores, mislabeled, fractions=RECALL_FRACTIONS):
-    """{'auroc', 'average_precision', 'recall_at': {str(f): recall}} for one ranking; undefined values are None.
-
-    recall_at keys are the fractions as written by str(float(f)) ('0.05', '0.1', ...)."""
-    from sklearn.metrics import average_precision_score, roc_auc_score
-    scores, mislabeled = _as_inputs(scores, mislabeled)
-    n_pos = int(mislabeled.sum())
-    n_neg = int(len(mislabeled) - n_pos)
-    curve = detection_curve(scores, mislabeled, list(fractions))
-    return {
-        "auroc": float(roc_auc_score(mislabeled, scores)) if n_pos and n_neg else None,
-        "average_precision": float(average_precision_score(mislabeled, scores)) if n_pos else None,
-        "recall_at": {str(float(f)): (None if math.isnan(r) else float(r)) for f, r in zip(fractions, curve)},
-    }
-
-
-def oracle_scores(mislabeled):
-    """The perfect ranking: every mislabeled sample before every clean one."""
-    return np.asarray(mislabeled, dtype=np.float64).reshape(-1)
-
-
-def random_curve(mislabeled, fractions=CURVE_FRACTIONS):
-    """Expected recall of a random order: k(f) / N (the diagonal, up to rounding)."""
-    n = np.asarray(mislabeled).size
-    if not np.asarray(mislabeled).any():
-        return np.full(np.shape(fractions), np.nan)
-    return np.array([n_checked(f, n) / n for f in np.reshape(fractions, -1)]).reshape(np.shape(fractions))
-
-
-def random_metrics(mislabeled, fractions=RECALL_FRACTIONS):
-    """Expected metrics of a random order: AUROC 0.5, average precision ~ noise rate, recall_at k(f)/N."""
-    mislabeled = np.asarray(mislabeled).reshape(-1).astype(bool)
-    n, n_pos = mislabeled.size, int(mislabeled.sum())
-    rec = random_curve(mislabeled, list(fractions))
-    return {
-        "auroc": 0.5 if 0 < n_pos < n else None,
-        "average_precision": n_pos / n if n_pos else None,
-        "recall_at": {str(float(f)): (None if math.isnan(r) else float(r)) for f, r in zip(fractions, rec)},
-    }
-
-
-def top_fraction_per_class(scores, mislabeled, true_labels, n_classes, fraction=0.1):
-    """Mislabeled samples per true class among the k(fraction) highest-scored: int array (n_classes,)."""
-    scores, mislabeled = _as_inputs(scores, mislabeled)
-    top = rank_order(scores)[:n_checked(fraction, len(scores))]
-    top = top[mislabeled[top]]
-    return np.bincount(np.asarray(true_labels).reshape(-1)[top].astype(np.int64), minlength=n_classes)[:n_classes]
-
-
-def decile_bounds(n, parts=10):
-    """[(start, stop)] rank ranges of each tenth of n samples, with the same rounding as recall_at."""
-    cuts = [n_checked(i / parts, n) for i in range(parts + 1)]
-    return list(zip(cuts[:-1], cuts[1:]))
-
-
-# ------------------------------------------------------------------------------------------------------ figures
 
 def _figure(width, height):
     """A matplotlib Figure drawn by Agg, without pyplot's global state (nothing to close, nothing shown)."""
@@ -138,7 +24,6 @@ def _figure(width, height):
 
 
 def _save(fig, path, **kw):
-    from utils import atomic_path
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=DPI, **kw)
     return path
@@ -154,7 +39,7 @@ def spans_decades(values, decades=2.0):
 def plot_distribution(scores, mislabeled, path, score_name="Self-influence (TracIn)", bins=50):
     """Histograms of the scores of clean and shuffled samples, each normalised to its own size (fraction of the
     group per bin), on a log-x axis when the scores span two decades or more; the legend shows the counts."""
-    scores, mislabeled = _as_inputs(scores, mislabeled)
+    scores, mislabeled = as_inputs(scores, mislabeled)
     log = spans_decades(scores)
     shown = scores
     n_zero = 0
@@ -364,75 +249,3 @@ def sample_sheet_cells(indices, images, true_labels, given_labels, names, scores
         cells.append(dict(image=images[i], caption=cap, frame="red" if bad else None,
                           color="tab:red" if bad else "black"))
     return cells
-
-
-# ------------------------------------------------------------------------------------------------------- report
-
-def format_value(v, digits=3):
-    return "n/a" if v is None else f"{v:.{digits}f}"
-
-
-def metrics_table(rankings, fractions=RECALL_FRACTIONS):
-    """Plain-text table (one row per ranking) of a metrics.json 'rankings' dict."""
-    head = ["ranking", "AUROC", "AP"] + [f"R@{float(f):.0%}" for f in fractions]
-    rows = [head]
-    for name, m in rankings.items():
-        rows.append([name, format_value(m["auroc"]), format_value(m["average_precision"])]
-                    + [format_value(m["recall_at"].get(str(float(f)))) for f in fractions])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-                     for r in rows)
-
-
-def report_html(metrics, figures, title="TracIn mislabeled-sample detection"):
-    """One self-contained HTML page: summary, metrics table, definitions and the figures embedded as base64.
-
-    figures: [(heading, png_path)], drawn in order; missing files are skipped."""
-    import base64
-    import html
-    import os
-    esc = html.escape
-    fr = list(metrics.get("recall_fractions", RECALL_FRACTIONS))
-    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{esc(title)}</title><style>"
-             "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:4px 10px;"
-             "text-align:right}th:first-child,td:first-child{text-align:left}th{background:#eee}"
-             "img{max-width:100%;border:1px solid #ddd;margin:0.5em 0}code{background:#f4f4f4;padding:0 3px}"
-             f"</style></head><body><h1>{esc(title)}</h1>"]
-    if "n_train" in metrics:
-        rate = metrics["n_mislabeled"] / metrics["n_train"] if metrics["n_train"] else 0.0
-        parts.append(f"<p>Score file <code>{esc(str(metrics.get('score_file')))}</code>; "
-                     f"{metrics['n_train']} training samples, {metrics['n_mislabeled']} mislabeled ({rate:.1%}).")
-        if metrics.get("loss_file"):
-            parts.append(f" Loss baseline <code>{esc(metrics['loss_file'])}</code>.")
-        parts.append("</p>")
-    if metrics.get("rankings"):
-        parts.append("<h2>Metrics</h2><table><tr><th>ranking</th><th>AUROC</th><th>average precision</th>"
-                     + "".join(f"<th>recall@{float(f):.0%}</th>" for f in fr) + "</tr>")
-        for name, m in metrics["rankings"].items():
-            parts.append(f"<tr><td>{esc(name)}</td><td>{format_value(m['auroc'])}</td>"
-                         f"<td>{format_value(m['average_precision'])}</td>"
-                         + "".join(f"<td>{format_value(m['recall_at'].get(str(float(f))))}</td>" for f in fr)
-                         + "</tr>")
-        parts.append("</table><p><small>recall@f: fraction of all mislabeled samples among the "
-                     "floor(f&middot;N + 0.5) highest-scored (ties: lower index first). AUROC: chance that a random "
-                     "mislabeled sample scores above a random clean one (0.5 = random). Average precision: mean "
-                     "precision at the rank of each mislabeled sample (random &asymp; noise rate). "
-                     "n/a: undefined (no mislabeled or no clean samples). Random order: expected values.</small></p>")
-    if metrics.get("checkpoints"):
-        parts.append("<h2>Per checkpoint</h2><table><tr><th>epoch</th><th>AUROC</th><th>average precision</th>"
-                     "<th>recall@10%</th></tr>")
-        for c in metrics["checkpoints"]:
-            parts.append(f"<tr><td>{c['epoch']}</td><td>{format_value(c['auroc'])}</td>"
-                         f"<td>{format_value(c['average_precision'])}</td>"
-                         f"<td>{format_value(c['recall_at'].get('0.1'))}</td></tr>")
-        parts.append("</table>")
-    for heading, path in figures:
-        if not os.path.isfile(path):
-            continue
-        with open(path, "rb") as f:
-            data = base64.b64encode(f.read()).decode("ascii")
-        parts.append(f"<h2>{esc(heading)}</h2><p><small>{esc(os.path.basename(path))}</small><br>"
-                     f"<img alt='{esc(heading)}' src='data:image/png;base64,{data}'></p>")
-    parts.append("</body></html>\n")
-    return "".join(parts)

@@ -1,15 +1,48 @@
-"""Command-line flags of the three entry scripts.
+"""Command-line plumbing of the three entry scripts: flags, one-line errors, exit codes. Only the scripts import it.
 
 Spellings follow the original nnabla-examples TracIn example (`--model_save_path`, `--shuffle_label True`,
 `-c cudnn`, ...). Defaults that depend on the data set are None here and resolved from `datasets.SPECS`.
 """
 import argparse
+import os
 import sys
 
-import utils  # noqa: F401  (before models: quiets nnabla's import-time INFO log line)
-from models import MODELS
+from .errors import InputError
+from .models import MODELS
 
-DATASETS = ("digits", "cifar10")
+DATASETS = ("cifar10", "digits")
+
+
+class CliError(InputError):
+    """A mistake in the command line: reported as one line on stderr, exit code 2, no traceback. Its message may
+    name flags (library errors, InputError, do not)."""
+
+
+def error_exit(e):
+    """(message, exit code) for an exception a script reports in one line, or None for a bug (traceback).
+    Bad input: 2. An OS error on a named file (a full or read-only disk, no permission): 1."""
+    if isinstance(e, InputError):
+        return str(e), 2
+    if isinstance(e, OSError) and e.filename:
+        return f"{e.filename}: {e.strerror or e}", 1
+    return None
+
+
+def run_cli(main_fn, argv=None, prog=None, resume_hint="rerun the same command to continue"):
+    """Run an entry script's main(argv); an InputError (or an OS error on a file, or Ctrl-C) becomes one line on
+    stderr and an exit code."""
+    prog = prog or os.path.basename(sys.argv[0])
+    try:
+        return main_fn(argv)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; {resume_hint}", file=sys.stderr)
+        return 130
+    except (InputError, OSError) as e:
+        known = error_exit(e)
+        if known is None:
+            raise
+        print(f"{prog}: error: {known[0]}", file=sys.stderr)
+        return known[1]
 
 
 class Parser(argparse.ArgumentParser):
@@ -86,8 +119,9 @@ def add_context_args(p):
 def train_parser():
     p = Parser(prog="train.py", description="Train a ResNet on labels with a shuffled fraction, "
                                             "saving the arrays and a checkpoint every epoch.")
-    p.add_argument("--dataset", default="digits", choices=DATASETS,
-                   help="digits: scikit-learn's bundled 8x8 digits (offline); cifar10: the official archive")
+    p.add_argument("--dataset", default="cifar10", choices=DATASETS,
+                   help="cifar10 (default, as the original): the official archive, downloaded once; digits: "
+                        "scikit-learn's bundled 8x8 digits (offline, seconds)")
     p.add_argument("--data-dir", "--data_dir", dest="data_dir", default=None,
                    help="folder holding (or to cache) cifar-10-python.tar.gz; default: nnabla's data cache")
     p.add_argument("--input", default=None, help="train from a folder of arrays written by an earlier run")
@@ -137,7 +171,8 @@ def score_parser():
     p.add_argument("--nmaps", type=positive_int, default=None, help="with --model: resnet23 width (default 64)")
     p.add_argument("--checkpoint_epochs", type=int_list, default=None, help="e.g. 29,59,89")
     p.add_argument("--checkpoint_interval", type=positive_int, default=None,
-                   help="every K-th recorded checkpoint, counting back from the last")
+                   help="the checkpoints of epochs K-1, 2K-1, ... (the weights at the start of every K-th epoch; "
+                        "30 gives the original's params_29, 59, ..., 269)")
     p.add_argument("--layers", default=None,
                    help="last_bias (the final affine layer's bias b: ||p - y||^2; default of --mode self, the best "
                         "detector in bench/detection.py), last (final affine W and b, the original's; default of "
@@ -151,7 +186,7 @@ def score_parser():
                    help="also write {epoch}_influence.npy, each checkpoint's term of the sum")
     p.add_argument("--batch_size", type=positive_int, default=64)
     p.add_argument("--seed", "-s", type=int, default=0, help="seed for random projections")
-    # train -> test influence (issue 6); every flag below is for --mode influence only
+    # train -> test influence; every flag below but --mode is for --mode influence only
     p.add_argument("--mode", default="self", choices=["self", "influence"],
                    help="self: self-influence of every training sample; influence: TracIn(train, test) "
                         "proponents and opponents of test samples")
@@ -219,3 +254,48 @@ def analysis_parser():
     p.add_argument("--influence_rows", type=positive_int, default=20,
                    help="with --influence: at most this many test samples (rows) in influence_examples.png")
     return p
+
+
+def run_mpi_cli(main_fn, argv=None, prog=None):
+    """run_cli for a script that may run under MPI (tracin.parallel): main_fn(argv, comm=...) on every rank.
+
+    Exit codes are those of run_cli on every rank (2 for a bad input). Only rank 0 prints an error, except an error
+    of another rank that rank 0 did not have itself."""
+    from .parallel import PeerFailed, world
+    prog = prog or os.path.basename(sys.argv[0])
+    try:
+        comm = world()
+    except InputError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    if comm is None:
+        return run_cli(main_fn, argv, prog)
+
+    def report(message, code):
+        # rank 0 prints; another rank prints only when rank 0 failed with a different message (when rank 0 did
+        # not fail, it reports this failure itself, through PeerFailed)
+        failures = dict(comm.fail(message, code))
+        if comm.rank == 0 or (0 in failures and failures[0][0] != message):
+            print(f"{prog}: error: {message}" + (f" (rank {comm.rank} of {comm.size})" if comm.rank else ""),
+                  file=sys.stderr)
+        return code
+
+    try:
+        code = main_fn(argv, comm=comm)
+    except PeerFailed as e:
+        r, (m, c) = e.failures[0]
+        if comm.rank == 0:
+            print(f"{prog}: error: {m} (rank {r} of {comm.size})", file=sys.stderr)
+        return c
+    except Exception as e:  # noqa: BLE001 - release the other ranks, then fail (with the traceback of a bug)
+        known = error_exit(e)
+        if known is None:
+            import traceback
+            traceback.print_exc()
+            known = (f"{type(e).__name__}: {e}", 1)
+        return report(*known)
+    try:
+        comm.allgather(None)  # the final collective: a rank failing after the others finished releases them here
+    except PeerFailed as e:
+        return e.failures[0][1][1]
+    return code

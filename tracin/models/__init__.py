@@ -3,6 +3,7 @@
 `MODELS` feeds argparse `choices`; `build` is how every script makes a graph from a model config (the dict a
 checkpoint manifest records), so no script restates the model by hand.
 """
+from ..errors import InputError
 from .resnet import resnet23, resnet56
 
 MODELS = {"resnet23": resnet23, "resnet56": resnet56}
@@ -13,16 +14,16 @@ MIN_SIZE = 8  # three 2x2 poolings (resnet23) / two stride-2 stages (resnet56) n
 def model_config(name, n_classes, input_shape, nmaps=None, dataset=None):
     """The self-description stored with every checkpoint."""
     if name not in MODELS:
-        raise ValueError(f"unknown model '{name}' (choose from {', '.join(sorted(MODELS))})")
+        raise InputError(f"unknown model '{name}' (choose from {', '.join(sorted(MODELS))})")
     if name == "resnet23":
         nmaps = nmaps or DEFAULT_NMAPS[name]
         if nmaps < 2 or nmaps % 2:
-            raise ValueError(f"resnet23 needs an even --nmaps of at least 2, got {nmaps}")
+            raise InputError(f"resnet23 needs an even width (nmaps) of at least 2, got {nmaps}")
     else:
         nmaps = None
     c, h, w = (int(v) for v in input_shape)
     if min(h, w) < MIN_SIZE:
-        raise ValueError(f"{name} needs images of at least {MIN_SIZE}x{MIN_SIZE} pixels, got {h}x{w}")
+        raise InputError(f"{name} needs images of at least {MIN_SIZE}x{MIN_SIZE} pixels, got {h}x{w}")
     return {"name": name, "nmaps": nmaps, "n_classes": int(n_classes), "input_shape": [c, h, w], "dataset": dataset}
 
 

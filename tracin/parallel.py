@@ -13,9 +13,8 @@ Failures: a rank that fails (a bad input, an exception) tells the others at thei
 rank waits forever; only rank 0 prints (other ranks print only an error of their own that rank 0 did not have).
 """
 import os
-import sys
 
-from utils import CliError
+from .errors import InputError
 
 # Environment variables that MPI launchers set in every process they start: Open MPI (mpirun), MPICH / Intel MPI
 # hydra (mpiexec), PMI-1/2 and PMIx process managers (also srun --mpi=pmi2|pmix).
@@ -41,13 +40,11 @@ class Comm:
     also carries each rank's health, so a rank that failed releases the others instead of leaving them blocked."""
 
     def __init__(self, mpi, comm):
-        self.MPI = mpi
         self.comm = comm
         self.rank = comm.Get_rank()
         self.size = comm.Get_size()
         local = comm.Split_type(mpi.COMM_TYPE_SHARED, key=self.rank)
-        self.local_rank = local.Get_rank()
-        self.local_size = local.Get_size()
+        self.local_rank = local.Get_rank()  # the GPU of this rank on its node
         local.Free()
         self.settled = False  # a collective has already told every rank about a failure
 
@@ -86,50 +83,6 @@ def world():
         from mpi4py import MPI
     except ImportError:
         found = next(v for v in LAUNCH_VARS if v in os.environ)
-        raise CliError(f"started by an MPI launcher ({found} is set) but mpi4py is not installed: run `make mpi` "
+        raise InputError(f"started by an MPI launcher ({found} is set) but mpi4py is not installed: run `make mpi` "
                        "(pip install -r requirements-mpi.txt) or start the script without mpiexec") from None
     return Comm(MPI, MPI.COMM_WORLD)
-
-
-def run_cli(main_fn, argv=None, prog=None):
-    """utils.run_cli for a script that may run under MPI: main_fn(argv, comm=...) on every rank.
-
-    Exit codes are those of utils.run_cli on every rank (2 for a bad input). Only rank 0 prints an error, except
-    an error of another rank that rank 0 did not have itself."""
-    import utils
-    prog = prog or os.path.basename(sys.argv[0])
-    try:
-        comm = world()
-    except CliError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 2
-    if comm is None:
-        return utils.run_cli(main_fn, argv, prog)
-
-    def report(message, code):
-        # rank 0 prints; another rank prints only when rank 0 failed with a different message (when rank 0 did
-        # not fail, it reports this failure itself, through PeerFailed)
-        failures = dict(comm.fail(message, code))
-        if comm.rank == 0 or (0 in failures and failures[0][0] != message):
-            print(f"{prog}: error: {message}" + (f" (rank {comm.rank} of {comm.size})" if comm.rank else ""),
-                  file=sys.stderr)
-        return code
-
-    try:
-        code = main_fn(argv, comm=comm)
-    except PeerFailed as e:
-        r, (m, c) = e.failures[0]
-        if comm.rank == 0:
-            print(f"{prog}: error: {m} (rank {r} of {comm.size})", file=sys.stderr)
-        return c
-    except CliError as e:
-        return report(str(e), 2)
-    except Exception as e:  # noqa: BLE001 - release the other ranks, then fail with the traceback
-        import traceback
-        traceback.print_exc()
-        return report(f"{type(e).__name__}: {e}", 1)
-    try:
-        comm.allgather(None)  # the final collective: a rank failing after the others finished releases them here
-    except PeerFailed as e:
-        return e.failures[0][1][1]
-    return code

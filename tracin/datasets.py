@@ -10,16 +10,15 @@ import tarfile
 
 import numpy as np
 
-from utils import CliError, save_npy
+from .errors import InputError, MissingInputError
+from .formats import ARRAY_FILES, ARRAYS
+from .io import atomic_path, save_npy
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 DIGITS_CLASSES = tuple(str(i) for i in range(10))
-
-ARRAY_FILES = ("x_train.npy", "y_train.npy", "y_shuffle_train.npy", "x_val.npy", "y_val.npy")
-
 
 class DatasetSpec:
     """What a data set is, and the training recipe the scripts default to for it."""
@@ -84,10 +83,9 @@ def md5sum(path, chunk=1 << 20):
 
 
 def _download(url, dest):
-    """Fetch `url` to `dest` atomically; any network failure is a CliError naming the file and where to put it."""
+    """Fetch `url` to `dest` atomically; any network failure is a MissingInputError naming the file and where to put it."""
     import urllib.request
 
-    from utils import atomic_path
     try:
         with atomic_path(dest) as tmp:
             with urllib.request.urlopen(url, timeout=30) as r, open(tmp, "wb") as f:
@@ -98,23 +96,23 @@ def _download(url, dest):
                         f.write(block)
                         bar.update(len(block))
     except OSError as e:
-        raise CliError(f"cannot download {url} ({getattr(e, 'reason', e)}): put {CIFAR10_ARCHIVE} into "
-                       f"{os.path.dirname(dest)} or pass --data-dir FOLDER holding it") from None
+        raise MissingInputError(f"cannot download {url} ({getattr(e, 'reason', e)}): put {CIFAR10_ARCHIVE} into "
+                                f"{os.path.dirname(dest)}") from None
 
 
 def cifar10_archive(data_dir=None, download=True, url=CIFAR10_URL, md5=CIFAR10_MD5):
     """Path of a verified cifar-10-python.tar.gz in `data_dir` (default: nnabla's data cache), downloading it if
-    absent. A wrong checksum is a CliError; the bad file is left for the user to inspect."""
+    absent. A wrong checksum is an InputError; the bad file is left for the user to inspect."""
     data_dir = data_dir or default_data_dir()
     path = os.path.join(data_dir, CIFAR10_ARCHIVE)
     if not os.path.isfile(path):
         if not download:
-            raise CliError(f"{CIFAR10_ARCHIVE} not found in {data_dir}: put it there or pass --data-dir FOLDER")
+            raise MissingInputError(f"{CIFAR10_ARCHIVE} not found in {data_dir}: put it there")
         os.makedirs(data_dir, exist_ok=True)
         _download(url, path)
     digest = md5sum(path)
     if digest != md5:
-        raise CliError(f"{path} has MD5 {digest}, expected {md5}: the file is damaged or not the official "
+        raise InputError(f"{path} has MD5 {digest}, expected {md5}: the file is damaged or not the official "
                        f"archive; delete it and download {url} again")
     return path
 
@@ -137,9 +135,9 @@ def read_cifar10_archive(path):
                 else:
                     train_x[name], train_y[name] = x, y
     except (tarfile.TarError, pickle.UnpicklingError, KeyError, EOFError, ValueError) as e:
-        raise CliError(f"{path} is not a readable CIFAR-10 python archive ({e}): delete it and download again") from None
+        raise InputError(f"{path} is not a readable CIFAR-10 python archive ({e}): delete it and download again") from None
     if not train_x or test_x is None:
-        raise CliError(f"{path} lacks data_batch_* or test_batch: it is not the CIFAR-10 python archive")
+        raise InputError(f"{path} lacks data_batch_* or test_batch: it is not the CIFAR-10 python archive")
     keys = sorted(train_x)  # data_batch_1 .. data_batch_5, in order
     return (np.concatenate([train_x[k] for k in keys]), np.concatenate([train_y[k] for k in keys]), test_x, test_y)
 
@@ -207,7 +205,7 @@ def make_arrays(dataset, data_dir=None, shuffle_label=True, shuffle_rate=0.1, se
 
 def save_arrays(folder, arrays):
     os.makedirs(folder, exist_ok=True)
-    for key in ("x_train", "y_train", "y_shuffle_train", "x_val", "y_val"):
+    for key in ARRAYS:
         if key in arrays:
             save_npy(os.path.join(folder, key + ".npy"), arrays[key])
 
@@ -216,19 +214,19 @@ def _load(folder, name, required):
     path = os.path.join(folder, name)
     if not os.path.isfile(path):
         if required:
-            raise CliError(f"{path} is missing: --input must be a folder written by train.py --output "
-                           f"(x_train.npy, y_train.npy, y_shuffle_train.npy, x_val.npy, y_val.npy)")
+            raise MissingInputError(f"{path} is missing: the array folder must be one written by train.py "
+                                    f"({', '.join(ARRAY_FILES)})")
         return None
     try:
         return np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
-        raise CliError(f"{path} is not a readable .npy array ({e}): rewrite it with train.py --output") from None
+        raise InputError(f"{path} is not a readable .npy array ({e}): rewrite the array folder with train.py") from None
 
 
 def load_arrays(folder, need=ARRAY_FILES, optional=()):
-    """Load and validate an array folder; every problem is a one-line CliError."""
+    """Load and validate an array folder; every problem is an InputError naming the file."""
     if not folder or not os.path.isdir(folder):
-        raise CliError(f"input folder '{folder}' does not exist: pass the --output folder of train.py")
+        raise MissingInputError(f"input folder '{folder}' does not exist: give the array folder train.py wrote")
     out = {}
     for name in tuple(need) + tuple(optional):
         arr = _load(folder, name, name in need)
@@ -239,22 +237,22 @@ def load_arrays(folder, need=ARRAY_FILES, optional=()):
         if x is None:
             continue
         if x.ndim != 4:
-            raise CliError(f"{folder}/x_{split}.npy has shape {x.shape}; expected images (N, channels, height, width)")
+            raise InputError(f"{folder}/x_{split}.npy has shape {x.shape}; expected images (N, channels, height, width)")
         if len(x) == 0:
-            raise CliError(f"{folder}/x_{split}.npy holds no samples")
+            raise InputError(f"{folder}/x_{split}.npy holds no samples")
         for key in ([f"y_{split}", "y_shuffle_train"] if split == "train" else [f"y_{split}"]):
             y = out.get(key)
             if y is None:
                 continue
             if y.size != len(x) or y.ndim not in (1, 2):
-                raise CliError(f"{folder}/{key}.npy has {y.size} labels for {len(x)} images in x_{split}.npy: "
+                raise InputError(f"{folder}/{key}.npy has {y.size} labels for {len(x)} images in x_{split}.npy: "
                                "the arrays come from different runs")
             if not np.issubdtype(y.dtype, np.integer):
                 if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
-                    raise CliError(f"{folder}/{key}.npy holds non-integer labels")
+                    raise InputError(f"{folder}/{key}.npy holds non-integer labels")
             out[key] = y.reshape(-1, 1).astype(np.int64)
     if "x_train" in out and "x_val" in out and out["x_train"].shape[1:] != out["x_val"].shape[1:]:
-        raise CliError(f"{folder}/x_val.npy holds images of shape {out['x_val'].shape[1:]} but x_train.npy "
+        raise InputError(f"{folder}/x_val.npy holds images of shape {out['x_val'].shape[1:]} but x_train.npy "
                        f"{out['x_train'].shape[1:]}: the arrays come from different runs")
     return out
 
@@ -262,7 +260,7 @@ def load_arrays(folder, need=ARRAY_FILES, optional=()):
 def check_labels(labels, n_classes, where):
     lo, hi = int(labels.min()), int(labels.max())
     if lo < 0 or hi >= n_classes:
-        raise CliError(f"{where} has labels in [{lo}, {hi}] but the model has {n_classes} classes (0..{n_classes - 1})")
+        raise InputError(f"{where} has labels in [{lo}, {hi}] but the model has {n_classes} classes (0..{n_classes - 1})")
 
 
 def fingerprint(*arrays):

@@ -1,4 +1,4 @@
-"""Checkpoints: naming, the manifest, discovery, selection and loading. The one module that knows file names.
+"""Checkpoints: naming, the manifest, discovery, selection and loading (file names come from tracin.formats).
 
 A checkpoint folder holds, for every saved epoch k (k = 0 is the initialisation):
   params_{k}.h5   the weights after k epochs (nnabla's nn.save_parameters format, batch-norm statistics included)
@@ -11,26 +11,18 @@ size TracInCP weights checkpoint k by (Pruthi et al. 2020, eq. 3). The manifest 
 after a checkpoint's files exist, so every entry it lists is complete.
 
 A folder written by the original example has params_*.h5 and no manifest: it is still readable, with the model
-given by the user and eta = 1.
+given by the caller and eta = 1. Every problem is an InputError (a ValueError) naming the file.
 """
 import os
 import re
 
 import numpy as np
 
-from utils import CliError, atomic_path, load_json, save_json
+from .errors import InputError, MissingInputError
+from .formats import MANIFEST, PARAMS_RE, params_name, solver_name
+from .io import atomic_path, load_json, save_json
 
-MANIFEST = "checkpoints.json"
 FORMAT = 1
-_PARAMS_RE = re.compile(r"^params_(\d+)\.h5$")
-
-
-def params_name(epoch):
-    return f"params_{epoch}.h5"
-
-
-def solver_name(epoch):
-    return f"solver_{epoch}.h5"
 
 
 # ------------------------------------------------------------------------------------------------------ writing
@@ -85,7 +77,8 @@ def read_manifest(folder):
         for c in m["checkpoints"]:
             int(c["epoch"]), c["params"], float(c["lr"])
     except (ValueError, KeyError, TypeError) as e:
-        raise CliError(f"{path} is not a valid checkpoint manifest ({e}): retrain, or delete it and pass --model") from None
+        raise InputError(f"{path} is not a valid checkpoint manifest ({e}): retrain, or delete it and name the "
+                         "model") from None
     return m
 
 
@@ -93,57 +86,69 @@ def scan_params(folder):
     """{epoch: filename} of every params_{epoch}.h5 in folder (also the original's zero-padded params_000270.h5)."""
     found = {}
     for name in os.listdir(folder):
-        m = _PARAMS_RE.match(name)
+        m = PARAMS_RE.match(name)
         if m:
             found[int(m.group(1))] = name
     return found
 
 
 def discover(folder, model_cfg=None):
-    """(model_cfg, entries) for a checkpoint folder; entries are dicts with epoch, path, lr, sorted by epoch.
+    """(model_cfg, entries, manifest or None) for a checkpoint folder; entries are dicts with epoch, path, lr,
+    sorted by epoch.
 
     With a manifest, its model config wins over `model_cfg` and every listed file must exist. Without one,
-    `model_cfg` (from --model) is required and every params_*.h5 is a checkpoint with lr = 1."""
+    `model_cfg` is required and every params_*.h5 is a checkpoint with lr = 1."""
     if not folder or not os.path.isdir(folder):
-        raise CliError(f"checkpoint folder '{folder}' does not exist: pass the --model_save_path of train.py")
+        raise MissingInputError(f"checkpoint folder '{folder}' does not exist: give the folder train.py saved "
+                                "its checkpoints to")
     manifest = read_manifest(folder)
     if manifest is not None:
         entries = []
         for c in manifest["checkpoints"]:
             path = os.path.join(folder, c["params"])
             if not os.path.isfile(path):
-                raise CliError(f"{MANIFEST} lists {c['params']} but {path} is missing: restore it or rerun "
-                               f"train.py --resume")
+                raise MissingInputError(f"{MANIFEST} lists {c['params']} but {path} is missing: restore it or "
+                                        "resume training")
             entries.append({"epoch": int(c["epoch"]), "path": path, "lr": float(c["lr"])})
         if not entries:
-            raise CliError(f"{folder}/{MANIFEST} lists no checkpoints: train for at least one epoch first")
+            raise InputError(f"{folder}/{MANIFEST} lists no checkpoints: train for at least one epoch first")
         return manifest["model"], sorted(entries, key=lambda e: e["epoch"]), manifest
     found = scan_params(folder)
     if not found:
-        raise CliError(f"no checkpoints (params_*.h5) in '{folder}': pass the --model_save_path of train.py")
+        raise InputError(f"no checkpoints (params_*.h5) in '{folder}': give the folder train.py saved its "
+                         "checkpoints to")
     if model_cfg is None:
-        raise CliError(f"'{folder}' has no {MANIFEST} (an original-example folder): pass --model resnet23|resnet56")
+        raise InputError(f"'{folder}' has no {MANIFEST} (an original-example folder): name its model "
+                         "(resnet23 or resnet56)")
     entries = [{"epoch": e, "path": os.path.join(folder, n), "lr": 1.0} for e, n in sorted(found.items())]
     return model_cfg, entries, None
 
 
 def select(entries, epochs=None, interval=None):
-    """Pick checkpoints: the listed epochs, every `interval`-th counting back from the last, or all.
+    """Pick checkpoints: the listed epochs, every `interval`-th, or all.
 
-    The initialisation (epoch 0) is left out unless named: its gradients are those of an untrained network and
-    carry no information about what training did with a sample."""
+    params_k holds the weights after k epochs, i.e. at the start of epoch k (0-based), as in the original
+    example. `interval` K keeps epochs K-1, 2K-1, 3K-1, ...: the weights at the start of every K-th epoch, which for
+    K = 30 of 270 epochs are the original's params_29, 59, ..., 269. The initialisation (epoch 0) is left out
+    unless named: its gradients are those of an untrained network and carry no information about what training
+    did with a sample."""
     if epochs is not None and interval is not None:
-        raise CliError("use either --checkpoint_epochs or --checkpoint_interval, not both")
+        raise InputError("give either checkpoint epochs or an interval, not both")
     by_epoch = {e["epoch"]: e for e in entries}
     if epochs is not None:
         missing = [k for k in epochs if k not in by_epoch]
         if missing:
-            raise CliError(f"no checkpoint for epoch(s) {','.join(map(str, missing))}; available: "
-                           f"{_ranges(sorted(by_epoch))}")
+            raise InputError(f"no checkpoint for epoch(s) {','.join(map(str, missing))}; available: "
+                             f"{_ranges(sorted(by_epoch))}")
         return [by_epoch[k] for k in sorted(set(epochs))]
     pool = [e for e in entries if e["epoch"] != 0] or list(entries)
     if interval is not None:
-        pool = pool[::-1][::interval][::-1]
+        if interval < 1:
+            raise InputError(f"checkpoint interval must be at least 1, got {interval}")
+        pool = [e for e in pool if (e["epoch"] + 1) % interval == 0]
+        if not pool:
+            raise InputError(f"no checkpoint at epochs {interval - 1}, {2 * interval - 1}, ... (every "
+                             f"{interval}th); available: {_ranges(sorted(by_epoch))}")
     return pool
 
 
@@ -154,7 +159,7 @@ def _ranges(values):
 
 
 def read_params(path):
-    """{name: array} of an nnabla .h5 parameter file; a damaged file is a CliError."""
+    """{name: array} of an nnabla .h5 parameter file; a damaged file is an InputError."""
     import h5py
     out = {}
     try:
@@ -164,25 +169,25 @@ def read_params(path):
                     out[name] = (int(obj.attrs.get("index", len(out))), obj[()])
             f.visititems(visit)
     except (OSError, ValueError) as e:
-        raise CliError(f"{path} is not a readable nnabla parameter file ({e}): it is truncated or corrupt; "
-                       "re-save it or leave it out with --checkpoint_epochs") from None
+        raise InputError(f"{path} is not a readable nnabla parameter file ({e}): it is truncated or corrupt; "
+                         "re-save it or leave that checkpoint out") from None
     if not out:
-        raise CliError(f"{path} holds no parameters: it is not a checkpoint of train.py")
+        raise InputError(f"{path} holds no parameters: it is not a checkpoint of train.py")
     return {k: v for k, (_, v) in sorted(out.items(), key=lambda kv: kv[1][0])}
 
 
 def load_into(path, params):
     """Copy the checkpoint at `path` into the existing nnabla parameters `params` ({name: Variable}).
 
-    Names and shapes must match the model exactly: a checkpoint of another model or width is a CliError."""
+    Names and shapes must match the model exactly: a checkpoint of another model or width is an InputError."""
     stored = read_params(path)
     missing = [k for k in params if k not in stored]
     if missing:
-        raise CliError(f"{path} does not fit the model: it lacks {missing[0]} ({len(missing)} parameters missing); "
-                       "was it saved by another --model or --nmaps?")
+        raise InputError(f"{path} does not fit the model: it lacks {missing[0]} ({len(missing)} parameters "
+                         "missing); was it saved by another model or width (nmaps)?")
     for name, var in params.items():
         arr = stored[name]
         if tuple(arr.shape) != tuple(var.shape):
-            raise CliError(f"{path} does not fit the model: {name} has shape {tuple(arr.shape)}, the model needs "
-                           f"{tuple(var.shape)} (another --model, --nmaps or number of classes?)")
+            raise InputError(f"{path} does not fit the model: {name} has shape {tuple(arr.shape)}, the model needs "
+                             f"{tuple(var.shape)} (another model, width or number of classes?)")
         var.d = np.asarray(arr, dtype=np.float32)

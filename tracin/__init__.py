@@ -1,0 +1,22 @@
+"""TracIn (Pruthi et al., NeurIPS 2020) on nnabla: self-influence and train -> test influence from checkpoints.
+
+    import tracin
+    ckpts = tracin.load_checkpoints("output/demo/checkpoints")
+    scores = tracin.self_influence(ckpts, x_train, y_noisy)                       # (n,)
+    result = tracin.influence(ckpts, x_train, y_train, x_test, y_test, top_k=8)   # proponents / opponents
+
+See tracin.api for the arguments. Errors are ValueError / FileNotFoundError (tracin.errors), never an exit.
+"""
+import logging
+
+# nnabla logs "[nnabla][INFO]: Initializing CPU extension..." while it is imported; quiet it before any module of
+# the package imports nnabla, so that a command-line mistake is reported in exactly one line.
+if logging.getLogger("nnabla").level == logging.NOTSET:
+    logging.getLogger("nnabla").setLevel(logging.WARNING)
+
+from .api import (Checkpoint, Checkpoints, InfluenceResult, SelfInfluenceResult, influence,  # noqa: E402,F401
+                  load_checkpoints, self_influence)
+from .errors import InputError, MissingInputError  # noqa: E402,F401
+
+__all__ = ["load_checkpoints", "self_influence", "influence", "Checkpoint", "Checkpoints", "SelfInfluenceResult",
+           "InfluenceResult", "InputError", "MissingInputError"]

@@ -1,0 +1,114 @@
+"""The unit engine shared by self-influence and train -> test influence: caching, resumption and MPI sharding.
+
+A job splits its work into units whose list depends only on the job's settings (never on the number of ranks or
+the machine). Rank r of w computes the units u with u % w == r that the store does not hold yet, and stores each as
+soon as it is done (a DirStore writes it atomically), so a killed run loses at most the units in flight and a rerun
+with any number of ranks skips finished ones. Rank 0 then merges every unit in a fixed order: the result is the
+same, bit for bit, whatever the number of ranks.
+
+A job provides: `units` (list), `name(unit)` (relative file name), `cost(unit)` and `label(unit)` (progress),
+`compute(unit, on_batch) -> {name: array}` and `merge(load) -> result`, where load(unit) returns its arrays.
+"""
+import hashlib
+import json
+import os
+
+import numpy as np
+
+from .io import atomic_path
+
+
+def shards(n, shard):
+    """[(start, end)] of consecutive blocks of `shard` samples covering range(n)."""
+    return [(s, min(s + shard, n)) for s in range(0, n, shard)]
+
+
+def file_digest(path, chunk=1 << 20):
+    """Short content hash of a file (ties cached units to the exact checkpoint they were computed from)."""
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()[:12]
+
+
+def settings_key(**fields):
+    """Short hash of JSON-able settings: the cache folder of one configuration."""
+    return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+
+
+class DirStore:
+    """Units as .npz files under a folder (shared by every rank)."""
+
+    def __init__(self, folder):
+        self.folder = folder
+
+    def _path(self, name):
+        return os.path.join(self.folder, name)
+
+    def has(self, name):
+        return os.path.isfile(self._path(name))
+
+    def save(self, name, arrays):
+        path = self._path(name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+
+    def load(self, name):
+        with np.load(self._path(name)) as z:
+            return {k: z[k] for k in z.files}
+
+
+class MemoryStore:
+    """Units kept in memory: a single-process run without a cache folder."""
+
+    def __init__(self):
+        self.units = {}
+
+    def has(self, name):
+        return name in self.units
+
+    def save(self, name, arrays):
+        self.units[name] = arrays
+
+    def load(self, name):
+        return self.units[name]
+
+
+def work(job, rank=0, world=1):
+    """Total cost of the units of rank `rank` of `world` (the length of its progress bar)."""
+    return sum(job.cost(unit) for u, unit in enumerate(job.units) if u % world == rank)
+
+
+def run_units(job, store, rank=0, world=1, progress=None):
+    """Compute and store every unit of this rank that `store` lacks; returns the cost of the units computed.
+    progress(count, label), if given, is called as work is done (cached units count at once)."""
+    done = 0
+    for u, unit in enumerate(job.units):
+        if u % world != rank:
+            continue
+        name = job.name(unit)
+        if store.has(name):
+            if progress:
+                progress(job.cost(unit), job.label(unit))
+            continue
+        label = job.label(unit)
+        on_batch = (lambda count: progress(count, label)) if progress else None
+        store.save(name, job.compute(unit, on_batch))
+        done += job.cost(unit)
+    return done
+
+
+def run(job, store, comm=None, progress=None):
+    """Run `job` on this rank, wait for every rank, merge on rank 0: (total cost computed over all ranks, the
+    merged result on rank 0 or None on the other ranks)."""
+    rank, world = (comm.rank, comm.size) if comm is not None else (0, 1)
+    done = run_units(job, store, rank, world, progress)
+    if comm is not None:
+        done = comm.allreduce(done)
+        comm.barrier()  # every unit is stored before rank 0 reads them
+    if rank != 0:
+        return done, None
+    return done, job.merge(lambda unit: store.load(job.name(unit)))

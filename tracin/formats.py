@@ -1,0 +1,152 @@
+"""The one owner of every file the scripts exchange: names and layouts. Producers and consumers both use it.
+
+Array folder (train.py --output; the original example's layout), images uint8 NCHW, labels int (N, 1):
+  x_train.npy, y_train.npy (clean labels), y_shuffle_train.npy (the labels training saw), x_val.npy, y_val.npy
+Checkpoint folder (train.py --model_save_path): params_{k}.h5, solver_{k}.h5 and checkpoints.json (tracin.checkpoints)
+Self-influence (calculate_score.py), float64:
+  influence_all_epoch.npy   (N,) score, aligned with x_train.npy
+  {epoch}_influence.npy     (N,) one checkpoint's eta-weighted term (the terms sum to the score)
+  loss_last_epoch.npy       (N,) cross-entropy of the given label at the last selected checkpoint
+  probabilities.npy         (N, classes) eta-weighted mean softmax probabilities over the selected checkpoints
+  scores.json               what was computed: checkpoints, eta, layers, method, speed, versions
+Train -> test influence (calculate_score.py --mode influence):
+  influence_topk.npz        see TOPK_ARRAYS; influence.json; influence_matrix.npy (n_test, n_train), optional
+Work units of both: tracin_cache/<settings>/... (tracin.engine). Analysis (mislabel_analysis.py): metrics.json,
+report.html and the PNG names below.
+"""
+import os
+import re
+
+import numpy as np
+
+from .errors import InputError
+from .io import atomic_path
+
+# ------------------------------------------------------------------------------------------------ array folder
+ARRAYS = ("x_train", "y_train", "y_shuffle_train", "x_val", "y_val")
+ARRAY_FILES = tuple(a + ".npy" for a in ARRAYS)
+
+# ------------------------------------------------------------------------------------------- checkpoint folder
+MANIFEST = "checkpoints.json"
+PARAMS_RE = re.compile(r"^params_(\d+)\.h5$")
+
+
+def params_name(epoch):
+    return f"params_{epoch}.h5"
+
+
+def solver_name(epoch):
+    return f"solver_{epoch}.h5"
+
+
+MONITOR_SERIES = ("Training loss", "Training error", "Test loss", "Test error")
+
+
+def monitor_file(series):
+    """nnabla MonitorSeries' file name for a series name ('Test error' -> 'Test-error.series.txt')."""
+    return series.replace(" ", "-") + ".series.txt"
+
+
+# --------------------------------------------------------------------------------------------- self-influence
+SCORES = "influence_all_epoch.npy"
+LOSS = "loss_last_epoch.npy"
+PROBABILITIES = "probabilities.npy"
+SCORES_JSON = "scores.json"
+CACHE_DIR = "tracin_cache"
+EPOCH_SCORES_RE = re.compile(r"^(\d+)_influence\.npy$")
+
+
+def epoch_scores_name(epoch):
+    return f"{epoch}_influence.npy"
+
+
+# ---------------------------------------------------------------------------------------- train -> test influence
+TOPK = "influence_topk.npz"
+INFLUENCE_JSON = "influence.json"
+MATRIX = "influence_matrix.npy"
+# influence_topk.npz: test_indices (T,) int64 rows of x_val.npy; test_labels (T,) int64; proponents, opponents
+# (T, k) int64 indices into x_train.npy, highest / lowest score first (ties: lower index); proponent_scores,
+# opponent_scores (T, k) float64; self_influence (T,) float64; input, test_input: the folders (0-d strings).
+TOPK_ARRAYS = ("test_indices", "test_labels", "proponents", "proponent_scores", "opponents", "opponent_scores",
+               "self_influence", "input", "test_input")
+
+# ------------------------------------------------------------------------------------------------------ analysis
+METRICS_JSON = "metrics.json"
+REPORT = "report.html"
+DISTRIBUTION_PNG = "self_influence_distribution.png"
+CURVE_PNG = "score_curve.png"
+CHECKPOINT_METRICS_PNG = "checkpoint_metrics.png"
+INFLUENCE_PNG = "influence_examples.png"
+SHEETS_DIR = "extracted_samples"
+
+
+def epoch_top_png(epoch):
+    return f"{epoch}_top_influence_sample.png"
+
+
+def decile_png(i):
+    """Sheet of the i-th decile (1-based)."""
+    return os.path.join(SHEETS_DIR, f"decile_{i:02d}.png")
+
+
+# ------------------------------------------------------------------------------------------ readers and writers
+
+def read_score_vector(path, n, what="score file"):
+    """A finite float64 vector of n scores from a .npy file ((N,) or (N, 1)); every problem is an InputError."""
+    try:
+        a = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise InputError(f"{what} {path} is not a readable .npy array ({e}): rewrite it with calculate_score.py") from None
+    if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool) or a.ndim > 2 or (a.ndim == 2 and a.shape[1] != 1):
+        raise InputError(f"{what} {path} holds a {a.dtype} array of shape {a.shape}; expected one number per "
+                         "training sample")
+    a = a.reshape(-1).astype(np.float64)
+    if a.size != n:
+        raise InputError(f"{what} {path} has {a.size} scores but the labels have {n} samples: "
+                         "the score file comes from another data folder")
+    bad = ~np.isfinite(a)
+    if bad.any():
+        raise InputError(f"{what} {path} holds {int(bad.sum())} NaN/inf values (first at sample "
+                         f"{int(np.flatnonzero(bad)[0])}): rerun calculate_score.py")
+    return a
+
+
+def write_topk(path, result, test_indices, train_dir, test_dir):
+    """Write influence_topk.npz atomically from an InfluenceResult (tracin.api.influence) of the test samples
+    `test_indices` (rows of test_dir's x_val.npy) against train_dir's x_train.npy."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, test_indices=np.asarray(test_indices, dtype=np.int64),
+                     test_labels=np.asarray(result.test_labels, dtype=np.int64),
+                     proponents=result.proponents, proponent_scores=result.proponent_scores,
+                     opponents=result.opponents, opponent_scores=result.opponent_scores,
+                     self_influence=result.self_influence,
+                     input=np.array(os.path.abspath(train_dir)), test_input=np.array(os.path.abspath(test_dir)))
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def read_topk(path, need_input=True):
+    """The arrays of an influence_topk.npz, with their layout checked (shapes, finite scores); `input` may be
+    absent when need_input is False. Index ranges are checked by the caller, who knows the data."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            npz = {k: z[k] for k in z.files}
+    except (ValueError, OSError, EOFError) as e:
+        raise InputError(f"{path} is not a readable .npz archive ({e}): rewrite it with calculate_score.py's "
+                         "influence mode") from None
+    wanted = [k for k in TOPK_ARRAYS if k != "self_influence" and (need_input or k != "input")]
+    missing = [k for k in wanted if k not in npz]
+    if missing:
+        raise InputError(f"{path} lacks {', '.join(missing)}: it is not an {TOPK} of calculate_score.py's "
+                         "influence mode")
+    n_rows = npz["test_indices"].reshape(-1).size
+    for k in ("proponents", "proponent_scores", "opponents", "opponent_scores"):
+        if npz[k].ndim != 2 or npz[k].shape[0] != n_rows:
+            raise InputError(f"{path}: {k} has shape {npz[k].shape}; expected ({n_rows}, k) for {n_rows} test samples")
+    if npz["test_labels"].size != n_rows:
+        raise InputError(f"{path}: test_labels has {npz['test_labels'].size} entries for {n_rows} test samples")
+    for k in ("proponent_scores", "opponent_scores"):
+        if not np.all(np.isfinite(npz[k].astype(np.float64))):
+            raise InputError(f"{path}: {k} holds NaN/inf values: rerun calculate_score.py's influence mode")
+    return npz

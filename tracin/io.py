@@ -1,0 +1,84 @@
+"""Atomic writes: a file appears under its final name complete or not at all, and the old file survives a failure.
+"""
+import contextlib
+import json
+import os
+import tempfile
+
+import numpy as np
+
+from .errors import InputError
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+@contextlib.contextmanager
+def atomic_path(path, suffix=None):
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
+
+    The temp name keeps the final extension (nnabla picks the file format from it)."""
+    path = os.fspath(path)
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    base, ext = os.path.splitext(os.path.basename(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp" + (suffix if suffix is not None else ext), dir=d)
+    os.close(fd)
+    with contextlib.suppress(OSError):  # mkstemp makes 0600 files; outputs get the usual permissions (umask)
+        os.chmod(tmp, 0o666 & ~_UMASK)
+    try:
+        yield tmp
+        _fsync(tmp)  # the data reaches the disk before the name does (writers such as nnabla's h5 do not fsync)
+        os.replace(tmp, path)
+        _fsync(d)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def _fsync(path):
+    """fsync a file or (where the OS allows) a folder; best effort."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_npy(path, array):
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def save_json(path, obj):
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def load_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def ensure_dir(path, what="output folder"):
+    """Create a folder; a file in its place, or a folder that cannot be made, is an InputError naming `what`."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise InputError(f"{what} '{path}' is a file, not a folder: choose another path")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot create {what} '{path}': {e.strerror}") from None
+    return path

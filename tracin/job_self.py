@@ -1,0 +1,95 @@
+"""Self-influence as a job of the unit engine: score(z) = sum_i eta_i ||grad_theta loss(w_i, z)||^2.
+
+Units are (checkpoint, shard of SHARD training samples). A unit stores, per sample at that checkpoint, the squared
+gradient norm of the selected parameters, the loss and the softmax probabilities, all from the same forward pass.
+"""
+import numpy as np
+
+from .engine import shards
+from .maths import last_bias_sq_norms, last_layer_sq_norms, softmax, softmax_xent
+
+SHARD = 4096  # samples per work unit: the unit of resumption and of MPI sharding; independent of the rank count
+CLOSED_FORMS = ("last", "last_bias")  # layer selections scored from one forward pass, no backward
+
+
+def scoring_kind(layers, method):
+    """'last' / 'last_bias' (closed forms of the batched method) or 'grad' (per-sample gradients)."""
+    return layers if layers in CLOSED_FORMS and method == "batched" else "grad"
+
+
+def score_batch(graph, kind, names, x, y):
+    """(squared gradient norms (m,), losses (m,), softmax probabilities (m, classes)) of one batch at the loaded
+    checkpoint; float64. The closed forms need the forward pass only."""
+    x = x.astype(np.float32)
+    if kind == "grad":
+        sq, logits = graph.sq_norms(x, y, names)
+        probs = softmax(logits.astype(np.float64))
+    else:
+        logits, feats = graph.forward(x)
+        probs = softmax(logits.astype(np.float64))
+        sq = last_layer_sq_norms(probs, feats, y) if kind == "last" else last_bias_sq_norms(probs, y)
+    return sq, softmax_xent(logits, y), probs
+
+
+def weighted_sum(terms, etas):
+    """(score = sum_i eta_i * term_i, [eta_i * term_i]), accumulated in checkpoint order (deterministic)."""
+    total = np.zeros(terms.shape[1], dtype=np.float64)
+    weighted = []
+    for t, eta in zip(terms, etas):
+        w = eta * t
+        weighted.append(w)
+        total += w
+    return total, weighted
+
+
+class SelfInfluenceJob:
+    """ckpts: [{epoch, path, digest}] in order; etas: their weights; x (n, ...), y (n,) int."""
+
+    def __init__(self, graph, kind, names, ckpts, etas, x, y, batch_size):
+        self.graph, self.kind, self.names = graph, kind, list(names)
+        self.ckpts, self.etas = ckpts, list(etas)
+        self.x, self.y, self.batch_size = x, y, batch_size
+        self.units = [(i, s, e) for i in range(len(ckpts)) for (s, e) in shards(len(x), SHARD)]
+        self._loaded = None
+
+    def name(self, unit):
+        c, s, e = self.ckpts[unit[0]], unit[1], unit[2]
+        return f"epoch{c['epoch']}_{c['digest']}/{s:09d}-{e:09d}.npz"
+
+    def cost(self, unit):
+        return unit[2] - unit[1]
+
+    def label(self, unit):
+        return f"checkpoint {self.ckpts[unit[0]]['epoch']}"
+
+    def compute(self, unit, on_batch=None):
+        i, s, e = unit
+        if self._loaded != i:
+            self.graph.load(self.ckpts[i]["path"])
+            self._loaded = i
+        parts = []
+        for b in range(s, e, self.batch_size):
+            xb, yb = self.x[b:min(b + self.batch_size, e)], self.y[b:min(b + self.batch_size, e)]
+            parts.append(score_batch(self.graph, self.kind, self.names, xb, yb))
+            if on_batch:
+                on_batch(len(xb))
+        return {"sq": np.concatenate([p[0] for p in parts]), "loss": np.concatenate([p[1] for p in parts]),
+                "prob": np.concatenate([p[2] for p in parts])}
+
+    def merge(self, load):
+        """{'scores' (n,), 'terms' [(n,)] eta-weighted per checkpoint, 'loss' (n,) at the last checkpoint,
+        'probabilities' (n, classes): the eta-weighted mean of the checkpoints' softmax probabilities}."""
+        k, n = len(self.ckpts), len(self.x)
+        terms, loss, probs = np.empty((k, n)), np.empty(n), None
+        for i, s, e in self.units:
+            z = load((i, s, e))
+            terms[i, s:e] = z["sq"]
+            if probs is None:
+                probs = np.zeros((n, z["prob"].shape[1]))
+            probs[s:e] += self.etas[i] * z["prob"]
+            if i == k - 1:
+                loss[s:e] = z["loss"]
+        total, weighted = weighted_sum(terms, self.etas)
+        probs /= sum(self.etas) if sum(self.etas) > 0 else 1.0
+        return {"scores": total, "terms": weighted, "loss": loss, "probabilities": probs}
+

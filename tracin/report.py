@@ -1,0 +1,73 @@
+"""Text and HTML reports of detection metrics (metrics.json's 'rankings' and 'checkpoints')."""
+import base64
+import html
+import os
+
+from .metrics import RECALL_FRACTIONS
+
+
+def format_value(v, digits=3):
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def metrics_table(rankings, fractions=RECALL_FRACTIONS):
+    """Plain-text table (one row per ranking) of a metrics.json 'rankings' dict."""
+    head = ["ranking", "AUROC", "AP"] + [f"R@{float(f):.0%}" for f in fractions]
+    rows = [head]
+    for name, m in rankings.items():
+        rows.append([name, format_value(m["auroc"]), format_value(m["average_precision"])]
+                    + [format_value(m["recall_at"].get(str(float(f)))) for f in fractions])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+                     for r in rows)
+
+
+def report_html(metrics, figures, title="TracIn mislabeled-sample detection"):
+    """One self-contained HTML page: summary, metrics table, definitions and the figures embedded as base64.
+
+    figures: [(heading, png_path)], drawn in order; missing files are skipped."""
+    esc = html.escape
+    fr = list(metrics.get("recall_fractions", RECALL_FRACTIONS))
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{esc(title)}</title><style>"
+             "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:4px 10px;"
+             "text-align:right}th:first-child,td:first-child{text-align:left}th{background:#eee}"
+             "img{max-width:100%;border:1px solid #ddd;margin:0.5em 0}code{background:#f4f4f4;padding:0 3px}"
+             f"</style></head><body><h1>{esc(title)}</h1>"]
+    if "n_train" in metrics:
+        rate = metrics["n_mislabeled"] / metrics["n_train"] if metrics["n_train"] else 0.0
+        parts.append(f"<p>Score file <code>{esc(str(metrics.get('score_file')))}</code>; "
+                     f"{metrics['n_train']} training samples, {metrics['n_mislabeled']} mislabeled ({rate:.1%}).")
+        if metrics.get("loss_file"):
+            parts.append(f" Loss baseline <code>{esc(metrics['loss_file'])}</code>.")
+        parts.append("</p>")
+    if metrics.get("rankings"):
+        parts.append("<h2>Metrics</h2><table><tr><th>ranking</th><th>AUROC</th><th>average precision</th>"
+                     + "".join(f"<th>recall@{float(f):.0%}</th>" for f in fr) + "</tr>")
+        for name, m in metrics["rankings"].items():
+            parts.append(f"<tr><td>{esc(name)}</td><td>{format_value(m['auroc'])}</td>"
+                         f"<td>{format_value(m['average_precision'])}</td>"
+                         + "".join(f"<td>{format_value(m['recall_at'].get(str(float(f))))}</td>" for f in fr)
+                         + "</tr>")
+        parts.append("</table><p><small>recall@f: fraction of all mislabeled samples among the "
+                     "floor(f&middot;N + 0.5) highest-scored (ties: lower index first). AUROC: chance that a random "
+                     "mislabeled sample scores above a random clean one (0.5 = random). Average precision: mean "
+                     "precision at the rank of each mislabeled sample (random &asymp; noise rate). "
+                     "n/a: undefined (no mislabeled or no clean samples). Random order: expected values.</small></p>")
+    if metrics.get("checkpoints"):
+        parts.append("<h2>Per checkpoint</h2><table><tr><th>epoch</th><th>AUROC</th><th>average precision</th>"
+                     "<th>recall@10%</th></tr>")
+        for c in metrics["checkpoints"]:
+            parts.append(f"<tr><td>{c['epoch']}</td><td>{format_value(c['auroc'])}</td>"
+                         f"<td>{format_value(c['average_precision'])}</td>"
+                         f"<td>{format_value(c['recall_at'].get('0.1'))}</td></tr>")
+        parts.append("</table>")
+    for heading, path in figures:
+        if not os.path.isfile(path):
+            continue
+        with open(path, "rb") as f:
+            data = base64.b64encode(f.read()).decode("ascii")
+        parts.append(f"<h2>{esc(heading)}</h2><p><small>{esc(os.path.basename(path))}</small><br>"
+                     f"<img alt='{esc(heading)}' src='data:image/png;base64,{data}'></p>")
+    parts.append("</body></html>\n")
+    return "".join(parts)

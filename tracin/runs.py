@@ -1,0 +1,192 @@
+"""Validated runs behind the API: a run checks every input and loads every checkpoint when it is made (so a
+caller can validate before writing anything), then `run(cache_dir, comm, progress)` does the work through the
+unit engine and returns the result on rank 0 (None on the other MPI ranks)."""
+import os
+import time
+from dataclasses import dataclass
+from typing import List, Optional
+
+import numpy as np
+
+from . import engine
+from .context import set_context
+from .datasets import fingerprint
+from .errors import InputError
+from .graphs import make_graph, predict, select_params
+from .job_influence import InfluenceFeatures, InfluenceJob, influence_shard, test_chunk_size
+from .job_self import SHARD, SelfInfluenceJob, scoring_kind
+
+CACHE_FORMAT = 2  # bumped when a unit file's content changes, so older caches are never mixed in
+
+
+@dataclass
+class SelfInfluenceResult:
+    """scores (n,) float64: sum_i eta_i ||grad loss(w_i, z)||^2; terms (k, n): eta_i ||grad||^2 per checkpoint;
+    loss (n,): cross-entropy at the last checkpoint; probabilities (n, classes): eta-weighted mean softmax."""
+    scores: np.ndarray
+    terms: np.ndarray
+    loss: np.ndarray
+    probabilities: np.ndarray
+    epochs: List[int]
+    etas: List[float]
+    parameters: List[str]
+    computed: int = 0  # samples x checkpoints computed by this call over all ranks (0: everything from the cache)
+    seconds: float = 0.0
+
+
+@dataclass
+class InfluenceResult:
+    """Per test sample (row): top-k proponents (highest TracIn first) and opponents (lowest first) as indices
+    into the training set (T, k) with their scores (T, k) float64, its self-influence (T,), its label (T,);
+    matrix: the full (T, n_train) scores when asked for, else None. Ties go to the lower training index."""
+    proponents: np.ndarray
+    proponent_scores: np.ndarray
+    opponents: np.ndarray
+    opponent_scores: np.ndarray
+    self_influence: np.ndarray
+    test_labels: np.ndarray
+    matrix: Optional[np.ndarray]
+    epochs: List[int]
+    etas: List[float]
+    parameters: List[str]
+    computed: int = 0  # gradient evaluations (training sample x checkpoint) of this call over all ranks
+    seconds: float = 0.0
+
+
+def check_images(x, model, what="x"):
+    x = np.asarray(x)
+    if x.ndim != 4 or len(x) == 0:
+        raise InputError(f"{what} has shape {x.shape}; expected images (N >= 1, channels, height, width)")
+    if tuple(x.shape[1:]) != tuple(model["input_shape"]):
+        raise InputError(f"{what} holds images of shape {tuple(x.shape[1:])} but the checkpoints' model takes "
+                         f"{tuple(model['input_shape'])}")
+    return x
+
+
+def check_labels(y, n, n_classes, what="y"):
+    y = np.asarray(y).reshape(-1)
+    if y.size != n:
+        raise InputError(f"{what} has {y.size} labels for {n} images")
+    if not np.issubdtype(y.dtype, np.integer):
+        if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
+            raise InputError(f"{what} holds non-integer labels")
+    y = y.astype(np.int64)
+    lo, hi = int(y.min()), int(y.max())
+    if lo < 0 or hi >= n_classes:
+        raise InputError(f"{what} has labels in [{lo}, {hi}] but the model has {n_classes} classes "
+                         f"(0..{n_classes - 1})")
+    return y
+
+
+class _Run:
+    """What both runs share: the context, the graph, the selected parameters and the loaded checkpoints."""
+
+    def __init__(self, checkpoints, layers, method, lr_weight, batch_size, n, context):
+        if context is not None:
+            set_context(context)
+        if len(checkpoints) == 0:
+            raise InputError("no checkpoints to score")
+        if batch_size < 1:
+            raise InputError(f"batch_size must be at least 1, got {batch_size}")
+        self.model = checkpoints.model
+        self.layers, self.method = layers, method
+        self.graph = make_graph(self.model, method, min(batch_size, n))
+        self.names = select_params(self.graph.trainable, layers)
+        self.ckpts = []
+        for c in checkpoints:  # every checkpoint is checked up front, not hours into the run
+            self.graph.load(c.path)
+            self.ckpts.append({"epoch": c.epoch, "path": c.path, "lr": c.lr, "digest": engine.file_digest(c.path)})
+        self.etas = [c["lr"] if lr_weight else 1.0 for c in self.ckpts]
+        self.n_params = int(sum(np.prod(self.graph.params[n].shape) for n in self.names))
+
+    def work(self, rank=0, world=1):
+        """Cost of this rank's units (samples x checkpoints): the length of a progress bar."""
+        return engine.work(self.job, rank, world)
+
+    def _execute(self, key, cache_dir, comm, progress):
+        if comm is not None and cache_dir is None:
+            raise InputError("an MPI run needs a cache_dir shared by every rank")
+        store = engine.DirStore(os.path.join(cache_dir, key)) if cache_dir else engine.MemoryStore()
+        t0 = time.time()
+        done, merged = engine.run(self.job, store, comm, progress)
+        return done, merged, time.time() - t0
+
+    @staticmethod
+    def _backend():
+        import nnabla as nn
+        return nn.get_current_context().backend[0]
+
+
+class SelfInfluenceRun(_Run):
+    """Self-influence of every sample of x (n, C, H, W) with labels y (n,); see tracin.api.self_influence."""
+
+    def __init__(self, checkpoints, x, y, layers="last_bias", method="batched", lr_weight=True, batch_size=64,
+                 context="cpu"):
+        x = check_images(x, checkpoints.model)
+        y = check_labels(y, len(x), checkpoints.model["n_classes"])
+        super().__init__(checkpoints, layers, method, lr_weight, batch_size, len(x), context)
+        self.kind = scoring_kind(layers, method)
+        self.key = engine.settings_key(format=CACHE_FORMAT, data=fingerprint(x, y), names=self.names, method=method,
+                                       batch=batch_size, shard=SHARD, ctx=self._backend(), kind=self.kind)
+        self.job = SelfInfluenceJob(self.graph, self.kind, self.names, self.ckpts, self.etas, x, y,
+                                    min(batch_size, len(x)))
+
+    def run(self, cache_dir=None, comm=None, progress=None):
+        done, merged, seconds = self._execute(self.key, cache_dir, comm, progress)
+        if merged is None:
+            return None
+        return SelfInfluenceResult(
+            scores=merged["scores"], terms=np.stack(merged["terms"]), loss=merged["loss"],
+            probabilities=merged["probabilities"], epochs=[c["epoch"] for c in self.ckpts], etas=self.etas,
+            parameters=self.names, computed=int(done), seconds=seconds)
+
+
+class InfluenceRun(_Run):
+    """TracIn of test samples against training samples; see tracin.api.influence."""
+
+    def __init__(self, checkpoints, x_train, y_train, x_test, y_test=None, top_k=10, layers="last",
+                 method="batched", lr_weight=True, batch_size=64, projection_dim=None, seed=0, full_matrix=False,
+                 test_chunk=None, context="cpu"):
+        model = checkpoints.model
+        x_train = check_images(x_train, model, "x_train")
+        y_train = check_labels(y_train, len(x_train), model["n_classes"], "y_train")
+        x_test = check_images(x_test, model, "x_test")
+        if top_k < 1:
+            raise InputError(f"top_k must be at least 1, got {top_k}")
+        if projection_dim is not None and layers == "last":
+            raise InputError("projection_dim applies to layers 'all' or parameter patterns; the last-layer closed "
+                             "form is exact and already compact")
+        super().__init__(checkpoints, layers, method, lr_weight, batch_size, len(x_train), context)
+        self.kind = "last" if layers == "last" and method == "batched" else "grad"
+        self.featurizer = InfluenceFeatures(self.graph, self.kind, self.names, min(batch_size, len(x_train)),
+                                            projection_dim, seed)
+        if projection_dim and projection_dim >= self.n_params:
+            raise InputError(f"projection_dim {projection_dim} is not below the {self.n_params} selected "
+                             "parameters: a projection would only add error; leave it out")
+        if y_test is None:  # the class the final model (last selected checkpoint) predicts
+            self.graph.load(self.ckpts[-1]["path"])
+            y_test = predict(self.graph, x_test)
+        self.y_test = check_labels(y_test, len(x_test), model["n_classes"], "y_test")
+        self.k = min(top_k, len(x_train))
+        n_test, n_train = len(x_test), len(x_train)
+        chunk = min(test_chunk, n_test) if test_chunk else test_chunk_size(n_test, self.featurizer.width(),
+                                                                           len(self.ckpts))
+        self.key = engine.settings_key(
+            format=CACHE_FORMAT, mode="influence", data=fingerprint(x_train, y_train),
+            test=fingerprint(x_test, self.y_test), names=self.names, method=method, kind=self.kind,
+            batch=self.featurizer.batch_size, shard=influence_shard(n_train), chunk=chunk, k=self.k,
+            matrix=bool(full_matrix), projection=[projection_dim, seed] if projection_dim else None,
+            ckpts=[[c["epoch"], c["digest"], e] for c, e in zip(self.ckpts, self.etas)], ctx=self._backend())
+        self.job = InfluenceJob(self.featurizer, self.ckpts, self.etas, x_test, self.y_test, x_train, y_train,
+                                self.k, chunk, keep_block=bool(full_matrix))
+
+    def run(self, cache_dir=None, comm=None, progress=None):
+        done, merged, seconds = self._execute(self.key, cache_dir, comm, progress)
+        if merged is None:
+            return None
+        top, self_inf, matrix = merged
+        return InfluenceResult(
+            proponents=top["prop_idx"], proponent_scores=top["prop_score"], opponents=top["opp_idx"],
+            opponent_scores=top["opp_score"], self_influence=self_inf, test_labels=self.y_test, matrix=matrix,
+            epochs=[c["epoch"] for c in self.ckpts], etas=self.etas, parameters=self.names, computed=int(done),
+            seconds=seconds)
