@@ -1,0 +1,366 @@
+"""Detection quality over a matrix of data sets and label-noise models (`make bench-quality`).
+
+    python -m bench.quality [--quick] [--seeds 10,11,12] [--cells digits-pair20,...] [--ensemble K]
+                            [--network_cl digits|all|none] [--all_layers_mnist] [--report_only]
+                            [--work DIR] [--out DIR]
+
+Cells (CELLS): scikit-learn's digits (1438 training images, 8x8) and MNIST-5k (bench/mnist.py: 4000 training
+images, 28x28) with labels corrupted by tracin/noise.py (uniform, pair or instance; `rate` = the fraction of each
+class given a wrong label). Every (cell, seed) is one run, done as a user with their own arrays would:
+    write x_train, y_train (clean), y_shuffle_train (noisy, noise seed S), x_val, y_val     -> W/cell/seedS/data
+    train.py --input data --seed S --model_save_path ckpt --monitor-path monitor -c cpu   (the defaults)
+    calculate_score.py --input data --checkpoint ckpt --output scores/NAME --save_every_epoch True [variant flags]
+and ranks the training samples by the scorer's defaults and variants (VARIANTS), the loss at the last checkpoint,
+AUM and confident learning (bench/baselines.py). With --ensemble K, K-1 more trainings on the same noisy labels
+with training seeds S + 1000 j are scored with the defaults and summed into one more TracIn ranking.
+Metrics: AUROC, recall at k (k = the number of mislabeled samples) and average precision.
+
+Resumable: each step's output is kept under --work (default output/bench/quality) and reused when present (a
+killed training continues with train.py --resume); delete a run's folder to redo it. Writes one markdown table
+per cell (mean ± sample std over the seeds) to OUT/quality.md, every number to OUT/quality.json and the matrix
+at a glance to OUT/quality.png. Held-out seeds: 10 and up; seeds 0-2 were used for tuning (TUNING_SEEDS).
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from bench import baselines
+from bench.mnist import mnist_arrays, write_arrays
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+N_CLASSES = 10
+TUNING_SEEDS = (0, 1, 2)
+CELLS = {  # name -> (data set, noise model, rate)
+    "digits-uniform10": ("digits", "uniform", 0.1),
+    "digits-uniform40": ("digits", "uniform", 0.4),
+    "digits-pair20": ("digits", "pair", 0.2),
+    "digits-instance20": ("digits", "instance", 0.2),
+    "mnist-uniform10": ("mnist", "uniform", 0.1),
+    "mnist-instance20": ("mnist", "instance", 0.2),
+}
+QUICK_CELLS = ("digits-pair20", "digits-instance20")
+DEFAULT = "TracIn (defaults)"
+# calculate_score.py variants: ranking name -> (folder under scores/, flags)
+VARIANTS = {
+    DEFAULT: ("default", []),
+    "TracIn --layers last": ("last", ["--layers", "last"]),
+    "TracIn --layers all": ("all", ["--layers", "all"]),
+}
+BASELINES = ("loss (last checkpoint)", "AUM", "confident learning, logistic regression",
+             "confident learning, our network")
+
+
+def log_run(cmd, log):
+    """Run a script of the suite (output to `log`); a failure stops the benchmark with the log's name."""
+    t0 = time.time()
+    with open(log, "a") as f:
+        f.write("$ " + " ".join(cmd) + "\n")
+        f.flush()
+        code = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=f).returncode
+    if code != 0:
+        raise RuntimeError(f"{' '.join(cmd[1:3])} ... failed (exit {code}); see {log}")
+    return time.time() - t0
+
+
+def script(name):
+    return [sys.executable, os.path.join(REPO, name)]
+
+
+def clean_arrays(dataset):
+    if dataset == "mnist":
+        return mnist_arrays()
+    from tracin.datasets import load_digits_split
+    x_train, y_train, x_val, y_val = load_digits_split()
+    return {"x_train": x_train, "y_train": y_train, "y_shuffle_train": y_train.copy(), "x_val": x_val,
+            "y_val": y_val}
+
+
+def make_data(cell, seed, folder):
+    """The run's arrays with seeded noise (written once; noise.json records the noise)."""
+    from tracin import noise
+    if not os.path.isfile(os.path.join(folder, "noise.json")):
+        dataset, model, rate = CELLS[cell]
+        arrays = clean_arrays(dataset)
+        arrays["y_shuffle_train"], rec = noise.corrupt(model, arrays["y_train"], rate, N_CLASSES, seed,
+                                                       x=arrays["x_train"], dataset=dataset)
+        write_arrays(folder, arrays)
+        with open(os.path.join(folder, "noise.json"), "w") as f:
+            json.dump(rec, f, indent=1)
+    return {k: np.load(os.path.join(folder, k + ".npy")) for k in ("x_train", "y_train", "y_shuffle_train")}
+
+
+def train(data, folder, seed, log):
+    """train.py --input with its defaults into folder/ckpt; continued with --resume if it was killed."""
+    ckpt = os.path.join(folder, "ckpt")
+    manifest = os.path.join(ckpt, "checkpoints.json")
+    if os.path.isfile(manifest):
+        m = json.load(open(manifest))
+        if m["checkpoints"] and m["checkpoints"][-1]["epoch"] >= m["train"]["train_epochs"]:
+            return ckpt, None
+    cmd = script("train.py") + ["--input", data, "--seed", str(seed), "--model_save_path", ckpt,
+                                "--monitor-path", os.path.join(folder, "monitor"), "-c", "cpu"]
+    return ckpt, log_run(cmd + (["--resume"] if os.path.isfile(manifest) else []), log)
+
+
+def score(data, ckpt, out, flags, log):
+    """calculate_score.py (with every checkpoint's term saved) into `out` unless it already holds the scores."""
+    if os.path.isfile(os.path.join(out, "scores.json")):
+        return None
+    return log_run(script("calculate_score.py") + ["--input", data, "--checkpoint", ckpt, "--output", out,
+                                                   "-c", "cpu", "--save_every_epoch", "True"] + flags, log)
+
+
+def checkpoint_variants(scores_dir):
+    """Rankings from the defaults' per-checkpoint terms ({epoch}_influence.npy = eta_i * ||g_i||^2, which
+    calculate_score.py sums into influence_all_epoch.npy): the same sum without the eta weights, and over the
+    first and the second half of the checkpoints (what --lr_weight False and --checkpoint_epochs give)."""
+    ckpts = json.load(open(os.path.join(scores_dir, "scores.json")))["checkpoints"]
+    terms = np.array([np.load(os.path.join(scores_dir, f"{c['epoch']}_influence.npy")) for c in ckpts])
+    etas = np.array([c["eta"] for c in ckpts])
+    half = len(ckpts) // 2
+    return {"TracIn --lr_weight False": (terms / etas[:, None]).sum(0),
+            "TracIn, first half of checkpoints": terms[:half].sum(0),
+            "TracIn, second half of checkpoints": terms[half:].sum(0)}
+
+
+def cached(path, compute):
+    """np.load(path), or compute() saved there first."""
+    if not os.path.isfile(path):
+        np.save(path, compute())
+    return np.load(path)
+
+
+def network_oof(arrays, y_noisy, seed, folder, log):
+    """Out-of-fold softmax of our network: train.py (defaults) on four folds, last checkpoint on the fifth."""
+    probs = np.zeros((len(y_noisy), N_CLASSES))
+    for k, (train_idx, test_idx) in enumerate(baselines.folds(y_noisy, seed)):
+        fold = os.path.join(folder, f"fold{k}")
+
+        def compute():
+            sub = {name: arrays[name][train_idx] for name in ("x_train", "y_train", "y_shuffle_train")}
+            data = os.path.join(fold, "data")
+            write_arrays(data, dict(sub, x_val=arrays["x_val"], y_val=arrays["y_val"]))
+            ckpt, _ = train(data, fold, seed, log)
+            last = json.load(open(os.path.join(ckpt, "checkpoints.json")))["checkpoints"][-1]["epoch"]
+            return baselines.softmax(baselines.checkpoint_logits(ckpt, arrays["x_train"][test_idx], [last])[1][0])
+        os.makedirs(fold, exist_ok=True)
+        probs[test_idx] = cached(os.path.join(fold, "probs.npy"), compute)
+    return probs
+
+
+def run_rankings(cell, seed, args, folder, times):
+    """{ranking name: scores} of one run, every step cached under `folder`."""
+    dataset = CELLS[cell][0]
+    data, log = os.path.join(folder, "data"), os.path.join(folder, "log.txt")
+    arrays = make_data(cell, seed, data)
+    arrays.update({k: np.load(os.path.join(data, k + ".npy")) for k in ("x_val", "y_val")})
+    y = arrays["y_shuffle_train"][:, 0]
+    ckpt, times["train_s"] = train(data, folder, seed, log)
+    out = {}
+    for name, (sub, flags) in VARIANTS.items():
+        if name == "TracIn --layers all" and dataset == "mnist" and not args.all_layers_mnist:
+            continue
+        times[f"score_{sub}_s"] = score(data, ckpt, os.path.join(folder, "scores", sub), flags, log)
+        out[name] = np.load(os.path.join(folder, "scores", sub, "influence_all_epoch.npy"))
+    out.update(checkpoint_variants(os.path.join(folder, "scores", "default")))
+    out["loss (last checkpoint)"] = np.load(os.path.join(folder, "scores", "default", "loss_last_epoch.npy"))
+    t0 = time.time()
+    logits_path = os.path.join(folder, "logits.npz")
+    if not os.path.isfile(logits_path):
+        epochs, logits, feat_sq = baselines.checkpoint_logits(ckpt, arrays["x_train"])
+        np.savez(logits_path, epochs=epochs, logits=logits, feat_sq=feat_sq)
+        times["logits_s"] = time.time() - t0
+    out["AUM"] = baselines.aum_scores(np.load(logits_path)["logits"], y)
+    probs = cached(os.path.join(folder, "cl_lr_probs.npy"),
+                   lambda: baselines.logistic_oof(arrays["x_train"], y, seed, N_CLASSES))
+    out["confident learning, logistic regression"] = baselines.cleanlab_scores(y, probs)
+    if args.network_cl == "all" or args.network_cl == dataset:
+        t0, cl_dir = time.time(), os.path.join(folder, "cl_net")
+        todo = not os.path.isfile(os.path.join(cl_dir, f"fold{baselines.N_FOLDS - 1}", "probs.npy"))
+        probs = network_oof(arrays, y, seed, cl_dir, log)
+        times["cl_net_s"] = time.time() - t0 if todo else None
+        out["confident learning, our network"] = baselines.cleanlab_scores(y, probs)
+    if args.ensemble > 1:
+        total = out[DEFAULT].copy()
+        for j in range(1, args.ensemble):
+            member = os.path.join(folder, "members", f"m{j}")
+            m_ckpt, times[f"train_m{j}_s"] = train(data, member, seed + 1000 * j, log)
+            times[f"score_m{j}_s"] = score(data, m_ckpt, os.path.join(member, "scores"), [], log)
+            total += np.load(os.path.join(member, "scores", "influence_all_epoch.npy"))
+        out[f"TracIn (defaults), sum of {args.ensemble} trainings"] = total
+    return out, arrays
+
+
+def bench_run(cell, seed, args):
+    folder = os.path.join(args.work, cell, f"seed{seed}")
+    os.makedirs(folder, exist_ok=True)
+    times_path = os.path.join(folder, "timings.json")
+    times = json.load(open(times_path)) if os.path.isfile(times_path) else {}
+    fresh = {}
+    rankings, arrays = run_rankings(cell, seed, args, folder, fresh)
+    times.update({k: round(v, 1) for k, v in fresh.items() if v is not None})
+    with open(times_path, "w") as f:
+        json.dump(times, f, indent=1)
+    mislabeled = arrays["y_shuffle_train"][:, 0] != arrays["y_train"][:, 0]
+    val_err = open(os.path.join(folder, "monitor", "Test-error.series.txt")).read().split()[-1]
+    result = {"cell": cell, "seed": seed, "n_train": int(len(mislabeled)), "n_mislabeled": int(mislabeled.sum()),
+              "noise": json.load(open(os.path.join(folder, "data", "noise.json"))),
+              "val_error": float(val_err), "seconds": times,
+              "recipe": json.load(open(os.path.join(folder, "ckpt", "checkpoints.json")))["train"],
+              "metrics": {name: baselines.metrics(s, mislabeled) for name, s in rankings.items()}}
+    with open(os.path.join(folder, "result.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    return result
+
+
+# ------------------------------------------------------------------------------------------------------ report
+
+def summarise(results):
+    """{cell: {ranking: {metric: [mean, std]}}} over the seeds of each cell (sample std; 0 for one seed)."""
+    table = {}
+    for cell in dict.fromkeys(r["cell"] for r in results):
+        runs = [r for r in results if r["cell"] == cell]
+        names = [n for n in runs[0]["metrics"] if all(n in r["metrics"] for r in runs)]
+        table[cell] = {n: {m: [float(np.mean([r["metrics"][n][m] for r in runs])),
+                               float(np.std([r["metrics"][n][m] for r in runs], ddof=1)) if len(runs) > 1 else 0.0]
+                           for m in ("auroc", "recall_k", "ap")} for n in names}
+    return table
+
+
+def goal(cell, rows):
+    """The default against every baseline present, in mean AUROC and mean recall at k (and AUROC >= 0.99 on
+    digits): {check: bool}."""
+    d = rows[DEFAULT]
+    out = {f"AUROC >= {b}": d["auroc"][0] >= rows[b]["auroc"][0] for b in BASELINES if b in rows}
+    out.update({f"recall@k >= {b}": d["recall_k"][0] >= rows[b]["recall_k"][0] for b in BASELINES if b in rows})
+    if cell.startswith("digits"):
+        out["AUROC >= 0.99"] = d["auroc"][0] >= 0.99
+    return out
+
+
+def cell_markdown(cell, runs, rows):
+    r0 = runs[0]
+    noise = r0["noise"]
+    seeds = [r["seed"] for r in runs]
+    tuned = [s for s in seeds if s in TUNING_SEEDS]
+    desc = (f"### {cell}\n\n{CELLS[cell][0]}, {r0['n_train']} training images, {noise['model']} noise at "
+            f"{noise['rate']:.0%} per class ({', '.join(str(r['n_mislabeled']) for r in runs)} mislabeled)"
+            + (f", map {noise['map']}" if "map" in noise else "") + f"; seeds {', '.join(map(str, seeds))} ("
+            + (f"{tuned} used for tuning" if tuned else "held out") + f"); validation error of the network "
+            + ", ".join(f"{r['val_error']:.3f}" for r in runs) + ".")
+    lines = [desc, "", "| ranking | AUROC | recall@k | AP |", "|---|---|---|---|"]
+    for name, m in sorted(rows.items(), key=lambda kv: -kv[1]["auroc"][0]):
+        cells = " | ".join(f"{m[k][0]:.4f} ± {m[k][1]:.4f}" for k in ("auroc", "recall_k", "ap"))
+        lines.append(f"| {'**' + name + '**' if name == DEFAULT else name} | {cells} |")
+    checks = goal(cell, rows)
+    train_s = [r["seconds"].get("train_s") for r in runs if r["seconds"].get("train_s")]
+    lines += ["", "Goal (defaults at least every baseline; AUROC ≥ 0.99 on digits): "
+              + ("met" if all(checks.values()) else "NOT met: " + ", ".join(k for k, v in checks.items() if not v))
+              + "." + (f" Training: {np.mean(train_s):.0f} s per run." if train_s else ""), ""]
+    return "\n".join(lines)
+
+
+def plot(table, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    cells = list(table)
+    names = list(dict.fromkeys(n for c in cells for n in table[c]))
+    fig = Figure(figsize=(5 + 1.9 * len(cells), 1.2 + 0.42 * len(names)), dpi=110)
+    FigureCanvasAgg(fig)
+    for i, (metric, title) in enumerate((("auroc", "AUROC"), ("recall_k", "recall at k (k = number mislabeled)"))):
+        ax = fig.add_subplot(1, 2, i + 1)
+        grid = np.array([[table[c][n][metric][0] if n in table[c] else np.nan for c in cells] for n in names])
+        best = np.nanmax(grid, axis=0)
+        ax.imshow(grid - best, cmap="RdYlGn", vmin=-0.1 if metric == "auroc" else -0.3, vmax=0, aspect="auto")
+        for (r, c), v in np.ndenumerate(grid):
+            if not np.isnan(v):
+                std = table[cells[c]][names[r]][metric][1]
+                ax.text(c, r, f"{v:.3f}\n±{std:.3f}", ha="center", va="center", fontsize=6.5,
+                        fontweight="bold" if v == best[c] else "normal")
+        ax.set_xticks(range(len(cells)), [c.replace("-", "\n") for c in cells], fontsize=8)
+        ax.set_yticks(range(len(names)), names if i == 0 else [""] * len(names), fontsize=7.5)
+        ax.set_title(f"{title}\n(colour: gap to the best ranking of the cell)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+
+
+def write_report(results, out, suffix, wall):
+    table = summarise(results)
+    parts = ["# Detection quality matrix\n",
+             f"Mean ± sample std over seeds; rows sorted by mean AUROC. `python -m bench.quality "
+             f"{' '.join(sys.argv[1:])}`, {wall / 60:.0f} min wall time for this invocation (cached runs reused).\n"]
+    for cell in table:
+        parts.append(cell_markdown(cell, [r for r in results if r["cell"] == cell], table[cell]))
+    os.makedirs(out, exist_ok=True)
+    paths = [os.path.join(out, f"quality{suffix}.{ext}") for ext in ("md", "json", "png")]
+    for path, write in ((paths[0], lambda f: f.write("\n".join(parts))),
+                        (paths[1], lambda f: json.dump({"table": table, "goals": {c: goal(c, table[c]) for c in table},
+                                                        "runs": results}, f, indent=1))):
+        with open(path + ".tmp", "w") as f:
+            write(f)
+        os.replace(path + ".tmp", path)
+    plot(table, paths[2] + ".tmp.png")
+    os.replace(paths[2] + ".tmp.png", paths[2])
+    return paths
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK_CELLS)}, seed 10, no network CL")
+    p.add_argument("--seeds", default="10,11,12", help="comma-separated noise seeds (held out: 10 and up)")
+    p.add_argument("--cells", default=",".join(CELLS), help="comma-separated cells: " + ", ".join(CELLS))
+    p.add_argument("--ensemble", type=int, default=1, help="also sum the defaults over K seeded trainings")
+    p.add_argument("--network_cl", default="digits", choices=["digits", "mnist", "all", "none"],
+                   help="where to run confident learning with our network (5 trainings per run)")
+    p.add_argument("--all_layers_mnist", action="store_true", help="also --layers all on MNIST (~7 min per run)")
+    p.add_argument("--report_only", action="store_true",
+                   help="only tabulate the finished runs of --cells x --seeds (never trains)")
+    p.add_argument("--work", default=os.path.join(REPO, "output", "bench", "quality"))
+    p.add_argument("--out", default=os.path.join(REPO, "bench", "results"))
+    args = p.parse_args(argv)
+    args.cells = list(QUICK_CELLS) if args.quick else [c for c in args.cells.split(",") if c]
+    args.seeds = [10] if args.quick else [int(s) for s in args.seeds.split(",") if s]
+    args.network_cl = "none" if args.quick else args.network_cl
+    unknown = [c for c in args.cells if c not in CELLS]
+    if unknown:
+        p.error(f"unknown cell {unknown[0]} (choose from {', '.join(CELLS)})")
+    return args
+
+
+def main(argv=None):
+    args = parse(argv)
+    try:
+        import cleanlab  # noqa: F401
+        import mlxtend  # noqa: F401
+    except ImportError as e:
+        sys.exit(f"bench.quality needs {e.name}: pip install -r bench/requirements.txt")
+    t0 = time.time()
+    results = []
+    for cell in args.cells:
+        for seed in args.seeds:
+            done = os.path.join(args.work, cell, f"seed{seed}", "result.json")
+            if args.report_only:
+                results += [json.load(open(done))] if os.path.isfile(done) else []
+                continue
+            t1 = time.time()
+            r = bench_run(cell, seed, args)
+            results.append(r)
+            d = r["metrics"][DEFAULT]
+            print(f"{cell} seed {seed}: defaults AUROC {d['auroc']:.4f}, recall@k {d['recall_k']:.3f}; "
+                  f"{time.time() - t1:.0f} s now, steps {r['seconds']}", file=sys.stderr, flush=True)
+    if not results:
+        sys.exit("bench.quality: no finished runs to report")
+    paths = write_report(results, args.out, "_quick" if args.quick else "", time.time() - t0)
+    print(f"wrote {', '.join(paths)} in {time.time() - t0:.0f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
