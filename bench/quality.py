@@ -8,7 +8,7 @@ Cells (CELLS): scikit-learn's digits (1438 training images, 8x8) and MNIST-5k (b
 images, 28x28) with labels corrupted by tracin/noise.py (uniform, pair or instance; `rate` = the fraction of each
 class given a wrong label). Every (cell, seed) is one run, done as a user with their own arrays would:
     write x_train, y_train (clean), y_shuffle_train (noisy, noise seed S), x_val, y_val     -> W/cell/seedS/data
-    train.py --input data --seed S --model_save_path ckpt --monitor-path monitor -c cpu   (the defaults)
+    train.py --input data --dataset digits --seed S --model_save_path ckpt --monitor-path monitor -c cpu
     calculate_score.py --input data --checkpoint ckpt --output scores/NAME --save_every_epoch True [variant flags]
 and ranks the training samples by the scorer's defaults and variants (VARIANTS), the loss at the last checkpoint,
 AUM and confident learning (bench/baselines.py). With --ensemble K, K-1 more trainings on the same noisy labels
@@ -43,6 +43,9 @@ CELLS = {  # name -> (data set, noise model, rate)
     "mnist-uniform10": ("mnist", "uniform", 0.1),
     "mnist-instance20": ("mnist", "instance", 0.2),
 }
+# train.py picks its recipe from the images' shape (8x8: digits) and otherwise from --dataset, whose default is
+# CIFAR-10's 270-epoch recipe: a user with 28x28 handwritten digits names the closest data set.
+TRAIN_FLAGS = ["--dataset", "digits"]
 QUICK_CELLS = ("digits-pair20", "digits-instance20")
 DEFAULT = "TracIn (defaults)"
 # calculate_score.py variants: ranking name -> (folder under scores/, flags)
@@ -102,7 +105,7 @@ def train(data, folder, seed, log):
         m = json.load(open(manifest))
         if m["checkpoints"] and m["checkpoints"][-1]["epoch"] >= m["train"]["train_epochs"]:
             return ckpt, None
-    cmd = script("train.py") + ["--input", data, "--seed", str(seed), "--model_save_path", ckpt,
+    cmd = script("train.py") + ["--input", data] + TRAIN_FLAGS + ["--seed", str(seed), "--model_save_path", ckpt,
                                 "--monitor-path", os.path.join(folder, "monitor"), "-c", "cpu"]
     return ckpt, log_run(cmd + (["--resume"] if os.path.isfile(manifest) else []), log)
 
