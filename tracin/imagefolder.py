@@ -38,14 +38,14 @@ import os
 import numpy as np
 
 from .errors import InputError, MissingInputError
+from .models import MIN_SIZE as MIN_SIDE  # the smallest side the models take; checked before any decoding
 
 FILE_LIST = "files.json"
 FORMAT = 1
 EXTENSIONS = (".png", ".jpg", ".jpeg")
 DEFAULT_MAX_SIDE = 64
-MIN_SIDE = 8  # the models' three 2x2 poolings need at least 8 pixels a side (models.MIN_SIZE)
 ORIENTATION = 0x0112  # EXIF tag; values 5-8 mean the stored image is turned a quarter
-BACKGROUND = (255, 255, 255)  # what transparent pixels become
+BACKGROUND = (255, 255, 255)  # transparent pixels: white, as most viewers and web pages show them
 
 
 # ------------------------------------------------------------------------------------------------- listing
@@ -57,7 +57,7 @@ def _hidden(name):
 def _images_below(folder, root):
     """(images, others): paths relative to root (POSIX separators) below `folder`, sorted."""
     images, others = [], []
-    for dirpath, dirnames, filenames in os.walk(folder, onerror=_raise):
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=_list_error):
         dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
         for name in sorted(filenames):
             if _hidden(name):
@@ -67,7 +67,7 @@ def _images_below(folder, root):
     return sorted(images), sorted(others)
 
 
-def _raise(error):
+def _list_error(error):
     raise OSError(error.errno, f"cannot list folder '{error.filename}' ({error.strerror}): make it readable")
 
 
@@ -184,12 +184,12 @@ def default_size(sizes, max_side=DEFAULT_MAX_SIDE):
     """The most common (H, W) in `sizes` (ties: the larger area), shrunk (aspect kept) to a longer side of at
     most `max_side`."""
     counts = collections.Counter(sizes)
-    h, w = max(counts, key=lambda s: (counts[s], s[0] * s[1], s))
-    scale = min(1.0, max_side / max(h, w))
-    h, w = max(1, round(h * scale)), max(1, round(w * scale))
+    h0, w0 = max(counts, key=lambda s: (counts[s], s[0] * s[1], s))
+    scale = min(1.0, max_side / max(h0, w0))
+    h, w = max(1, round(h0 * scale)), max(1, round(w0 * scale))
     if min(h, w) < MIN_SIDE:
-        raise InputError(f"the most common image size is {h}x{w} pixels after scaling, below the {MIN_SIDE} pixels "
-                         "a side the models need: choose an image_size")
+        raise InputError(f"the most common image size, {h0}x{w0} pixels (height x width), gives {h}x{w}, below the "
+                         f"{MIN_SIDE} pixels a side the models need: choose an image_size")
     return h, w
 
 
