@@ -210,13 +210,17 @@ def bench_run(cell, seed, args):
     with open(times_path, "w") as f:
         json.dump(times, f, indent=1)
     mislabeled = arrays["y_shuffle_train"][:, 0] != arrays["y_train"][:, 0]
+    result_path = os.path.join(folder, "result.json")
+    # rankings of earlier invocations (another --ensemble or --network_cl) are kept beside this one's
+    metrics = json.load(open(result_path))["metrics"] if os.path.isfile(result_path) else {}
+    metrics.update({name: baselines.metrics(s, mislabeled) for name, s in rankings.items()})
     val_err = open(os.path.join(folder, "monitor", "Test-error.series.txt")).read().split()[-1]
     result = {"cell": cell, "seed": seed, "n_train": int(len(mislabeled)), "n_mislabeled": int(mislabeled.sum()),
               "noise": json.load(open(os.path.join(folder, "data", "noise.json"))),
               "val_error": float(val_err), "seconds": times,
               "recipe": json.load(open(os.path.join(folder, "ckpt", "checkpoints.json")))["train"],
-              "metrics": {name: baselines.metrics(s, mislabeled) for name, s in rankings.items()}}
-    with open(os.path.join(folder, "result.json"), "w") as f:
+              "metrics": metrics}
+    with open(result_path, "w") as f:
         json.dump(result, f, indent=1)
     return result
 
