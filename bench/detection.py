@@ -203,7 +203,7 @@ def summarise(results):
 
 
 def goal_check(row, cleanlab):
-    """Issue 5's goal for one ranking's mean metrics; "matches cleanlab" = at least its mean AUROC, AP, recall@10%."""
+    """The detection goal for one ranking's mean metrics; "matches cleanlab" = at least its mean AUROC, AP, recall@10%."""
     return {"AUROC>=0.995": row["AUROC"][0] >= GOAL["auroc"],
             "recall@10%>=0.95": row["recall@10%"][0] >= GOAL["recall_10"],
             "AUROC>=cleanlab": row["AUROC"][0] >= cleanlab["AUROC"][0],

@@ -1,4 +1,7 @@
-"""Shared fixtures: run the entry scripts as a user would (subprocess, any working directory) on tiny data."""
+"""Shared fixtures: run the entry scripts as a user would (a subprocess from any working directory, or their main
+in this process, which is faster) on tiny data."""
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -18,6 +21,35 @@ def run_script(script, *args, cwd=None, check=True, timeout=600, env=None):
     if check and p.returncode != 0:
         raise AssertionError(f"{script} {' '.join(map(str, args))} exited {p.returncode}\n{p.stderr[-3000:]}")
     return p
+
+
+def run_main(script, *args, cwd=None, check=True):
+    """Run an entry script's main in this process as its `__main__` block does (one-line errors, exit codes):
+    (exit code, stdout, stderr). The scripts keep no global state; training's nnabla parameters are cleared."""
+    import nnabla as nn
+
+    import calculate_score
+    import mislabel_analysis
+    import train
+    from tracin.cli import run_cli, run_mpi_cli
+    mains = {"train.py": (run_cli, train.main), "calculate_score.py": (run_mpi_cli, calculate_score.main),
+             "mislabel_analysis.py": (run_cli, mislabel_analysis.main)}
+    runner, main = mains[script]
+    out, err, old = io.StringIO(), io.StringIO(), os.getcwd()
+    nn.clear_parameters()
+    try:
+        os.chdir(cwd or old)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = runner(main, [str(a) for a in args], prog=script)
+            except SystemExit as e:  # argparse's own exit
+                code = e.code
+    finally:
+        os.chdir(old)
+        nn.clear_parameters()
+    if check and code != 0:
+        raise AssertionError(f"{script} {' '.join(map(str, args))} exited {code}\n{err.getvalue()[-3000:]}")
+    return code, out.getvalue(), err.getvalue()
 
 
 def write_subset(folder, n_train=96, n_val=32, seed=0):

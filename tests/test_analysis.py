@@ -8,7 +8,7 @@ import pytest
 from tracin import metrics as analysis
 from tracin import plots
 from tracin.errors import InputError
-from conftest import run_script, write_subset
+from conftest import run_main, run_script, write_subset
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -21,7 +21,7 @@ def assert_png(path):
     assert img.ndim == 3 and img.shape[0] > 50 and img.shape[1] > 50, (path, img.shape)
 
 
-def run_main(*argv):
+def analysis_main(*argv):
     import mislabel_analysis
     return mislabel_analysis.main([str(a) for a in argv])
 
@@ -145,7 +145,7 @@ def folder(tmp_path):
 
 def test_original_layout(folder, tmp_path, capsys):
     out = tmp_path / "fig"
-    assert run_main("--input", folder, "--output", out) == 0
+    assert analysis_main("--input", folder, "--output", out) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert m["n_train"] == 60 and m["loss_file"] is None and set(m["rankings"]) == {"tracin", "random", "oracle"}
     assert m["rankings"]["tracin"]["auroc"] == 1 and m["score_file"] == str(folder / "influence_all_epoch.npy")
@@ -175,25 +175,25 @@ def test_bad_scores_change_nothing(folder, tmp_path, bad, words):
     (out / "metrics.json").write_text("old")
     np.save(tmp_path / "bad.npy", bad)
     with pytest.raises(InputError, match=words):
-        run_main("--input", folder, "--scores", tmp_path / "bad.npy", "--output", out)
+        analysis_main("--input", folder, "--scores", tmp_path / "bad.npy", "--output", out)
     assert os.listdir(out) == ["metrics.json"] and (out / "metrics.json").read_text() == "old"
 
 
 def test_bad_loss_and_checkpoint_files(folder, tmp_path):
     np.save(folder / "loss_last_epoch.npy", np.zeros(50))
     with pytest.raises(InputError, match="loss file .* 50 scores"):
-        run_main("--input", folder, "--output", tmp_path / "fig")
+        analysis_main("--input", folder, "--output", tmp_path / "fig")
     os.remove(folder / "loss_last_epoch.npy")
     with pytest.raises(InputError, match="save_every_epoch"):
-        run_main("--input", folder, "--output", tmp_path / "fig", "--ckpt_analysis", "True")
+        analysis_main("--input", folder, "--output", tmp_path / "fig", "--ckpt_analysis", "True")
     with pytest.raises(InputError, match="--input"):
-        run_main("--scores", folder / "influence_all_epoch.npy")
+        analysis_main("--scores", folder / "influence_all_epoch.npy")
 
 
 def test_no_mislabeled_is_not_an_error(folder, tmp_path, capsys):
     np.save(folder / "y_shuffle_train.npy", np.load(folder / "y_train.npy"))
     out = tmp_path / "fig"
-    assert run_main("--input", folder, "--output", out) == 0
+    assert analysis_main("--input", folder, "--output", out) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert m["n_mislabeled"] == 0 and m["rankings"]["tracin"]["auroc"] is None
     assert m["rankings"]["tracin"]["recall_at"]["0.1"] is None and m["rankings"]["oracle"]["average_precision"] is None
@@ -213,22 +213,22 @@ def test_influence_examples(tmp_path):
              opponent_scores=np.array([[-3.0, -2.0, -1.0]] * 3), self_influence=np.ones(3),
              input=np.array(str(data)), test_input=np.array(str(data)))
     out = tmp_path / "fig"
-    assert run_main("--influence", npz, "--output", out) == 0  # --input taken from the .npz
+    assert analysis_main("--influence", npz, "--output", out) == 0  # --input taken from the .npz
     assert_png(out / "influence_examples.png")
     assert sorted(os.listdir(out)) == ["influence_examples.png"]  # influence only: no metrics, no report
     bad = dict(np.load(npz))
     bad["opponents"] = bad["opponents"] + 100
     np.savez(npz, **bad)
     with pytest.raises(InputError, match="opponents reach index"):
-        run_main("--influence", npz, "--output", out)
+        analysis_main("--influence", npz, "--output", out)
     with pytest.raises(InputError, match="--mode influence"):
-        run_main("--influence", tmp_path / "missing.npz", "--output", out)
+        analysis_main("--influence", tmp_path / "missing.npz", "--output", out)
 
 
 def test_end_to_end_tiny_run(tiny_run, tmp_path):
     scored = tmp_path / "scored"
-    run_script("calculate_score.py", "--input", tiny_run["data"], "--checkpoint", tiny_run["ckpt"], "--output",
-               scored, "-c", "cpu", "--save_every_epoch", "True", cwd=tmp_path)
+    run_main("calculate_score.py", "--input", tiny_run["data"], "--checkpoint", tiny_run["ckpt"], "--output",
+             scored, "-c", "cpu", "--save_every_epoch", "True", cwd=tmp_path)
     out = tmp_path / "fig"
     p = run_script("mislabel_analysis.py", "--input", tiny_run["data"], "--scores", scored / "influence_all_epoch.npy",
                    "--output", out, "--ckpt_analysis", "True", "--save_extracted", "True", "--sheet_size", 16,

@@ -1,7 +1,8 @@
 """Every mistake on the command line is explained in one line: exit code 2, one non-empty stderr line that names the
 problem, no traceback, no progress bar, and no file in the work folder created, changed or removed.
 
-Each case runs a script on a private copy of the session's tiny run (`tiny_run`), damaged by the case's `setup`.
+Each case runs a script's main in this process (as its `__main__` block does) on a private copy of the session's
+tiny run (`tiny_run`), damaged by the case's `setup`; the cases in SUBPROCESS also run as a real process.
 """
 import hashlib
 import json
@@ -11,7 +12,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import run_script
+from conftest import run_main, run_script
 
 TRAIN = ("--model_save_path", "{root}/run", "--monitor-path", "{root}/mon", "--nmaps", "4", "--train_epochs", "1",
          "--train_batch_size", "32", "-c", "cpu")
@@ -232,19 +233,31 @@ def snapshot(root):
 
 # ---------------------------------------------------------------------------------------------------- the test
 
-@pytest.mark.parametrize("script,args,expect,setup", CASES)
-def test_bad_input(script, args, expect, setup, ctx):
-    if setup:
-        setup(ctx)
-    before = snapshot(ctx["root"])
-    p = run_script(script, *[a.format(**ctx) for a in args], cwd=ctx["root"], check=False, timeout=120)
-    after = snapshot(ctx["root"])
-    lines = [line for line in p.stderr.splitlines() if line.strip()]  # splitlines also splits tqdm's \r redraws
-    assert p.returncode == 2, f"exit {p.returncode}\n{p.stderr[-2000:]}"
-    assert "Traceback" not in p.stderr, p.stderr[-2000:]
-    assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}:\n{p.stderr[-2000:]}"
+# the entry scripts as real processes (their __main__ blocks), one case per kind of failure
+SUBPROCESS = {"train-unknown-dataset", "train-resume-solver-corrupt", "score-params-truncated",
+              "score-cudnn-missing", "analysis-scores-nan"}
+
+
+def check_one_line(script, expect, code, stdout, stderr, before, after):
+    lines = [line for line in stderr.splitlines() if line.strip()]  # splitlines also splits tqdm's \r redraws
+    assert code == 2, f"exit {code}\n{stderr[-2000:]}"
+    assert "Traceback" not in stderr, stderr[-2000:]
+    assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}:\n{stderr[-2000:]}"
     assert lines[0].startswith(f"{script}: error: "), lines[0]
     assert expect in lines[0], f"{expect!r} not in {lines[0]!r}"
-    assert p.stdout == "", p.stdout
+    assert stdout == "", stdout
     changed = sorted(k for k in set(before) | set(after) if before.get(k, 0) != after.get(k, 0))
     assert not changed, f"files created, changed or removed: {changed}"
+
+
+@pytest.mark.parametrize("script,args,expect,setup", CASES)
+def test_bad_input(script, args, expect, setup, ctx, request):
+    if setup:
+        setup(ctx)
+    argv = [a.format(**ctx) for a in args]
+    before = snapshot(ctx["root"])
+    code, out, err = run_main(script, *argv, cwd=ctx["root"], check=False)
+    check_one_line(script, expect, code, out, err, before, snapshot(ctx["root"]))
+    if request.node.callspec.id in SUBPROCESS:
+        p = run_script(script, *argv, cwd=ctx["root"], check=False, timeout=120)
+        check_one_line(script, expect, p.returncode, p.stdout, p.stderr, before, snapshot(ctx["root"]))

@@ -1,117 +1,114 @@
-"""Train -> test influence (calculate_score.py --mode influence): exactness against self-influence, the loop
-reference, a full sort and a hand-made sum over checkpoints; the random projection's documented error bound;
-bad inputs; reuse of finished work."""
+"""Train -> test influence: exactness against self-influence, the loop reference, a full sort and a hand-made sum
+over checkpoints, the random projection's documented error bound (the API, in process); the script's
+influence_topk.npz, bad inputs and reuse of finished work (its main)."""
 import json
 import os
 
 import numpy as np
 import pytest
 
-from tracin import datasets
+import tracin
+from tracin import datasets, formats
 from tracin.graphs import ScoringGraph, select_params
 from tracin.job_influence import InfluenceFeatures
 from tracin.maths import projection_matrix
 from tracin.topk import RunningTopK
-from conftest import run_script
+from conftest import run_main
+
+TOP = ("proponents", "proponent_scores", "opponents", "opponent_scores", "self_influence", "test_labels")
 
 
 def score(tiny_run, out, *extra, check=True):
-    return run_script("calculate_score.py", "--input", tiny_run["data"], "--checkpoint", tiny_run["ckpt"],
-                      "--output", out, "-c", "cpu", *extra, cwd=tiny_run["root"], check=check)
+    return run_main("calculate_score.py", "--input", tiny_run["data"], "--checkpoint", tiny_run["ckpt"],
+                    "--output", out, "-c", "cpu", *extra, cwd=tiny_run["root"], check=check)
 
 
 def load(out):
-    with np.load(os.path.join(out, "influence_topk.npz")) as z:
+    with np.load(os.path.join(out, formats.TOPK)) as z:
         return {k: z[k] for k in z.files}
 
 
 @pytest.fixture(scope="module")
-def runs(tiny_run, tmp_path_factory):
-    """Shared scoring runs on the tiny model (96 train, 32 validation samples, 3 checkpoints)."""
-    root = tmp_path_factory.mktemp("influence")
-    arrays = datasets.load_arrays(str(tiny_run["data"]))
-    as_test = root / "train_as_test"  # the training samples, with the labels training saw, as "test" samples
-    datasets.save_arrays(str(as_test), {"x_val": arrays["x_train"], "y_val": arrays["y_shuffle_train"]})
-    out = {"root": root, "as_test": as_test}
+def runs(tiny_run):
+    """Shared runs on the tiny model (96 train, 32 validation samples, 3 checkpoints) through the API."""
+    a = datasets.load_arrays(str(tiny_run["data"]))
+    x, y = a["x_train"], a["y_shuffle_train"][:, 0]
+    ckpts = tracin.load_checkpoints(str(tiny_run["ckpt"]))
+    out = {"ckpts": ckpts, "x": x, "y": y, "x_val": a["x_val"], "y_val": a["y_val"][:, 0]}
     for layers in ("last", "all"):
-        out[f"self_{layers}"] = root / f"self_{layers}"
-        score(tiny_run, out[f"self_{layers}"], "--layers", layers)
-        out[f"diag_{layers}"] = root / f"diag_{layers}"
-        # `last` is --mode influence's default: the run leaves --layers out, so the tests below on diag_last
-        # (== the affine/* gradients, == self-influence with --layers last) also check the default
-        flags = ("--layers", layers) if layers != "last" else ()
-        score(tiny_run, out[f"diag_{layers}"], "--mode", "influence", *flags, "--test_input", as_test,
-              "--save_matrix", "True", "--top_k", 5)
-    out["val_all"] = root / "val_all"
-    score(tiny_run, out["val_all"], "--mode", "influence", "--layers", "all", "--save_matrix", "True", "--top_k", 7)
+        out[f"self_{layers}"] = tracin.self_influence(ckpts, x, y, layers=layers)
+        # the training samples, with the labels training saw, as "test" samples; `last` is influence's default
+        kw = {} if layers == "last" else {"layers": layers}
+        out[f"diag_{layers}"] = tracin.influence(ckpts, x, y, x, y, top_k=5, full_matrix=True, **kw)
+    out["val_all"] = tracin.influence(ckpts, x, y, a["x_val"], out["y_val"], layers="all", top_k=7, full_matrix=True)
     return out
 
 
 @pytest.mark.parametrize("layers", ["last", "all"])
 def test_diagonal_of_train_vs_train_is_self_influence(runs, layers):
-    si = np.load(runs[f"self_{layers}"] / "influence_all_epoch.npy")
-    m = np.load(runs[f"diag_{layers}"] / "influence_matrix.npy")
-    z = load(runs[f"diag_{layers}"])
+    si = runs[f"self_{layers}"]
+    r = runs[f"diag_{layers}"]
+    m = r.matrix
     assert m.shape == (96, 96)
     np.testing.assert_allclose(np.diag(m), si, rtol=2e-5)
-    np.testing.assert_allclose(z["self_influence"], si, rtol=2e-5)
+    np.testing.assert_allclose(r.self_influence, si, rtol=2e-5)
     np.testing.assert_allclose(m, m.T, rtol=1e-4, atol=1e-6 * np.abs(m).max())  # TracIn(z, z') = TracIn(z', z)
     # Cauchy-Schwarz: |TracIn(z, z')| <= sqrt(self(z) self(z'))
     assert np.all(np.abs(m) <= np.sqrt(np.outer(si, si)) * (1 + 1e-5))
-    np.testing.assert_array_equal(z["test_indices"], np.arange(96))
-    np.testing.assert_array_equal(z["test_labels"], np.load(runs["as_test"] / "y_val.npy")[:, 0])
+    np.testing.assert_array_equal(r.test_labels, runs["y"])
 
 
 def test_topk_is_the_argsort_of_the_full_matrix(runs):
     for name, k in (("val_all", 7), ("diag_all", 5), ("diag_last", 5)):
-        m = np.load(runs[name] / "influence_matrix.npy")
-        z = load(runs[name])
+        r = runs[name]
+        m = r.matrix
         cols = np.arange(m.shape[1])
         for t in range(len(m)):
             prop = np.lexsort((cols, -m[t]))[:k]  # highest first, ties to the lower index
             opp = np.lexsort((cols, m[t]))[:k]
-            np.testing.assert_array_equal(z["proponents"][t], prop)
-            np.testing.assert_array_equal(z["opponents"][t], opp)
-            np.testing.assert_array_equal(z["proponent_scores"][t], m[t, prop])
-            np.testing.assert_array_equal(z["opponent_scores"][t], m[t, opp])
-        assert np.all(np.diff(z["proponent_scores"], axis=1) <= 0)
-        assert np.all(np.diff(z["opponent_scores"], axis=1) >= 0)
+            np.testing.assert_array_equal(r.proponents[t], prop)
+            np.testing.assert_array_equal(r.opponents[t], opp)
+            np.testing.assert_array_equal(r.proponent_scores[t], m[t, prop])
+            np.testing.assert_array_equal(r.opponent_scores[t], m[t, opp])
+        assert np.all(np.diff(r.proponent_scores, axis=1) <= 0)
+        assert np.all(np.diff(r.opponent_scores, axis=1) >= 0)
 
 
-def test_npz_format(runs, tiny_run):
-    z = load(runs["val_all"])
-    assert set(z) == {"test_indices", "test_labels", "proponents", "proponent_scores", "opponents",
-                      "opponent_scores", "self_influence", "input", "test_input"}
+def test_script_writes_the_api_result_as_npz(runs, tiny_run, tmp_path):
+    """calculate_score.py --mode influence writes the API's result in formats.TOPK_ARRAYS (and the matrix)."""
+    score(tiny_run, tmp_path, "--mode", "influence", "--layers", "all", "--save_matrix", "True", "--top_k", 7)
+    z = load(tmp_path)
+    assert set(z) == set(formats.TOPK_ARRAYS)
     assert z["proponents"].shape == z["opponents"].shape == (32, 7)
     assert z["proponents"].dtype.kind == "i" and z["test_indices"].dtype.kind == "i"
     assert z["proponent_scores"].dtype == np.float64 and z["self_influence"].shape == (32,)
     assert z["input"].shape == () and str(z["input"]) == os.path.abspath(tiny_run["data"])
     assert str(z["test_input"]) == os.path.abspath(tiny_run["data"])  # default: --input's own x_val / y_val
+    np.testing.assert_array_equal(z["test_indices"], np.arange(32))
     np.testing.assert_array_equal(z["test_labels"], np.load(tiny_run["data"] / "y_val.npy")[:, 0])
-    meta = json.loads((runs["val_all"] / "influence.json").read_text())
+    for k in TOP:
+        assert z[k].tobytes() == getattr(runs["val_all"], k).tobytes(), k
+    assert np.load(tmp_path / formats.MATRIX).tobytes() == runs["val_all"].matrix.tobytes()
+    meta = json.loads((tmp_path / formats.INFLUENCE_JSON).read_text())
     assert meta["n_test"] == 32 and meta["n_train"] == 96 and meta["top_k"] == 7 and meta["layers"] == "all"
 
 
-def test_batched_equals_loop_reference(runs, tiny_run):
-    out = runs["root"] / "loop"
-    score(tiny_run, out, "--mode", "influence", "--layers", "all", "--method", "loop", "--test_indices", "3,0,17",
-          "--save_matrix", "True", "--top_k", 7)
-    loop = np.load(out / "influence_matrix.npy")
-    batched = np.load(runs["val_all"] / "influence_matrix.npy")[[3, 0, 17]]
-    scale = np.abs(batched).max()
-    np.testing.assert_allclose(loop, batched, rtol=1e-4, atol=1e-6 * scale)
-    z, zb = load(out), load(runs["val_all"])
-    np.testing.assert_array_equal(z["test_indices"], [3, 0, 17])
-    np.testing.assert_allclose(z["self_influence"], zb["self_influence"][[3, 0, 17]], rtol=1e-5)
+def test_batched_equals_loop_reference(runs):
+    """The loop reference on 3 test samples against the first 32 training samples (a sample's influence does not
+    depend on the other training samples) == those entries of the batched matrix."""
+    idx, n = [3, 0, 17], 32
+    loop = tracin.influence(runs["ckpts"], runs["x"][:n], runs["y"][:n], runs["x_val"][idx], runs["y_val"][idx],
+                            layers="all", method="loop", top_k=7, full_matrix=True)
+    batched = runs["val_all"].matrix[idx, :n]
+    np.testing.assert_allclose(loop.matrix, batched, rtol=1e-4, atol=1e-6 * np.abs(batched).max())
+    np.testing.assert_allclose(loop.self_influence, runs["val_all"].self_influence[idx], rtol=1e-5)
 
 
-def test_last_layer_closed_form_equals_gradient_machinery(runs, tiny_run):
-    """--layers last (products of e and h) == the per-sample gradient path on the same affine parameters."""
-    out = runs["root"] / "affine_grads"
-    score(tiny_run, out, "--mode", "influence", "--layers", "affine/*", "--test_input", runs["as_test"],
-          "--save_matrix", "True", "--top_k", 5)
-    closed = np.load(runs["diag_last"] / "influence_matrix.npy")
-    grads = np.load(out / "influence_matrix.npy")
+def test_last_layer_closed_form_equals_gradient_machinery(runs):
+    """layers last (products of e and h) == the per-sample gradient path on the same affine parameters."""
+    grads = tracin.influence(runs["ckpts"], runs["x"], runs["y"], runs["x"], runs["y"], layers="affine/*", top_k=5,
+                             full_matrix=True).matrix
+    closed = runs["diag_last"].matrix
     np.testing.assert_allclose(grads, closed, rtol=1e-4, atol=1e-6 * np.abs(closed).max())
 
 
@@ -147,43 +144,40 @@ def test_closed_form_by_hand(tiny_run):
     assert last.width() == ft.shape[1] + lt.shape[1] and grad.width() == _last_layer_grads(lt, ft, yt).shape[1]
 
 
+
+
 def test_lr_weighting_is_applied(runs, tiny_run):
     """Sum over checkpoints of eta_i times the single-checkpoint unweighted matrices == the weighted run."""
     man = json.loads((tiny_run["ckpt"] / "checkpoints.json").read_text())
     epochs = [c["epoch"] for c in man["checkpoints"] if c["epoch"] > 0]
     lrs = {c["epoch"]: c["lr"] for c in man["checkpoints"]}
     assert len(set(lrs[e] for e in epochs)) > 1, "the tiny run should have distinct learning rates"
-    weighted = np.load(runs["diag_last"] / "influence_matrix.npy")
+    weighted = runs["diag_last"].matrix
     total = np.zeros_like(weighted)
+    single = {}
     for e in epochs:
-        out = runs["root"] / f"epoch{e}"
-        score(tiny_run, out, "--mode", "influence", "--layers", "last", "--test_input", runs["as_test"],
-              "--save_matrix", "True", "--checkpoint_epochs", e, "--lr_weight", "False")
-        total += lrs[e] * np.load(out / "influence_matrix.npy")
+        ckpts = tracin.load_checkpoints(str(tiny_run["ckpt"]), epochs=[e])
+        single[e] = tracin.influence(ckpts, runs["x"], runs["y"], runs["x"], runs["y"], lr_weight=False,
+                                     full_matrix=True).matrix
+        total += lrs[e] * single[e]
     np.testing.assert_allclose(weighted, total, rtol=1e-10, atol=1e-12 * np.abs(total).max())
-    unweighted = np.load(runs["root"] / f"epoch{epochs[0]}" / "influence_matrix.npy")
-    assert not np.allclose(weighted, unweighted * len(epochs) * lrs[epochs[0]])
+    assert not np.allclose(weighted, single[epochs[0]] * len(epochs) * lrs[epochs[0]])
 
 
 @pytest.mark.parametrize("dim", [64, 512])
-def test_projection_error_within_documented_bound(runs, tiny_run, dim):
-    """README bound: |TracIn_D - TracIn| has standard deviation <= sqrt(2 / D) sqrt(self(z) self(z')); every entry
-    stays within 4 such deviations (a fixed seed: the test is deterministic) and errors shrink with D."""
-    out = runs["root"] / f"proj{dim}"
-    score(tiny_run, out, "--mode", "influence", "--layers", "all", "--save_matrix", "True", "--top_k", 7,
-          "--projection_dim", dim, "--seed", 3)
-    exact = np.load(runs["val_all"] / "influence_matrix.npy")
-    proj = np.load(out / "influence_matrix.npy")
-    si_train = np.load(runs["self_all"] / "influence_all_epoch.npy")
-    z = load(out)
-    np.testing.assert_allclose(z["self_influence"], load(runs["val_all"])["self_influence"], rtol=1e-6)  # exact
-    sigma = np.sqrt(2.0 / dim) * np.sqrt(np.outer(z["self_influence"], si_train))
-    ratio = np.abs(proj - exact) / sigma
+def test_projection_error_within_documented_bound(runs, dim):
+    """Documented bound: |TracIn_D - TracIn| has standard deviation <= sqrt(2 / D) sqrt(self(z) self(z')); every
+    entry stays within 4 such deviations (a fixed seed: the test is deterministic) and errors shrink with D."""
+    exact = runs["val_all"]
+    r = tracin.influence(runs["ckpts"], runs["x"], runs["y"], runs["x_val"], runs["y_val"], layers="all", top_k=7,
+                         full_matrix=True, projection_dim=dim, seed=3)
+    np.testing.assert_allclose(r.self_influence, exact.self_influence, rtol=1e-6)  # exact
+    sigma = np.sqrt(2.0 / dim) * np.sqrt(np.outer(r.self_influence, runs["self_all"]))
+    ratio = np.abs(r.matrix - exact.matrix) / sigma
     assert ratio.max() <= 4.0, ratio.max()
     assert 0 < np.mean(ratio) <= 1.0
-    assert not np.array_equal(proj, exact)
-    # the projection is per checkpoint and seeded: rerunning with another --seed gives other errors
-    rel = np.abs(proj - exact).sum() / np.abs(exact).sum()
+    assert not np.array_equal(r.matrix, exact.matrix)
+    rel = np.abs(r.matrix - exact.matrix).sum() / np.abs(exact.matrix).sum()
     assert rel < (0.6 if dim == 64 else 0.25), rel
 
 
@@ -223,19 +217,23 @@ def test_running_topk_merges_exactly(rng):
         np.testing.assert_array_equal(one.arrays()[key], full[key])
 
 
-def test_predicted_labels_and_rerun_from_cache(runs, tiny_run):
-    out = runs["root"] / "predicted"
-    args = ("--mode", "influence", "--test_label", "predicted", "--test_indices", "1,2,30", "--top_k", 4)
-    score(tiny_run, out, *args)
-    first = load(out)
-    man = json.loads((tiny_run["ckpt"] / "checkpoints.json").read_text())
-    g = ScoringGraph(man["model"], 3)
-    g.load(str(tiny_run["ckpt"] / man["checkpoints"][-1]["params"]))
-    x_val = np.load(tiny_run["data"] / "x_val.npy")[[1, 2, 30]].astype(np.float32)
-    np.testing.assert_array_equal(first["test_labels"], g.forward(x_val)[0].argmax(1))
-    p = score(tiny_run, out, *args)
-    assert "all from cache" in p.stderr
-    again = load(out)
+
+
+def test_predicted_labels_and_rerun_from_cache(runs, tiny_run, tmp_path):
+    args = ("--mode", "influence", "--test_label", "predicted", "--test_indices", "30,1,2", "--top_k", 4)
+    score(tiny_run, tmp_path, *args)
+    first = load(tmp_path)
+    g = ScoringGraph(runs["ckpts"].model, 3)
+    g.load(runs["ckpts"][-1].path)
+    np.testing.assert_array_equal(first["test_indices"], [30, 1, 2])  # in the order given
+    x_test = runs["x_val"][[30, 1, 2]]
+    np.testing.assert_array_equal(first["test_labels"], g.forward(x_test.astype(np.float32))[0].argmax(1))
+    api = tracin.influence(runs["ckpts"], runs["x"], runs["y"], x_test, None, top_k=4)
+    for k in TOP:
+        assert first[k].tobytes() == getattr(api, k).tobytes(), k
+    _, _, err = score(tiny_run, tmp_path, *args)
+    assert "all from cache" in err
+    again = load(tmp_path)
     for k in first:
         np.testing.assert_array_equal(again[k], first[k])
 
@@ -251,17 +249,21 @@ def test_predicted_labels_and_rerun_from_cache(runs, tiny_run):
 def test_bad_input_is_one_line_and_overwrites_nothing(tiny_run, tmp_path, extra, words):
     out = tmp_path / "out"
     out.mkdir()
-    (out / "influence_topk.npz").write_bytes(b"keep")
-    p = score(tiny_run, out, *extra, check=False)
-    assert p.returncode == 2, p.stderr
-    assert words in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
-    assert (out / "influence_topk.npz").read_bytes() == b"keep"
-    assert sorted(os.listdir(out)) == ["influence_topk.npz"]
+    (out / formats.TOPK).write_bytes(b"keep")
+    code, _, err = score(tiny_run, out, *extra, check=False)
+    assert code == 2, err
+    assert words in err and len(err.strip().splitlines()) == 1, err
+    assert (out / formats.TOPK).read_bytes() == b"keep"
+    assert sorted(os.listdir(out)) == [formats.TOPK]
 
 
 def test_test_input_of_another_shape_is_rejected(tiny_run, tmp_path):
     other = tmp_path / "other"
     datasets.save_arrays(str(other), {"x_val": np.zeros((4, 3, 8, 8), np.uint8), "y_val": np.zeros((4, 1), int)})
-    p = score(tiny_run, tmp_path / "out", "--mode", "influence", "--test_input", other, check=False)
-    assert p.returncode == 2 and "another data set" in p.stderr
+    code, _, err = score(tiny_run, tmp_path / "out", "--mode", "influence", "--test_input", other, check=False)
+    assert code == 2 and "another data set" in err
     assert not (tmp_path / "out").exists()  # a bad input leaves no empty output folder behind
+    with pytest.raises(ValueError, match="x_test holds images of shape"):  # the API says so too
+        ckpts = tracin.load_checkpoints(str(tiny_run["ckpt"]))
+        x = np.load(tiny_run["data"] / "x_train.npy")
+        tracin.influence(ckpts, x, np.load(tiny_run["data"] / "y_shuffle_train.npy"), np.zeros((4, 3, 8, 8)))

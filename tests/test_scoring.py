@@ -1,7 +1,7 @@
-"""Self-influence: exactness (batched == loop == hand-computed), lr weighting, checkpoint selection, outputs,
-legacy folders, resumption."""
+"""Self-influence: exactness (batched == loop == hand-computed), lr weighting, probabilities, checkpoint
+selection, through the API in process; the script's outputs, legacy folders and resumption through its main."""
 import json
-import os
+import re
 import shutil
 
 import nnabla as nn
@@ -10,9 +10,10 @@ import nnabla.parametric_functions as PF
 import numpy as np
 import pytest
 
-from tracin import maths
+import tracin
+from tracin import checkpoints, formats, maths, models
 from tracin.graphs import LoopGraph, ScoringGraph, select_params
-from conftest import checkpoint_logits, run_script, write_subset
+from conftest import checkpoint_logits, run_main, run_script, write_subset
 
 
 # ------------------------------------------------------------------------------- hand-computed two-layer net
@@ -121,12 +122,7 @@ def test_gram_and_direct_conv_norms_agree():
         np.testing.assert_allclose(maths.conv_sq_norms(x, g, (5, 4, 3, 3), args), (full ** 2).sum(1), rtol=1e-4)
 
 
-# ------------------------------------------------------------------------------------------- the CLI, exact
-
-def _score(run, out, *extra):
-    return run_script("calculate_score.py", "--input", run["data"], "--checkpoint", run["ckpt"], "--output", out,
-                      "-c", "cpu", *extra, cwd=run["root"])
-
+# ------------------------------------------------------------------------------ the API, exact and in process
 
 @pytest.fixture(scope="module")
 def small_run(tiny_run, tmp_path_factory):
@@ -136,104 +132,182 @@ def small_run(tiny_run, tmp_path_factory):
     data.mkdir()
     for f in ("x_train", "y_train", "y_shuffle_train"):
         np.save(data / f"{f}.npy", np.load(tiny_run["data"] / f"{f}.npy")[:24])
-    return {"root": root, "data": data, "ckpt": tiny_run["ckpt"]}
+    return {"root": root, "data": data, "ckpt": tiny_run["ckpt"], "x": np.load(data / "x_train.npy"),
+            "y": np.load(data / "y_shuffle_train.npy")[:, 0]}
 
 
 @pytest.fixture(scope="module")
 def resnet56_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("r56")
-    write_subset(root / "data", n_train=16, n_val=8)
+    arrays = write_subset(root / "data", n_train=16, n_val=8)
     run_script("train.py", "--input", root / "data", "--model", "resnet56", "--model_save_path", root / "ckpt",
                "--monitor-path", root / "mon", "--train_epochs", 1, "--train_batch_size", 8, "-c", "cpu", cwd=root)
-    return {"root": root, "data": root / "data", "ckpt": root / "ckpt"}
+    return {"root": root, "data": root / "data", "ckpt": root / "ckpt", "x": arrays["x_train"],
+            "y": arrays["y_shuffle_train"][:, 0]}
+
+
+def _self(run, **kw):
+    return tracin.self_influence(tracin.load_checkpoints(str(run["ckpt"])), run["x"], run["y"], details=True, **kw)
 
 
 @pytest.mark.parametrize("which", ["resnet23", "resnet56"])
 @pytest.mark.parametrize("layers", ["last", "all"])
-def test_batched_equals_loop(which, layers, small_run, resnet56_run, tmp_path):
+def test_batched_equals_loop(which, layers, small_run, resnet56_run):
     run = small_run if which == "resnet23" else resnet56_run
-    _score(run, tmp_path / "b", "--layers", layers, "--batch_size", 5, "--save_every_epoch", "True")
-    _score(run, tmp_path / "l", "--layers", layers, "--method", "loop", "--save_every_epoch", "True")
-    b = np.load(tmp_path / "b" / "influence_all_epoch.npy")
-    l = np.load(tmp_path / "l" / "influence_all_epoch.npy")
-    assert b.shape == (len(np.load(run["data"] / "x_train.npy")),) and np.all(b >= 0) and b.max() > 0
-    np.testing.assert_allclose(b, l, rtol=1e-4)
-    np.testing.assert_allclose(np.load(tmp_path / "b" / "loss_last_epoch.npy"),
-                               np.load(tmp_path / "l" / "loss_last_epoch.npy"), rtol=1e-4)
-    meta = json.load(open(tmp_path / "b" / "scores.json"))
-    assert meta["method"] == "batched" and meta["layers"] == layers
+    b = _self(run, layers=layers, batch_size=5)
+    l = _self(run, layers=layers, method="loop")
+    assert b.scores.shape == (len(run["x"]),) and np.all(b.scores >= 0) and b.scores.max() > 0
+    np.testing.assert_allclose(b.scores, l.scores, rtol=1e-4)
+    np.testing.assert_allclose(b.terms, l.terms, rtol=1e-4)
+    np.testing.assert_allclose(b.loss, l.loss, rtol=1e-4)
     if layers == "all":  # every trainable parameter, batch norm included
-        assert any(p.endswith("bn/gamma") for p in meta["parameters"])
-        assert not any(p.endswith("bn/mean") for p in meta["parameters"])
+        assert any(p.endswith("bn/gamma") for p in b.parameters)
+        assert not any(p.endswith("bn/mean") for p in b.parameters)
 
 
-def test_last_bias_closed_form_equals_bias_gradients(small_run, tmp_path):
-    """--layers last_bias (||p - y||^2 from one forward) == the batched and loop gradients of affine/b."""
-    _score(small_run, tmp_path / "c", "--layers", "last_bias")
-    _score(small_run, tmp_path / "b", "--layers", "affine/b")
-    _score(small_run, tmp_path / "l", "--layers", "affine/b", "--method", "loop")
-    c = np.load(tmp_path / "c" / "influence_all_epoch.npy")
-    np.testing.assert_allclose(c, np.load(tmp_path / "b" / "influence_all_epoch.npy"), rtol=1e-5)
-    np.testing.assert_allclose(c, np.load(tmp_path / "l" / "influence_all_epoch.npy"), rtol=1e-5)
-    assert json.load(open(tmp_path / "c" / "scores.json"))["parameters"] == ["affine/b"]
+def test_last_bias_closed_form_equals_bias_gradients(small_run):
+    """layers last_bias (||p - y||^2 from one forward) == the batched and loop gradients of affine/b."""
+    c = _self(small_run, layers="last_bias")
+    np.testing.assert_allclose(c.scores, _self(small_run, layers="affine/b").scores, rtol=1e-5)
+    np.testing.assert_allclose(c.scores, _self(small_run, layers="affine/b", method="loop").scores, rtol=1e-5)
+    assert c.parameters == ["affine/b"]
 
 
-def test_default_is_lr_weighted_brier_score_of_the_bias(small_run, tmp_path):
-    """No --layers: self-influence over affine/b, i.e. sum_i eta_i ||softmax(logits_i) - onehot(label)||^2, checked
+def _softmax(logits):
+    z = logits.astype(np.float64)
+    p = np.exp(z - z.max(1, keepdims=True))
+    return p / p.sum(1, keepdims=True)
+
+
+def test_default_is_lr_weighted_brier_score_of_the_bias(small_run):
+    """Defaults: self-influence over affine/b, i.e. sum_i eta_i ||softmax(logits_i) - onehot(label)||^2, checked
     against independent inference-mode logits of every checkpoint."""
-    _score(small_run, tmp_path / "d")
-    meta = json.load(open(tmp_path / "d" / "scores.json"))
-    assert meta["layers"] == "last_bias" and meta["parameters"] == ["affine/b"]
+    result = _self(small_run)
+    assert result.parameters == ["affine/b"] and result.epochs == [1, 2, 3]
     lr = {c["epoch"]: c["lr"] for c in json.load(open(small_run["ckpt"] / "checkpoints.json"))["checkpoints"]}
     ref = 0.0
     for e in (1, 2, 3):
         logits, y = checkpoint_logits(small_run, e, "x_train.npy", "y_shuffle_train.npy")
-        z = logits.astype(np.float64)
-        p = np.exp(z - z.max(1, keepdims=True))
-        p /= p.sum(1, keepdims=True)
+        p = _softmax(logits)
         p[np.arange(len(y)), y] -= 1.0
         ref = ref + lr[e] * (p ** 2).sum(1)
-    np.testing.assert_allclose(np.load(tmp_path / "d" / "influence_all_epoch.npy"), ref, rtol=1e-5)
+    np.testing.assert_allclose(result.scores, ref, rtol=1e-5)
+    np.testing.assert_array_equal(tracin.self_influence(tracin.load_checkpoints(str(small_run["ckpt"])),
+                                                        small_run["x"], small_run["y"]), result.scores)
 
 
-def test_lr_weighting_and_per_checkpoint_terms(small_run, tmp_path):
-    _score(small_run, tmp_path / "w", "--save_every_epoch", "True")
-    _score(small_run, tmp_path / "u", "--save_every_epoch", "True", "--lr_weight", "False")
-    m = json.load(open(small_run["ckpt"] / "checkpoints.json"))
-    lr = {c["epoch"]: c["lr"] for c in m["checkpoints"]}
-    meta = json.load(open(tmp_path / "w" / "scores.json"))
-    assert [c["epoch"] for c in meta["checkpoints"]] == [1, 2, 3]  # default: all but the initialisation
-    total_w, total_u = np.load(tmp_path / "w" / "influence_all_epoch.npy"), np.load(tmp_path / "u" / "influence_all_epoch.npy")
-    acc = np.zeros_like(total_w)
-    for e in (1, 2, 3):
-        tw, tu = np.load(tmp_path / "w" / f"{e}_influence.npy"), np.load(tmp_path / "u" / f"{e}_influence.npy")
-        np.testing.assert_allclose(tw, lr[e] * tu, rtol=1e-12)
-        acc += tw
-    np.testing.assert_allclose(acc, total_w, rtol=1e-12)
-    np.testing.assert_allclose(sum(np.load(tmp_path / "u" / f"{e}_influence.npy") for e in (1, 2, 3)), total_u, rtol=1e-12)
+@pytest.mark.parametrize("lr_weight", [True, False])
+def test_probabilities_are_the_eta_weighted_mean_softmax(small_run, lr_weight):
+    """probabilities (n, classes) == sum_i eta_i softmax(logits_i) / sum_i eta_i over an independent forward pass
+    of every checkpoint; rows sum to 1; every layer choice and method yields the same."""
+    lr = {c["epoch"]: c["lr"] for c in json.load(open(small_run["ckpt"] / "checkpoints.json"))["checkpoints"]}
+    eta = {e: (lr[e] if lr_weight else 1.0) for e in (1, 2, 3)}
+    ref = sum(eta[e] * _softmax(checkpoint_logits(small_run, e, "x_train.npy", "y_shuffle_train.npy")[0])
+              for e in (1, 2, 3)) / sum(eta.values())
+    result = _self(small_run, lr_weight=lr_weight)
+    assert result.probabilities.shape == (24, 10)
+    np.testing.assert_allclose(result.probabilities, ref, rtol=1e-5, atol=1e-12)
+    np.testing.assert_allclose(result.probabilities.sum(1), 1.0, rtol=1e-12)
+    for kw in ({"layers": "all"}, {"layers": "last", "method": "loop"}) if lr_weight else ():
+        np.testing.assert_allclose(_self(small_run, **kw).probabilities, ref, rtol=1e-5, atol=1e-12)
 
 
-def test_loss_baseline_is_cross_entropy_at_last_checkpoint(small_run, tmp_path):
-    _score(small_run, tmp_path / "s")
+def test_lr_weighting_and_per_checkpoint_terms(small_run):
+    w, u = _self(small_run), _self(small_run, lr_weight=False)
+    lr = {c["epoch"]: c["lr"] for c in json.load(open(small_run["ckpt"] / "checkpoints.json"))["checkpoints"]}
+    assert w.epochs == u.epochs == [1, 2, 3]  # default: all but the initialisation
+    assert w.etas == [lr[e] for e in (1, 2, 3)] and u.etas == [1.0] * 3
+    for i, e in enumerate((1, 2, 3)):
+        np.testing.assert_allclose(w.terms[i], lr[e] * u.terms[i], rtol=1e-12)
+    np.testing.assert_allclose(w.terms.sum(0), w.scores, rtol=1e-12)
+    np.testing.assert_allclose(u.terms.sum(0), u.scores, rtol=1e-12)
+
+
+def test_loss_baseline_is_cross_entropy_at_last_checkpoint(small_run):
     logits, y = checkpoint_logits(small_run, 3, "x_train.npy", "y_shuffle_train.npy")
     z = logits.astype(np.float64)
     ref = np.log(np.exp(z).sum(1)) - z[np.arange(24), y]
-    np.testing.assert_allclose(np.load(tmp_path / "s" / "loss_last_epoch.npy"), ref, rtol=1e-6)
+    np.testing.assert_allclose(_self(small_run).loss, ref, rtol=1e-6)
 
 
-def test_checkpoint_selection(small_run, tmp_path):
-    _score(small_run, tmp_path / "a", "--checkpoint_epochs", "3,1")
-    assert [c["epoch"] for c in json.load(open(tmp_path / "a" / "scores.json"))["checkpoints"]] == [1, 3]
-    _score(small_run, tmp_path / "b", "--checkpoint_interval", "2")
-    assert [c["epoch"] for c in json.load(open(tmp_path / "b" / "scores.json"))["checkpoints"]] == [1, 3]
+def test_checkpoint_selection(small_run):
+    folder = str(small_run["ckpt"])
+    assert tracin.load_checkpoints(folder, epochs=[3, 1]).epochs == [1, 3]
+    assert tracin.load_checkpoints(folder, interval=2).epochs == [1, 3]  # epochs 2K-1 for K = 2
+    assert tracin.load_checkpoints(folder).epochs == [1, 2, 3]
+    with pytest.raises(tracin.InputError, match=r"no checkpoint for epoch\(s\) 7; available: 0,1,2,3"):
+        tracin.load_checkpoints(folder, epochs=[7])
+    result = tracin.self_influence(tracin.load_checkpoints(folder, epochs=[3, 1]), small_run["x"], small_run["y"],
+                                   details=True)
+    assert result.epochs == [1, 3]
+
+
+def test_interval_30_selects_the_originals_checkpoints():
+    """params_k holds the weights after k epochs (train.py saves checkpoint epoch + 1 after 0-based epoch `epoch`,
+    tests/test_train.py checks params_3's error against the monitor's epoch 3), as the original's params_i saved at
+    the start of epoch i. Of 270 epochs the original scored params_29, 59, ..., 269: interval 30."""
+    entries = [{"epoch": k, "path": f"params_{k}.h5", "lr": 1.0} for k in range(271)]
+    assert [e["epoch"] for e in checkpoints.select(entries, interval=30)] == list(range(29, 270, 30))
+    assert [e["epoch"] for e in checkpoints.select(entries, interval=1)] == list(range(1, 271))
+    with pytest.raises(tracin.InputError, match="no checkpoint at epochs 29, 59"):
+        checkpoints.select([e for e in entries if e["epoch"] % 2 == 0], interval=30)
+
+
+def test_api_rejects_bad_inputs_with_value_errors(small_run):
+    ckpts = tracin.load_checkpoints(str(small_run["ckpt"]))
+    x, y = small_run["x"], small_run["y"]
+    for call, words in ((lambda: tracin.self_influence(ckpts, x[:, :, :4], y), "shape (1, 4, 8)"),
+                        (lambda: tracin.self_influence(ckpts, x, y[:5]), "5 labels for 24 images"),
+                        (lambda: tracin.self_influence(ckpts, x, y + 10), "labels in [10, 19]"),
+                        (lambda: tracin.self_influence(ckpts, x, y, layers="nosuch"), "selects no trainable"),
+                        (lambda: tracin.self_influence(ckpts, x, y, method="fast"), "unknown method")):
+        with pytest.raises(ValueError, match=re.escape(words)):
+            call()
+    with pytest.raises(FileNotFoundError):
+        tracin.load_checkpoints(str(small_run["root"] / "nope"))
+
+
+def test_cache_dir_resumes_and_is_reused(small_run, tmp_path):
+    """A run with a cache folder stores its units; a rerun computes nothing and returns the same bits."""
+    ckpts = tracin.load_checkpoints(str(small_run["ckpt"]))
+    first = tracin.self_influence(ckpts, small_run["x"], small_run["y"], cache_dir=str(tmp_path), details=True)
+    assert first.computed == 24 * 3 and len(list(tmp_path.glob("*/epoch*/*.npz"))) == 3
+    again = tracin.self_influence(ckpts, small_run["x"], small_run["y"], cache_dir=str(tmp_path), details=True)
+    assert again.computed == 0
+    for k in ("scores", "terms", "loss", "probabilities"):
+        assert getattr(again, k).tobytes() == getattr(first, k).tobytes(), k
+
+
+# ------------------------------------------------------------------------------------------- the CLI contract
+
+def _score(run, out, *extra):
+    return run_main("calculate_score.py", "--input", run["data"], "--checkpoint", run["ckpt"], "--output", out,
+                    "-c", "cpu", *extra)
+
+
+def test_cli_writes_the_api_results(small_run, tmp_path):
+    """The script's files are the API's results, in the layouts of tracin.formats; scores.json records the run."""
+    _, _, err = _score(small_run, tmp_path / "s", "--save_every_epoch", "True", "--checkpoint_interval", "2")
+    assert "scored 24 samples x 2 checkpoints" in err
+    api = tracin.self_influence(tracin.load_checkpoints(str(small_run["ckpt"]), interval=2), small_run["x"],
+                                small_run["y"], details=True)
+    out = tmp_path / "s"
+    assert np.load(out / formats.SCORES).tobytes() == api.scores.tobytes()
+    assert np.load(out / formats.LOSS).tobytes() == api.loss.tobytes()
+    assert np.load(out / formats.PROBABILITIES).tobytes() == api.probabilities.tobytes()
+    for e, term in zip((1, 3), api.terms):
+        assert np.load(out / formats.epoch_scores_name(e)).tobytes() == term.tobytes()
+    meta = json.load(open(out / formats.SCORES_JSON))
+    assert meta["layers"] == "last_bias" and meta["parameters"] == ["affine/b"] and meta["method"] == "batched"
+    assert [c["epoch"] for c in meta["checkpoints"]] == [1, 3] and meta["probabilities"] == formats.PROBABILITIES
+    assert meta["samples_computed"] == 48 and meta["n_train"] == 24 and meta["context"] == "cpu"
 
 
 def test_absent_epoch_is_a_one_line_error(small_run, tmp_path):
-    p = run_script("calculate_score.py", "--input", small_run["data"], "--checkpoint", small_run["ckpt"],
-                   "--output", tmp_path, "-c", "cpu", "--checkpoint_epochs", "7", check=False)
-    assert p.returncode == 2
-    assert "no checkpoint for epoch(s) 7; available: 0,1,2,3" in p.stderr
-    assert "Traceback" not in p.stderr
+    code, out, err = run_main("calculate_score.py", "--input", small_run["data"], "--checkpoint", small_run["ckpt"],
+                              "--output", tmp_path, "-c", "cpu", "--checkpoint_epochs", "7", check=False)
+    assert code == 2 and out == ""
+    assert err.strip() == "calculate_score.py: error: no checkpoint for epoch(s) 7; available: 0,1,2,3"
 
 
 def test_original_example_folder_scores_with_model_flag(small_run, tmp_path):
@@ -241,31 +315,31 @@ def test_original_example_folder_scores_with_model_flag(small_run, tmp_path):
     legacy.mkdir()
     for e in (1, 2, 3):  # the original wrote params_{epoch}.h5 and no manifest
         shutil.copy(small_run["ckpt"] / f"params_{e}.h5", legacy / f"params_{e}.h5")
-    p = run_script("calculate_score.py", "--input", small_run["data"], "--checkpoint", legacy, "--output",
-                   tmp_path / "o", "-c", "cpu", "--model", "resnet23", "--nmaps", 8)
-    assert "warning" in p.stderr and "learning rate 1" in p.stderr
-    _score(small_run, tmp_path / "u", "--lr_weight", "False")
-    np.testing.assert_allclose(np.load(tmp_path / "o" / "influence_all_epoch.npy"),
-                               np.load(tmp_path / "u" / "influence_all_epoch.npy"), rtol=1e-12)
+    _, _, err = run_main("calculate_score.py", "--input", small_run["data"], "--checkpoint", legacy, "--output",
+                         tmp_path / "o", "-c", "cpu", "--model", "resnet23", "--nmaps", 8)
+    assert "warning" in err and "learning rate 1" in err
+    np.testing.assert_allclose(np.load(tmp_path / "o" / formats.SCORES), _self(small_run, lr_weight=False).scores,
+                               rtol=1e-12)
     # without --model the folder cannot be read
-    p = run_script("calculate_score.py", "--input", small_run["data"], "--checkpoint", legacy, "-c", "cpu",
-                   "--output", tmp_path / "x", check=False)
-    assert p.returncode == 2 and "--model" in p.stderr
+    code, _, err = run_main("calculate_score.py", "--input", small_run["data"], "--checkpoint", legacy, "-c", "cpu",
+                            "--output", tmp_path / "x", check=False)
+    assert code == 2 and "--model" in err
+    # in Python: the model config is given instead
+    ckpts = tracin.load_checkpoints(str(legacy), model=models.model_config("resnet23", 10, (1, 8, 8), 8))
+    assert ckpts.epochs == [1, 2, 3] and [c.lr for c in ckpts] == [1.0] * 3 and not ckpts.has_manifest
 
 
 def test_seed_command_with_other_model_uses_manifest(small_run, tmp_path):
     """The seed README's command names --model resnet56; the manifest's model wins, with a warning."""
-    p = _score(small_run, tmp_path / "m", "--model", "resnet56")
-    assert "--model resnet56 ignored: checkpoints.json records resnet23" in p.stderr
-    _score(small_run, tmp_path / "d")
-    assert np.array_equal(np.load(tmp_path / "m" / "influence_all_epoch.npy"),
-                          np.load(tmp_path / "d" / "influence_all_epoch.npy"))
+    _, _, err = _score(small_run, tmp_path / "m", "--model", "resnet56")
+    assert "--model resnet56 ignored: checkpoints.json records resnet23" in err
+    assert np.array_equal(np.load(tmp_path / "m" / formats.SCORES), _self(small_run).scores)
 
 
 def test_rerun_reuses_finished_work(small_run, tmp_path):
     _score(small_run, tmp_path / "s")
-    first = np.load(tmp_path / "s" / "influence_all_epoch.npy")
-    _score(small_run, tmp_path / "s")
-    meta = json.load(open(tmp_path / "s" / "scores.json"))
-    assert meta["samples_computed"] == 0
-    assert np.array_equal(first, np.load(tmp_path / "s" / "influence_all_epoch.npy"))
+    first = np.load(tmp_path / "s" / formats.SCORES)
+    _, _, err = _score(small_run, tmp_path / "s")
+    assert "all from cache" in err
+    assert json.load(open(tmp_path / "s" / formats.SCORES_JSON))["samples_computed"] == 0
+    assert np.array_equal(first, np.load(tmp_path / "s" / formats.SCORES))

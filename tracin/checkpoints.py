@@ -45,7 +45,7 @@ _TEMP_RE = re.compile(r"^\.(params_\d+|solver_\d+|checkpoints)\..+\.tmp\.(h5|jso
 
 
 def remove_temporaries(folder):
-    """Delete the temporaries (utils.atomic_path) of checkpoint writes a killed run left behind; returns how many.
+    """Delete the temporaries (tracin.io.atomic_path) of checkpoint writes a killed run left behind; returns how many.
     Files under final names are never touched."""
     removed = 0
     for name in os.listdir(folder):

@@ -142,8 +142,8 @@ def read_cifar10_archive(path):
     return (np.concatenate([train_x[k] for k in keys]), np.concatenate([train_y[k] for k in keys]), test_x, test_y)
 
 
-def load_cifar10(data_dir=None, download=True):
-    return read_cifar10_archive(cifar10_archive(data_dir, download))
+def load_cifar10(data_dir=None):
+    return read_cifar10_archive(cifar10_archive(data_dir))
 
 
 # ------------------------------------------------------------------------------------------------------- digits

@@ -14,7 +14,7 @@ os.umask(_UMASK)
 
 
 @contextlib.contextmanager
-def atomic_path(path, suffix=None):
+def atomic_path(path):
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
 
     The temp name keeps the final extension (nnabla picks the file format from it)."""
@@ -22,7 +22,7 @@ def atomic_path(path, suffix=None):
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     base, ext = os.path.splitext(os.path.basename(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp" + (suffix if suffix is not None else ext), dir=d)
+    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp" + ext, dir=d)
     os.close(fd)
     with contextlib.suppress(OSError):  # mkstemp makes 0600 files; outputs get the usual permissions (umask)
         os.chmod(tmp, 0o666 & ~_UMASK)
