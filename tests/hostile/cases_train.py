@@ -29,6 +29,10 @@ def array_cases():
                       label_mutations("data/y_train.npy", full=False))
     out += file_cases("train", "train.py", TRAIN, DATA, "data/x_val.npy", image_mutations("data/x_val.npy", full=False))
     out += file_cases("train", "train.py", TRAIN, DATA, "data/y_val.npy", label_mutations("data/y_val.npy", full=False))
+    # images without channels in both image files (consistent with each other)
+    out.append(Case("train-data-images_without_channels", "train.py", TRAIN, DATA,
+                    chain(*[edit_array(f"data/{k}.npy", lambda a: a[:, :0]) for k in ("x_train", "x_val")]), BAD,
+                    ("x_train.npy",)))
     # data sets smaller than a batch (16) or than the number of classes (10): a clear refusal or a valid run
     for n_train, n_val in ((5, 32), (1, 32), (96, 1), (3, 3)):
         out.append(Case(f"train-data-{n_train}_train_{n_val}_val", "train.py", TRAIN, DATA, subset(n_train, n_val),
