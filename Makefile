@@ -40,7 +40,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	@$(MAKE) --no-print-directory mpi || echo "warning: requirements-mpi.txt did not install: tests/test_mpi.py will skip"
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 # Throughput of the scorer against the model's own forward / forward+backward.
 bench: $(STAMP)

@@ -230,10 +230,10 @@ def test_end_to_end_tiny_run(tiny_run, tmp_path):
     run_main("calculate_score.py", "--input", tiny_run["data"], "--checkpoint", tiny_run["ckpt"], "--output",
              scored, "-c", "cpu", "--save_every_epoch", "True", cwd=tmp_path)
     out = tmp_path / "fig"
-    p = run_script("mislabel_analysis.py", "--input", tiny_run["data"], "--scores", scored / "influence_all_epoch.npy",
-                   "--output", out, "--ckpt_analysis", "True", "--save_extracted", "True", "--sheet_size", 16,
-                   cwd=tmp_path)
-    assert "AUROC" in p.stdout and "tracin" in p.stdout and "loss" in p.stdout
+    _, stdout, _ = run_main("mislabel_analysis.py", "--input", tiny_run["data"], "--scores",
+                            scored / "influence_all_epoch.npy", "--output", out, "--ckpt_analysis", "True",
+                            "--save_extracted", "True", "--sheet_size", 16, cwd=tmp_path)
+    assert "AUROC" in stdout and "tracin" in stdout and "loss" in stdout
     m = json.loads((out / "metrics.json").read_text())
     assert m["n_train"] == 96 and m["n_mislabeled"] > 0 and set(m["rankings"]) == {"tracin", "loss", "random", "oracle"}
     for r in m["rankings"].values():

@@ -149,7 +149,7 @@ def same_training(ref_ckpt, ckpt):
 
 # ------------------------------------------------------------------------------------------------------ tests
 
-@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("seed", [1])
 def test_training_killed_and_resumed_is_bit_exact(reference, tmp_path, seed):
     rng = random.Random(seed)
     ckpt, mon = tmp_path / "ckpt", tmp_path / "mon"

@@ -9,7 +9,7 @@ import pytest
 
 from tracin import checkpoints
 from tracin.training import learning_rate
-from conftest import checkpoint_logits, run_script, write_subset
+from conftest import checkpoint_logits, run_main, run_script, write_subset
 
 
 def _h5(path):
@@ -64,7 +64,7 @@ def test_validation_error_is_the_true_error_rate(tiny_run):
 
 
 def _train(root, data, *extra):
-    return run_script("train.py", "--input", data, "--model_save_path", root / "ckpt", "--monitor-path",
+    return run_main("train.py", "--input", data, "--model_save_path", root / "ckpt", "--monitor-path",
                       root / "mon", "--nmaps", 4, "--train_epochs", 3, "--train_batch_size", 16, "-c", "cpu",
                       *extra, cwd=root)
 
@@ -84,8 +84,8 @@ def test_resume_is_bit_exact(tmp_path):
         shutil.copy(full / "ckpt" / c["params"], part / "ckpt")
         shutil.copy(full / "ckpt" / c["solver"], part / "ckpt")
     json.dump(m, open(part / "ckpt" / "checkpoints.json", "w"))
-    p = _train(part, data, "--resume")
-    assert "resuming from epoch 1" in p.stderr
+    _, _, err = _train(part, data, "--resume")
+    assert "resuming from epoch 1" in err
     for k in (2, 3):
         assert _same_h5(full / "ckpt" / f"params_{k}.h5", part / "ckpt" / f"params_{k}.h5")
         assert _same_h5(full / "ckpt" / f"solver_{k}.h5", part / "ckpt" / f"solver_{k}.h5")
@@ -93,13 +93,14 @@ def test_resume_is_bit_exact(tmp_path):
 
 
 def test_seed_makes_runs_reproducible(tmp_path):
+    """Two runs with seed 5, one in this process and one as a process of its own, give the same bits."""
     runs = []
-    for name, seed in (("a", 5), ("b", 5), ("c", 6)):
+    for name, seed, run in (("a", 5, run_main), ("b", 5, run_script), ("c", 6, run_main)):
         root = tmp_path / name
         root.mkdir()
-        run_script("train.py", "--dataset", "digits", "--output", root / "data", "--model_save_path", root / "ckpt",
-                   "--monitor-path", root / "mon", "--nmaps", 4, "--train_epochs", 1, "--seed", seed, "-c", "cpu",
-                   "--precise_bn", "False", cwd=root)
+        run("train.py", "--dataset", "digits", "--output", root / "data", "--model_save_path", root / "ckpt",
+            "--monitor-path", root / "mon", "--nmaps", 4, "--train_epochs", 1, "--seed", seed, "-c", "cpu",
+            "--precise_bn", "False", cwd=root)
         runs.append(root)
     a, b, c = runs
     assert np.array_equal(np.load(a / "data" / "y_shuffle_train.npy"), np.load(b / "data" / "y_shuffle_train.npy"))
