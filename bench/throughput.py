@@ -185,7 +185,7 @@ def fmt_rate(v):
     return f"{v:8.1f}" if v < 1000 else f"{v:8.0f}"
 
 
-def main(argv=None):
+def parser():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--models", default="resnet23,resnet56")
     ap.add_argument("--sizes", default="8,32", help="input sizes: 8 (1x8x8) and/or 32 (3x32x32)")
@@ -201,23 +201,12 @@ def main(argv=None):
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--size", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--method", help=argparse.SUPPRESS)
-    a = ap.parse_args(argv)
+    return ap
 
-    if a.worker:
-        a.samples, a.loop_samples, a.batch_size = int(a.samples), int(a.loop_samples), int(a.batch_size)
-        out = worker_timing(a) if a.worker == "timing" else worker_memory(a)
-        print(json.dumps(out))
-        return 0
 
-    import nnabla
-    import numpy
+def measure(a, models_, sizes):
+    """[(model, size, settings, median rates, maxrel, memory, all rates)], one worker process per measurement."""
     samples, loop_samples, batch = per_size(a.samples), per_size(a.loop_samples), per_size(a.batch_size)
-    models_ = [m for m in a.models.split(",") if m]
-    sizes = [int(s) for s in a.sizes.split(",") if s]
-    print(f"# nnabla {nnabla.__version__} ({a.context}), numpy {numpy.__version__}, {os.cpu_count()} cpus, "
-          f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}; resnet23 nmaps {a.nmaps}; "
-          f"median of {a.repeats} rounds")
-    t0 = time.time()
     results = []
     for model in models_:
         for size in sizes:
@@ -225,16 +214,15 @@ def main(argv=None):
                       batch_size=pick(batch, size))
             r = call(a, "timing", **kw)
             med = {m: statistics.median(v) for m, v in r["rates"].items()}
-            mem = {}
-            if not a.no_memory:
-                for m in METHODS:
-                    mem[m] = call(a, "memory", method=m, **kw)
+            mem = {} if a.no_memory else {m: call(a, "memory", method=m, **kw) for m in METHODS}
             results.append((model, size, kw, med, r["maxrel"], mem, r["rates"]))
+    return results
 
+
+def print_rates(results):
     print()
     print("samples/s (median) and peak RSS MB (+MB over the process after graph construction)")
-    hdr = f"{'model':9s} {'input':7s} {'batch':>5s} " + " ".join(f"{m:>17s}" for m in METHODS)
-    print(hdr)
+    print(f"{'model':9s} {'input':7s} {'batch':>5s} " + " ".join(f"{m:>17s}" for m in METHODS))
     for model, size, kw, med, _, mem, _ in results:
         cells = []
         for m in METHODS:
@@ -245,6 +233,8 @@ def main(argv=None):
         shape = "1x8x8" if size == 8 else "3x32x32"
         print(f"{model:9s} {shape:7s} {kw['batch_size']:5d} " + " ".join(cells))
 
+
+def print_ratios(results):
     print()
     print("ratios (goal)          " + "  ".join(f"{g[0]} ({g[4]}{g[3]:g})" for g in GOALS)
           + "   maxrel last / all")
@@ -258,18 +248,43 @@ def main(argv=None):
         print(f"{model:9s} {shape:7s}       " + "  ".join(cells)
               + f"   {maxrel['last']:.1e} / {maxrel['all']:.1e}")
 
+
+def print_memory_scaling(a, models_, sizes):
+    print()
+    print("peak RSS of `all` batched vs batch size and number of samples (MB; +MB over the built process)")
+    for model in models_:
+        size = 32 if 32 in sizes else sizes[0]
+        cells = []
+        batches = [int(v) for v in a.mem_batches.split(",") if v]
+        runs = [(bs, 2 * bs) for bs in batches] + [(batches[0], 8 * batches[0])]
+        for bs, n in runs:
+            r = call(a, "memory", model=model, size=size, samples=n, loop_samples=1, batch_size=bs, method="all")
+            cells.append(f"bs {bs} N {n}: {r['peak']:.0f} (+{r['peak'] - r['base']:.0f})")
+        print(f"{model:9s} {size}x{size}  " + "  ".join(cells))
+
+
+def main(argv=None):
+    a = parser().parse_args(argv)
+    if a.worker:
+        a.samples, a.loop_samples, a.batch_size = int(a.samples), int(a.loop_samples), int(a.batch_size)
+        out = worker_timing(a) if a.worker == "timing" else worker_memory(a)
+        print(json.dumps(out))
+        return 0
+    import numpy
+
+    import tracin  # noqa: F401  (before nnabla: quiets its import-time INFO line)
+    import nnabla
+    models_ = [m for m in a.models.split(",") if m]
+    sizes = [int(s) for s in a.sizes.split(",") if s]
+    print(f"# nnabla {nnabla.__version__} ({a.context}), numpy {numpy.__version__}, {os.cpu_count()} cpus, "
+          f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}; resnet23 nmaps {a.nmaps}; "
+          f"median of {a.repeats} rounds")
+    t0 = time.time()
+    results = measure(a, models_, sizes)
+    print_rates(results)
+    print_ratios(results)
     if not a.no_memory:
-        print()
-        print("peak RSS of `all` batched vs batch size and number of samples (MB; +MB over the built process)")
-        for model in models_:
-            size = 32 if 32 in sizes else sizes[0]
-            cells = []
-            batches = [int(v) for v in a.mem_batches.split(",") if v]
-            runs = [(bs, 2 * bs) for bs in batches] + [(batches[0], 8 * batches[0])]
-            for bs, n in runs:
-                r = call(a, "memory", model=model, size=size, samples=n, loop_samples=1, batch_size=bs, method="all")
-                cells.append(f"bs {bs} N {n}: {r['peak']:.0f} (+{r['peak'] - r['base']:.0f})")
-            print(f"{model:9s} {size}x{size}  " + "  ".join(cells))
+        print_memory_scaling(a, models_, sizes)
     print(f"\n# {time.time() - t0:.0f} s; load average now {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     return 0
 
