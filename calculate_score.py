@@ -70,14 +70,14 @@ def resolve_checkpoints(args, x, warn=True):
 
 
 def load_training_data(args, warn):
-    data = datasets.load_arrays(args.input, need=("x_train.npy", "y_shuffle_train.npy"))
+    data = datasets.load_arrays(args.input, need=(formats.X_TRAIN, formats.Y_NOISY))
     x, y = data["x_train"], data["y_shuffle_train"][:, 0]
     ckpts = resolve_checkpoints(args, x, warn)
     model = ckpts.model
     if tuple(x.shape[1:]) != tuple(model["input_shape"]):
-        raise CliError(f"x_train.npy holds images of shape {tuple(x.shape[1:])} but the checkpoints' model takes "
+        raise CliError(f"{formats.X_TRAIN} holds images of shape {tuple(x.shape[1:])} but the checkpoints' model takes "
                        f"{tuple(model['input_shape'])}: --input and --checkpoint come from different runs")
-    datasets.check_labels(y, model["n_classes"], f"{args.input}/y_shuffle_train.npy")
+    datasets.check_labels(y, model["n_classes"], f"{args.input}/{formats.Y_NOISY}")
     return x, y, ckpts
 
 
@@ -182,21 +182,22 @@ def load_test_samples(args, model):
     """(test folder, label mode, indices into x_val.npy, images, labels or None for predicted)."""
     test_dir = args.test_input or args.input
     label_mode = args.test_label or "true"
-    tdata = datasets.load_arrays(test_dir, need=("x_val.npy", "y_val.npy") if label_mode == "true" else ("x_val.npy",))
+    need = (formats.X_VAL, formats.Y_VAL) if label_mode == "true" else (formats.X_VAL,)
+    tdata = datasets.load_arrays(test_dir, need=need)
     xt_all = tdata["x_val"]
     if tuple(xt_all.shape[1:]) != tuple(model["input_shape"]):
-        raise CliError(f"{test_dir}/x_val.npy holds images of shape {tuple(xt_all.shape[1:])} but the model takes "
-                       f"{tuple(model['input_shape'])}: --test_input comes from another data set")
+        raise CliError(f"{test_dir}/{formats.X_VAL} holds images of shape {tuple(xt_all.shape[1:])} but the model "
+                       f"takes {tuple(model['input_shape'])}: --test_input comes from another data set")
     idx = np.arange(len(xt_all), dtype=np.int64) if args.test_indices is None else \
         np.asarray(args.test_indices, dtype=np.int64)
     bad = idx[idx >= len(xt_all)]
     if len(bad):
-        raise CliError(f"--test_indices {bad[0]} is out of range: {test_dir}/x_val.npy holds {len(xt_all)} "
+        raise CliError(f"--test_indices {bad[0]} is out of range: {test_dir}/{formats.X_VAL} holds {len(xt_all)} "
                        f"samples (0..{len(xt_all) - 1})")
     yt = None
     if label_mode == "true":
         yt = tdata["y_val"][idx, 0]
-        datasets.check_labels(yt, model["n_classes"], f"{test_dir}/y_val.npy")
+        datasets.check_labels(yt, model["n_classes"], f"{test_dir}/{formats.Y_VAL}")
     return test_dir, label_mode, idx, xt_all[idx], yt
 
 

@@ -8,7 +8,8 @@ x_train.npy and the score file (default --input/influence_all_epoch.npy). Beside
 loss_last_epoch.npy (a baseline ranking), scores.json (data set name for class names) and, with --ckpt_analysis,
 {epoch}_influence.npy. Writes into --output: self_influence_distribution.png, score_curve.png, metrics.json,
 report.html, and optionally {epoch}_top_influence_sample.png, checkpoint_metrics.png, extracted_samples/decile_XX.png
-and influence_examples.png. Every input is validated before anything is written. Metrics: see tracin/metrics.py; file layouts: tracin/formats.py.
+and influence_examples.png. Every input is validated before anything is written. Metrics: see tracin/metrics.py;
+file layouts: tracin/formats.py.
 """
 import os
 import sys
@@ -72,17 +73,17 @@ def checkpoint_files(folder, info):
 
 
 def load_analysis(args, input_dir):
-    arrays = datasets.load_arrays(input_dir, need=("y_train.npy", "y_shuffle_train.npy"),
-                                  optional=("x_train.npy",))
+    arrays = datasets.load_arrays(input_dir, need=(formats.Y_TRAIN, formats.Y_NOISY),
+                                  optional=(formats.X_TRAIN,))
     y_true, y_given = arrays["y_train"][:, 0], arrays["y_shuffle_train"][:, 0]
     if y_true.size != y_given.size:
-        raise CliError(f"{input_dir}/y_train.npy has {y_true.size} labels but y_shuffle_train.npy has "
+        raise CliError(f"{input_dir}/{formats.Y_TRAIN} has {y_true.size} labels but {formats.Y_NOISY} has "
                        f"{y_given.size}: the arrays come from different runs")
     if min(y_true.min(), y_given.min()) < 0:
         raise CliError(f"{input_dir} holds negative labels: class labels must be 0, 1, 2, ...")
     x = arrays.get("x_train")
     if args.save_extracted and x is None:
-        raise CliError(f"{input_dir}/x_train.npy is missing: --save_extracted True draws the training images")
+        raise CliError(f"{input_dir}/{formats.X_TRAIN} is missing: --save_extracted True draws the training images")
     n = y_true.size
     score_path = args.scores or os.path.join(input_dir, formats.SCORES)
     if not os.path.isfile(score_path):
@@ -125,15 +126,15 @@ def load_influence(args):
     t = npz["test_indices"].reshape(-1)
     train_dir = args.input or _folder(str(npz["input"]), path, "train")
     test_dir = _folder(str(npz["test_input"]), path, "test")
-    train = datasets.load_arrays(train_dir, need=("x_train.npy", "y_shuffle_train.npy"), optional=("y_train.npy",))
-    test = datasets.load_arrays(test_dir, need=("x_val.npy",), optional=("y_val.npy",))
+    train = datasets.load_arrays(train_dir, need=(formats.X_TRAIN, formats.Y_NOISY), optional=(formats.Y_TRAIN,))
+    test = datasets.load_arrays(test_dir, need=(formats.X_VAL,), optional=(formats.Y_VAL,))
     n_train, n_test = len(train["x_train"]), len(test["x_val"])
     if t.size and (t.min() < 0 or t.max() >= n_test):
-        raise CliError(f"{path}: test_indices reach {int(t.max())} but {test_dir}/x_val.npy has {n_test} samples")
+        raise CliError(f"{path}: test_indices reach {int(t.max())} but {test_dir}/{formats.X_VAL} has {n_test} samples")
     for k in ("proponents", "opponents"):
         a = npz[k]
         if a.size and (a.min() < 0 or a.max() >= n_train):
-            raise CliError(f"{path}: {k} reach index {int(a.max())} but {train_dir}/x_train.npy has {n_train} "
+            raise CliError(f"{path}: {k} reach index {int(a.max())} but {train_dir}/{formats.X_TRAIN} has {n_train} "
                            "samples: the file comes from another data folder")
     y_given = train["y_shuffle_train"][:, 0]
     y_true = train["y_train"][:, 0] if "y_train" in train else y_given

@@ -100,7 +100,7 @@ def resume_point(args, folder):
         raise CliError(f"nothing to resume: no {formats.MANIFEST} with checkpoints in '{folder}' "
                        "(start without --resume, or pass the --model_save_path of the earlier run)")
     usable = [c for c in manifest["checkpoints"]
-              if os.path.isfile(os.path.join(folder, c["params"])) and os.path.isfile(os.path.join(folder, c["solver"]))]
+              if all(os.path.isfile(os.path.join(folder, c[k])) for k in ("params", "solver"))]
     if wanted is not None:
         usable = [c for c in usable if c["epoch"] == wanted]
         if not usable:
@@ -128,8 +128,8 @@ def fresh_state(args, ckpt_dir):
                             args.nmaps or spec.train_defaults["nmaps"], args.dataset)
     arrays, dataset = prepare_data(args, array_dir)
     n_classes = datasets.SPECS[dataset].n_classes if dataset else int(arrays["y_shuffle_train"].max()) + 1
-    datasets.check_labels(arrays["y_shuffle_train"], n_classes, "y_shuffle_train.npy")
-    datasets.check_labels(arrays["y_val"], n_classes, "y_val.npy")
+    datasets.check_labels(arrays["y_shuffle_train"], n_classes, formats.Y_NOISY)
+    datasets.check_labels(arrays["y_val"], n_classes, formats.Y_VAL)
     recipe = resolve_recipe(args, dataset)
     recipe.update(model=args.model, array_dir=array_dir,
                   data_fingerprint=datasets.fingerprint(arrays["x_train"], arrays["y_shuffle_train"]))
@@ -168,10 +168,11 @@ def run_epochs(trainer, recipe, manifest, ckpt_dir, start_epoch, args, data):
     try:
         for epoch in range(start_epoch, epochs):
             lr = learning_rate(epoch, recipe["learning_rate"], epochs, recipe["lr_schedule"])
-            loss, err = trainer.train_epoch(epoch, x_train, y_train, lr,
-                                            lambda v: (bar.update(1), bar.set_postfix(epoch=epoch + 1, loss=f"{v:.3f}")))
+            loss, err = trainer.train_epoch(
+                epoch, x_train, y_train, lr, lambda v: (bar.update(1), bar.set_postfix(epoch=epoch + 1, loss=f"{v:.3f}")))
             if err is None or trainer.nonfinite() is not None:
-                what = f"the loss became {loss}" if err is None else f"parameter {trainer.nonfinite()} became non-finite"
+                what = (f"the loss became {loss}" if err is None
+                        else f"parameter {trainer.nonfinite()} became non-finite")
                 raise CliError(f"training diverged: {what} in epoch {epoch + 1}; the last good checkpoint is "
                                f"{os.path.join(ckpt_dir, formats.params_name(last_good))}; lower --learning_rate "
                                "and rerun")

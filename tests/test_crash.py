@@ -257,3 +257,21 @@ def test_atomic_path_keeps_the_old_file_on_failure(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
+
+
+def test_a_failed_write_names_the_final_path_and_exits_1(tmp_path):
+    """An OS error while writing (here a full disk) keeps the old file, leaves no temporary, and is reported as one
+    line naming the file the user asked for (not the temporary), exit code 1."""
+    import errno
+
+    from tracin.cli import error_exit
+    from tracin.io import WriteError, atomic_path, save_json
+    path = tmp_path / "scores.json"
+    save_json(path, {"a": 1})
+    with pytest.raises(WriteError) as e:
+        with atomic_path(path) as tmp:
+            raise OSError(errno.ENOSPC, "No space left on device", tmp)
+    assert e.value.filename == str(path) and e.value.errno == errno.ENOSPC
+    assert error_exit(e.value) == (f"cannot write {path}: the disk is full: free some space or choose another "
+                                   "folder", 1)
+    assert os.listdir(tmp_path) == ["scores.json"] and json.loads(path.read_text()) == {"a": 1}

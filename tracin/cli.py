@@ -4,6 +4,7 @@ Spellings follow the original nnabla-examples TracIn example (`--model_save_path
 `-c cudnn`, ...). Defaults that depend on the data set are None here and resolved from `datasets.SPECS`.
 """
 import argparse
+import errno
 import os
 import sys
 
@@ -18,11 +19,21 @@ class CliError(InputError):
     name flags (library errors, InputError, do not)."""
 
 
+WRITE_HINTS = {errno.ENOSPC: "the disk is full: free some space or choose another folder",
+               errno.EDQUOT: "the disk quota is exhausted: free some space or choose another folder",
+               errno.EROFS: "the file system is read-only: choose another folder",
+               errno.EACCES: "permission denied: choose a folder you can write to",
+               errno.EPERM: "permission denied: choose a folder you can write to"}
+
+
 def error_exit(e):
     """(message, exit code) for an exception a script reports in one line, or None for a bug (traceback).
     Bad input: 2. An OS error on a named file (a full or read-only disk, no permission): 1."""
+    from .io import WriteError
     if isinstance(e, InputError):
         return str(e), 2
+    if isinstance(e, WriteError):
+        return f"cannot write {e.filename}: {WRITE_HINTS.get(e.errno, e.strerror)}", 1
     if isinstance(e, OSError) and e.filename:
         return f"{e.filename}: {e.strerror or e}", 1
     return None

@@ -40,18 +40,16 @@ SPECS = {
     # images are mirror-symmetric). Kept (it cannot be tuned here) because it suits TracIn: lr 0.1 is expected to
     # hold off memorising the shuffled labels until the first x0.1 step (epoch 90), and lr weighting then gives the
     # checkpoints of that phase 10-1000x the weight of later, memorising ones; precise batch norm (train.py
-    # default) removes the lagging-statistics blow-up behind lr 0.1's failure on digits. README: detection study.
+    # default) removes the lagging-statistics blow-up behind lr 0.1's failure on digits. docs/: detection study.
     "cifar10": DatasetSpec(
         "cifar10", CIFAR10_CLASSES, (3, 32, 32),
         augment=dict(min_scale=0.8, max_scale=1.2, flip_lr=True),
         train_defaults=dict(train_batch_size=500, train_epochs=270, learning_rate=0.1, lr_schedule="step",
                             weight_decay=5e-4, nmaps=64)),
     # Digits are 8x8 handwriting, not mirror-symmetric (a flipped 2 is no 2): small rotations (+-0.15 rad, ~9 deg)
-    # and +-10% scale, which keep the label. Chosen for TracIn's detection of shuffled labels (README, detection
-    # quality study; seeds 0-2): peak lr 0.01 with cosine decay learns in ~3 epochs and ends fitting only ~7% of
-    # the shuffled labels (lr 0.02 without rotation: ~21%). Both with precise batch norm (train.py --precise_bn),
-    # this recipe took TracIn (--layers last, lr-weighted) from AUROC 0.9957 / recall@10% 0.909 to 0.9987 / 0.963
-    # (held-out seeds 10-15, bench/detection.py: 0.9982 / 0.951; the default --layers last_bias: 0.9994 / 0.974).
+    # and +-10% scale, which keep the label. Chosen for TracIn's detection of shuffled labels (docs/, detection
+    # study): a low peak lr with cosine decay learns the clean labels in a few epochs while fitting few of the
+    # shuffled ones, which keeps their gradients large.
     "digits": DatasetSpec(
         "digits", DIGITS_CLASSES, (1, 8, 8),
         augment=dict(angle=0.15, min_scale=0.9, max_scale=1.1, flip_lr=False),

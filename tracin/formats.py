@@ -25,6 +25,7 @@ from .io import atomic_path
 # ------------------------------------------------------------------------------------------------ array folder
 ARRAYS = ("x_train", "y_train", "y_shuffle_train", "x_val", "y_val")
 ARRAY_FILES = tuple(a + ".npy" for a in ARRAYS)
+X_TRAIN, Y_TRAIN, Y_NOISY, X_VAL, Y_VAL = ARRAY_FILES  # Y_NOISY: the labels training saw
 
 # ------------------------------------------------------------------------------------------- checkpoint folder
 MANIFEST = "checkpoints.json"
@@ -96,7 +97,8 @@ def read_score_vector(path, n, what="score file"):
     try:
         a = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
-        raise InputError(f"{what} {path} is not a readable .npy array ({e}): rewrite it with calculate_score.py") from None
+        raise InputError(f"{what} {path} is not a readable .npy array ({e}): rewrite it with "
+                         "calculate_score.py") from None
     if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool) or a.ndim > 2 or (a.ndim == 2 and a.shape[1] != 1):
         raise InputError(f"{what} {path} holds a {a.dtype} array of shape {a.shape}; expected one number per "
                          "training sample")

@@ -176,8 +176,6 @@ class ScoringGraph:
 
         from . import models
         builder = builder or (lambda image, test: models.build(model_cfg, image, test=test))
-        self.nn = nn
-        self.cfg = model_cfg
         self.batch_size = batch_size
         shape = (batch_size,) + tuple(model_cfg["input_shape"])
         with nn.parameter_scope(f"tracin_bs{batch_size}_{next(_GRAPH_IDS)}"):  # id(self) can be reused

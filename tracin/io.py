@@ -9,6 +9,11 @@ import numpy as np
 
 from .errors import InputError
 
+class WriteError(OSError):
+    """Writing `filename` failed (a full or read-only disk, no permission): an OSError naming the final path, not
+    the temporary one the writer was filling."""
+
+
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
@@ -17,7 +22,8 @@ os.umask(_UMASK)
 def atomic_path(path):
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
 
-    The temp name keeps the final extension (nnabla picks the file format from it)."""
+    The temp name keeps the final extension (nnabla picks the file format from it). An OSError of the block or
+    the rename is raised as a WriteError naming `path`."""
     path = os.fspath(path)
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
@@ -31,9 +37,11 @@ def atomic_path(path):
         _fsync(tmp)  # the data reaches the disk before the name does (writers such as nnabla's h5 do not fsync)
         os.replace(tmp, path)
         _fsync(d)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.remove(tmp)
+        if isinstance(e, OSError) and not isinstance(e, WriteError):
+            raise WriteError(e.errno, e.strerror or str(e), path) from e
         raise
 
 
