@@ -92,7 +92,7 @@ def test_random_metrics_and_class_counts():
     r = analysis.random_metrics(HAND_MIS)
     assert r["auroc"] == 0.5 and r["average_precision"] == pytest.approx(0.3) and r["recall_at"]["0.3"] == 0.3
     true = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
-    counts = analysis.top_fraction_per_class(HAND_SCORES, HAND_MIS, true, 4, fraction=0.3)  # top 3: #0, #1, #2
+    counts = analysis.top_fraction_per_class(HAND_SCORES, HAND_MIS, true, 4, fraction=0.3)  # top 3: samples 0, 1, 2
     assert list(counts) == [1, 0, 1, 0]
     assert analysis.decile_bounds(25) == [(0, 3), (3, 5), (5, 8), (8, 10), (10, 13), (13, 15), (15, 18), (18, 20),
                                           (20, 23), (23, 25)]
