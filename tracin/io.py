@@ -1,6 +1,7 @@
 """Atomic writes: a file appears under its final name complete or not at all, and the old file survives a failure.
 """
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -14,6 +15,9 @@ class WriteError(OSError):
     the temporary one the writer was filling."""
 
 
+# errors of the disk, not of whatever the block reads (a download's network error stays what it is)
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO}
+
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
@@ -22,25 +26,28 @@ os.umask(_UMASK)
 def atomic_path(path):
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
 
-    The temp name keeps the final extension (nnabla picks the file format from it). An OSError of the block or
-    the rename is raised as a WriteError naming `path`."""
+    The temp name keeps the final extension (nnabla picks the file format from it). A disk error (WRITE_ERRNOS)
+    while making, filling or renaming the temporary is raised as a WriteError naming `path`."""
     path = os.fspath(path)
     d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
     base, ext = os.path.splitext(os.path.basename(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp" + ext, dir=d)
-    os.close(fd)
-    with contextlib.suppress(OSError):  # mkstemp makes 0600 files; outputs get the usual permissions (umask)
-        os.chmod(tmp, 0o666 & ~_UMASK)
+    tmp = None
     try:
+        os.makedirs(d, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp" + ext, dir=d)
+        os.close(fd)
+        with contextlib.suppress(OSError):  # mkstemp makes 0600 files; outputs get the usual permissions (umask)
+            os.chmod(tmp, 0o666 & ~_UMASK)
         yield tmp
         _fsync(tmp)  # the data reaches the disk before the name does (writers such as nnabla's h5 do not fsync)
         os.replace(tmp, path)
         _fsync(d)
     except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        if isinstance(e, OSError) and not isinstance(e, WriteError):
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+        if isinstance(e, OSError) and not isinstance(e, WriteError) and (
+                e.errno in WRITE_ERRNOS or (tmp is not None and e.filename == tmp)):
             raise WriteError(e.errno, e.strerror or str(e), path) from e
         raise
 
