@@ -68,6 +68,7 @@ class Trainer:
             if augment:
                 augment = dict(augment, seed=epoch_seed(self.recipe["seed"], epoch, 1))
             logits, _ = self.models.build(self.cfg, x, test=False, augment=augment)
+            logits.persistent = True  # read for the error count: a cleared forward must keep it
             loss = F.mean(F.softmax_cross_entropy(logits, y))
             self._graphs[key] = (x, y, logits, loss)
         return self._graphs[key]
@@ -78,8 +79,9 @@ class Trainer:
         n = len(x_train)
         order = np.random.RandomState(epoch_seed(self.recipe["seed"], epoch, 0)).permutation(n)
         n_batches = math.ceil(n / bs)
-        if n_batches * bs > n:  # the last batch wraps around to the start, as nnabla's data_iterator does
-            order = np.concatenate([order, order[: n_batches * bs - n]])
+        # the last batch wraps around to the start, as nnabla's data_iterator does (cyclically, should the batch be
+        # larger than the data)
+        order = np.resize(order, n_batches * bs)
         x, y, logits, loss = self._train_graph(bs, epoch)
         self.solver.set_learning_rate(lr)
         total_loss, errors = 0.0, 0
@@ -90,13 +92,14 @@ class Trainer:
             value = float(loss.d)
             if not math.isfinite(value):
                 return value, None
+            # counted now: backward(clear_buffer=True) below frees the logits' buffer
+            errors += int((logits.d.argmax(1) != y.d[:, 0]).sum())
             self.solver.zero_grad()
             loss.backward(clear_buffer=True)
             if self.recipe["weight_decay"]:
                 self.solver.weight_decay(self.recipe["weight_decay"])
             self.solver.update()
             total_loss += value * bs
-            errors += int((logits.d.argmax(1) != y.d[:, 0]).sum())
             on_batch(value)
         return total_loss / (n_batches * bs), errors / (n_batches * bs)
 
