@@ -222,7 +222,8 @@ def _load(folder, name, required):
 
 
 def load_arrays(folder, need=ARRAY_FILES, optional=()):
-    """Load and validate an array folder; every problem is an InputError naming the file."""
+    """Load and validate an array folder (check_images, check_labels, matching lengths and image shapes); every
+    problem is an InputError naming the file. Labels come back as (N, 1) int64."""
     if not folder or not os.path.isdir(folder):
         raise MissingInputError(f"input folder '{folder}' does not exist: give the array folder train.py wrote")
     out = {}
@@ -230,35 +231,69 @@ def load_arrays(folder, need=ARRAY_FILES, optional=()):
         arr = _load(folder, name, name in need)
         if arr is not None:
             out[name[:-4]] = arr
-    for split in ("train", "val"):
-        x = out.get(f"x_{split}")
-        if x is None:
-            continue
-        if x.ndim != 4:
-            raise InputError(f"{folder}/x_{split}.npy has shape {x.shape}; expected images (N, channels, height, width)")
-        if len(x) == 0:
-            raise InputError(f"{folder}/x_{split}.npy holds no samples")
-        for key in ([f"y_{split}", "y_shuffle_train"] if split == "train" else [f"y_{split}"]):
-            y = out.get(key)
-            if y is None:
-                continue
-            if y.size != len(x) or y.ndim not in (1, 2):
-                raise InputError(f"{folder}/{key}.npy has {y.size} labels for {len(x)} images in x_{split}.npy: "
-                               "the arrays come from different runs")
-            if not np.issubdtype(y.dtype, np.integer):
-                if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
-                    raise InputError(f"{folder}/{key}.npy holds non-integer labels")
-            out[key] = y.reshape(-1, 1).astype(np.int64)
+    for key in ("x_train", "x_val"):
+        if key in out:
+            check_images(out[key], f"{folder}/{key}.npy")
+    for key, images in (("y_train", "x_train"), ("y_shuffle_train", "x_train"), ("y_val", "x_val")):
+        if key in out:
+            n = len(out[images]) if images in out else None
+            out[key] = check_labels(out[key], None, f"{folder}/{key}.npy", n, f"{images}.npy").reshape(-1, 1)
     if "x_train" in out and "x_val" in out and out["x_train"].shape[1:] != out["x_val"].shape[1:]:
         raise InputError(f"{folder}/x_val.npy holds images of shape {out['x_val'].shape[1:]} but x_train.npy "
-                       f"{out['x_train'].shape[1:]}: the arrays come from different runs")
+                         f"{out['x_train'].shape[1:]}: the arrays come from different runs")
     return out
 
 
-def check_labels(labels, n_classes, where):
-    lo, hi = int(labels.min()), int(labels.max())
-    if lo < 0 or hi >= n_classes:
-        raise InputError(f"{where} has labels in [{lo}, {hi}] but the model has {n_classes} classes (0..{n_classes - 1})")
+# Labels at or above this are damage, not classes (and anything per class would run out of memory).
+MAX_CLASSES = 100_000
+
+
+def check_images(x, what):
+    """x if it holds images (N >= 1, channels, height, width; every size at least 1) of finite numbers, else an
+    InputError naming `what`."""
+    x = np.asarray(x)
+    if x.dtype.kind not in "uif":
+        raise InputError(f"{what} holds {x.dtype} values; expected image pixels (uint8 0-255, or numbers)")
+    if x.ndim != 4 or min(x.shape) < 1:
+        raise InputError(f"{what} has shape {x.shape}; expected images (N >= 1, channels, height, width), none "
+                         "of them 0")
+    if x.dtype.kind == "f":
+        bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+        if bad.any():
+            raise InputError(f"{what} holds NaN/inf pixels in {int(bad.sum())} images (first: image "
+                             f"{int(np.flatnonzero(bad)[0])}): repair or remove them")
+    return x
+
+
+def check_labels(labels, n_classes, what, n=None, images=None):
+    """Class labels (N,) int64 from an (N,) or (N, 1) array of whole numbers in 0..n_classes-1 (n_classes None:
+    below MAX_CLASSES), one for each of the `n` images (of the file `images`) when given; else an InputError naming
+    `what`."""
+    y = np.asarray(labels)
+    if y.dtype.kind not in "biuf":
+        raise InputError(f"{what} holds {y.dtype} values; expected whole-number class labels")
+    if not (y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1)):
+        raise InputError(f"{what} has shape {y.shape}; expected one label per sample, (N,) or (N, 1)")
+    y = y.reshape(-1)
+    if n is not None and y.size != n:
+        raise InputError(f"{what} has {y.size} labels for {n} images" + (f" in {images}" if images else "")
+                         + ": the arrays come from different runs")
+    if y.dtype.kind == "f":
+        bad = ~np.isfinite(y) | (y != np.round(y))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise InputError(f"{what} holds non-integer labels (first: {y[i]} at sample {i}); expected class "
+                             "indices 0, 1, 2, ...")
+    if y.size == 0:
+        return y.astype(np.int64)
+    lo, hi = int(y.min()), int(y.max())
+    if n_classes is not None and (lo < 0 or hi >= n_classes):
+        raise InputError(f"{what} has labels in [{lo}, {hi}] but the model has {n_classes} classes "
+                         f"(0..{n_classes - 1})")
+    if lo < 0 or hi >= MAX_CLASSES:
+        raise InputError(f"{what} has labels in [{lo}, {hi}]: class labels must be 0, 1, 2, ... (fewer than "
+                         f"{MAX_CLASSES})")
+    return y.astype(np.int64)
 
 
 def fingerprint(*arrays):

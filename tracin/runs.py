@@ -8,9 +8,8 @@ from typing import List, Optional
 
 import numpy as np
 
-from . import engine
+from . import datasets, engine
 from .context import set_context
-from .datasets import fingerprint
 from .errors import InputError
 from .graphs import make_graph, predict, select_params
 from .job_influence import InfluenceFeatures, InfluenceJob, influence_shard, test_chunk_size
@@ -54,9 +53,7 @@ class InfluenceResult:
 
 
 def check_images(x, model, what="x"):
-    x = np.asarray(x)
-    if x.ndim != 4 or len(x) == 0:
-        raise InputError(f"{what} has shape {x.shape}; expected images (N >= 1, channels, height, width)")
+    x = datasets.check_images(x, what)
     if tuple(x.shape[1:]) != tuple(model["input_shape"]):
         raise InputError(f"{what} holds images of shape {tuple(x.shape[1:])} but the checkpoints' model takes "
                          f"{tuple(model['input_shape'])}")
@@ -64,18 +61,7 @@ def check_images(x, model, what="x"):
 
 
 def check_labels(y, n, n_classes, what="y"):
-    y = np.asarray(y).reshape(-1)
-    if y.size != n:
-        raise InputError(f"{what} has {y.size} labels for {n} images")
-    if not np.issubdtype(y.dtype, np.integer):
-        if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
-            raise InputError(f"{what} holds non-integer labels")
-    y = y.astype(np.int64)
-    lo, hi = int(y.min()), int(y.max())
-    if lo < 0 or hi >= n_classes:
-        raise InputError(f"{what} has labels in [{lo}, {hi}] but the model has {n_classes} classes "
-                         f"(0..{n_classes - 1})")
-    return y
+    return datasets.check_labels(y, n_classes, what, n)
 
 
 class _Run:
@@ -126,8 +112,9 @@ class SelfInfluenceRun(_Run):
         y = check_labels(y, len(x), checkpoints.model["n_classes"])
         super().__init__(checkpoints, layers, method, lr_weight, batch_size, len(x), context)
         self.kind = scoring_kind(layers, method)
-        self.key = engine.settings_key(format=CACHE_FORMAT, data=fingerprint(x, y), names=self.names, method=method,
-                                       batch=batch_size, shard=SHARD, ctx=self._backend(), kind=self.kind)
+        self.key = engine.settings_key(format=CACHE_FORMAT, data=datasets.fingerprint(x, y), names=self.names,
+                                       method=method, batch=batch_size, shard=SHARD, ctx=self._backend(),
+                                       kind=self.kind)
         self.job = SelfInfluenceJob(self.graph, self.kind, self.names, self.ckpts, self.etas, x, y,
                                     min(batch_size, len(x)))
 
@@ -172,8 +159,8 @@ class InfluenceRun(_Run):
         chunk = min(test_chunk, n_test) if test_chunk else test_chunk_size(n_test, self.featurizer.width(),
                                                                            len(self.ckpts))
         self.key = engine.settings_key(
-            format=CACHE_FORMAT, mode="influence", data=fingerprint(x_train, y_train),
-            test=fingerprint(x_test, self.y_test), names=self.names, method=method, kind=self.kind,
+            format=CACHE_FORMAT, mode="influence", data=datasets.fingerprint(x_train, y_train),
+            test=datasets.fingerprint(x_test, self.y_test), names=self.names, method=method, kind=self.kind,
             batch=self.featurizer.batch_size, shard=influence_shard(n_train), chunk=chunk, k=self.k,
             matrix=bool(full_matrix), projection=[projection_dim, seed] if projection_dim else None,
             ckpts=[[c["epoch"], c["digest"], e] for c, e in zip(self.ckpts, self.etas)], ctx=self._backend())
