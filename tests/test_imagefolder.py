@@ -131,6 +131,10 @@ def test_image_size_rules():
     for bad in (7, (8,), (8, 4), 16.0, "16", True):
         with pytest.raises(InputError, match="image_size"):
             imagefolder.check_image_size(bad)
+    assert imagefolder.parse_image_size("32") == (32, 32) and imagefolder.parse_image_size("48x64") == (48, 64)
+    for bad in ("", "32x", "x32", "3.5", "8x8x8", "4", "-16"):
+        with pytest.raises(ValueError):
+            imagefolder.parse_image_size(bad)
     assert imagefolder.default_size([(28, 28)] * 3 + [(40, 30)] * 2) == (28, 28)
     assert imagefolder.default_size([(20, 20), (30, 30)]) == (30, 30)  # tie: the larger
     assert imagefolder.default_size([(480, 640)] * 2 + [(32, 32)]) == (48, 64)  # longer side capped, aspect kept

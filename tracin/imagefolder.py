@@ -180,6 +180,15 @@ def check_image_size(image_size):
     return int(size[0]), int(size[1])
 
 
+def parse_image_size(text):
+    """--image_size's value: "S" (S x S) or "HxW" (height x width) -> (H, W). Raises ValueError (argparse reports
+    it), InputError (a ValueError) below the models' minimum."""
+    parts = text.lower().split("x")
+    if len(parts) not in (1, 2) or not all(p.strip().isdigit() for p in parts):
+        raise ValueError(f"image size '{text}' is not S or HxW (e.g. 32 or 48x64)")
+    return check_image_size(tuple(int(p) for p in parts) * (3 - len(parts)))
+
+
 def default_size(sizes, max_side=DEFAULT_MAX_SIDE):
     """The most common (H, W) in `sizes` (ties: the larger area), shrunk (aspect kept) to a longer side of at
     most `max_side`."""

@@ -1,0 +1,180 @@
+"""Review outputs for data whose clean labels are unknown: the label-issue table, per-class score distributions and
+the selection of the top of the ranking for image sheets. Pure functions on arrays, plus one atomic CSV writer.
+
+The ranking is the self-influence, highest first (ties: lower index first). The suggested label of a sample is
+the class other than its given label with the highest eta-weighted mean softmax probability over the scored
+checkpoints (calculate_score.py's probabilities.npy): "if this label is wrong, it is most likely ...";
+given_probability says whether the model agrees with the label as it stands. Chosen by measurement (MNIST PNGs,
+10% placed in a wrong class folder; README, "Audit your own data"): when training memorises the given labels,
+the last checkpoint predicts the wrong given label for every planted file and even its runner-up class is right
+for only about half of them, while the mean over the trajectory keeps pointing at the true class; without
+memorisation both name the true class for about 90%. Leaving out the given label never loses a wrong label's
+true class (an argmax equal to a wrong given label is certainly not it).
+
+LABEL_ISSUES (label_issues.csv) has one row per training sample, most suspicious first, with COLUMNS:
+  rank (1 = most suspicious), index (into x_train.npy), file (relative to the image folder; empty when unknown),
+  given_label, given_class, suggested_label, suggested_class, self_influence, suggested_probability,
+  given_probability
+"""
+import csv
+import os
+
+import numpy as np
+
+from .errors import InputError
+from .metrics import n_checked, rank_order
+
+LABEL_ISSUES = "label_issues.csv"
+COLUMNS = ("rank", "index", "file", "given_label", "given_class", "suggested_label", "suggested_class",
+           "self_influence", "suggested_probability", "given_probability")
+PROBABILITY_TOLERANCE = 1e-3  # rows of a float32 softmax mean sum to 1 within this
+
+
+def check_inputs(scores, given, probabilities, classes, files=None):
+    """(scores float64 (n,), given int64 (n,), probabilities float64 (n, C) or None, class names (C,)); every
+    mismatch is an InputError naming the argument. Without probabilities, C is len(classes) (else max label + 1)."""
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    given = np.asarray(given).reshape(-1)
+    p = None if probabilities is None else np.asarray(probabilities, dtype=np.float64)
+    n = scores.size
+    if not np.all(np.isfinite(scores)):
+        raise InputError("self-influence scores hold NaN or inf: score the data again")
+    if given.size != n or (p is not None and (p.ndim != 2 or p.shape[0] != n)):
+        raise InputError(f"{n} scores, {given.size} given labels and probabilities of shape "
+                         f"{None if p is None else p.shape}: they must describe the same samples (probabilities: "
+                         "samples x classes)")
+    if p is not None:
+        n_classes = p.shape[1]
+    else:
+        n_classes = len(classes) if classes is not None else int(given.max(initial=-1)) + 1
+    names = [str(c) for c in range(n_classes)] if classes is None else [str(c) for c in classes]
+    if len(names) != n_classes:
+        raise InputError(f"{len(names)} class names for probabilities over {n_classes} classes")
+    if n and (not np.issubdtype(given.dtype, np.integer) or given.min() < 0 or given.max() >= n_classes):
+        raise InputError(f"given labels must be integers in 0..{n_classes - 1} (one per class name)")
+    if p is not None and (not np.all(np.isfinite(p)) or p.min(initial=0.0) < 0 or
+                          np.abs(p.sum(axis=1) - 1.0).max(initial=0.0) > PROBABILITY_TOLERANCE):
+        raise InputError("probabilities must be finite, non-negative and sum to 1 over the classes of each sample")
+    if files is not None and len(files) != n:
+        raise InputError(f"{len(files)} file names for {n} samples: the file list comes from another import")
+    return scores, given.astype(np.int64), p, names
+
+
+def suggest(probabilities, given, exclude_given=True):
+    """(suggested labels (n,), their probabilities (n,)): the most probable class other than the given label
+    (exclude_given=True, the rule used), or the most probable class overall. Ties: the lower class index."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    given = np.asarray(given).reshape(-1)
+    if exclude_given:
+        p = p.copy()
+        p[np.arange(len(p)), given] = -np.inf
+    labels = p.argmax(axis=1)
+    return labels, np.asarray(probabilities, dtype=np.float64)[np.arange(len(p)), labels]
+
+
+def label_issues(scores, given, probabilities, classes=None, files=None):
+    """The rows of LABEL_ISSUES (dicts keyed by COLUMNS), most suspicious first. probabilities=None (scores from
+    before they were kept) leaves the suggestion and probability columns empty (None)."""
+    scores, given, p, names = check_inputs(scores, given, probabilities, classes, files)
+    suggested, prob = suggest(p, given) if p is not None else (None, None)
+    rows = []
+    for rank, i in enumerate(rank_order(scores), start=1):
+        row = {"rank": rank, "index": int(i), "file": files[i] if files is not None else "",
+               "given_label": int(given[i]), "given_class": names[given[i]], "suggested_label": None,
+               "suggested_class": None, "self_influence": float(scores[i]), "suggested_probability": None,
+               "given_probability": None}
+        if p is not None:
+            row.update(suggested_label=int(suggested[i]), suggested_class=names[suggested[i]],
+                       suggested_probability=float(prob[i]), given_probability=float(p[i, given[i]]))
+        rows.append(row)
+    return rows
+
+
+def _cell(key, value):
+    if value is None:
+        return ""
+    if key == "self_influence":
+        return f"{value:.6g}"  # the rank column holds the exact order
+    if key.endswith("_probability"):
+        return f"{value:.4f}"
+    return value
+
+
+def write_label_issues(path, rows):
+    """Write rows (label_issues) to `path` as CSV, atomically (a temporary file renamed into place)."""
+    from .io import atomic_path
+    with atomic_path(path) as tmp:
+        # surrogateescape: a file name that is not valid UTF-8 is written back as the bytes it has on disk
+        with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
+            writer = csv.writer(f)
+            writer.writerow(COLUMNS)
+            for row in rows:
+                writer.writerow([_cell(k, row[k]) for k in COLUMNS])
+            f.flush()
+            os.fsync(f.fileno())
+
+
+# ------------------------------------------------------------------------------------------------ summaries
+
+def class_score_distribution(scores, given, classes):
+    """Per class (in label order): {'label', 'class', 'n', 'scores' (that class's scores, descending), 'median',
+    'q90', 'top_share'}; top_share is the class's share of the overall top 10% (rounded half up), to compare with
+    its share of the data, n / N. The report shows these instead of detection metrics when clean labels are
+    unknown."""
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    given = np.asarray(given).reshape(-1)
+    top = rank_order(scores)[:top_count(scores.size, 0.1)]
+    out = []
+    for c, name in enumerate(classes):
+        s = np.sort(scores[given == c])[::-1]
+        out.append({"label": c, "class": str(name), "n": int(s.size), "scores": s,
+                    "median": float(np.median(s)) if s.size else None,
+                    "q90": float(np.quantile(s, 0.9)) if s.size else None,
+                    "top_share": float(np.mean(given[top] == c)) if top.size else None})
+    return out
+
+
+def parse_top(text):
+    """--top's value: an integer >= 1 is a number of samples, a decimal in (0, 1] a fraction of them ("1" is
+    one sample, "1.0" all). Raises ValueError (argparse reports it)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = float(text)
+        if not 0.0 < value <= 1.0:
+            raise ValueError(f"fraction {text} is not in (0, 1]") from None
+        return value
+    if value < 1:
+        raise ValueError(f"count {text} is below 1")
+    return value
+
+
+def top_count(n, top):
+    """How many of n samples `top` selects: an int N -> min(N, n); a float f in (0, 1] -> floor(f * n + 0.5)
+    (half up, the detection metrics' convention), at least 1 when n > 0."""
+    bad = InputError(f"top {top!r}: give a number of samples of at least 1 or a fraction in (0, 1]")
+    if isinstance(top, (bool, np.bool_)):
+        raise bad
+    if isinstance(top, (int, np.integer)):
+        if top < 1:
+            raise bad
+        return int(min(top, n))
+    if not 0.0 < float(top) <= 1.0:
+        raise bad
+    return max(1, n_checked(top, n)) if n else 0
+
+
+def sheet_cells(rows, images, top):
+    """Cells for an image sheet (plot_image_grid) of the first top_count(len(rows), top) rows: the image, and the
+    caption "#rank given -> suggested" with the file name (or index) and score; red when the given label's
+    probability is below the suggestion's (the model disagrees with the label)."""
+    cells = []
+    for row in rows[:top_count(len(rows), top)]:
+        known = row["suggested_label"] is not None
+        disagree = known and row["given_probability"] < row["suggested_probability"]
+        name = os.path.basename(row["file"]) if row["file"] else f"index {row['index']}"
+        arrow = f" \u2192 {row['suggested_class']}" if known else ""
+        cells.append({"image": images[row["index"]], "frame": "red" if disagree else None,
+                      "color": "tab:red" if disagree else "black",
+                      "caption": f"#{row['rank']} {row['given_class']}{arrow}\n{name}\n{row['self_influence']:.3g}"})
+    return cells
