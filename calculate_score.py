@@ -30,7 +30,7 @@ from tracin import checkpoints, datasets, formats
 from tracin.api import load_checkpoints
 from tracin.cli import CliError, parse_score_args, run_mpi_cli
 from tracin.context import quiet_nnabla, set_context
-from tracin.io import ensure_dir, save_json, save_npy
+from tracin.io import check_writable, ensure_dir, remove_temporaries, save_json, save_npy
 from tracin.runs import InfluenceRun, SelfInfluenceRun
 
 INFLUENCE_ONLY = ("test_input", "test_indices", "test_label", "top_k", "save_matrix", "projection_dim",
@@ -49,36 +49,54 @@ def check_flags(args):
                        "is exact and already compact")
 
 
-def resolve_checkpoints(args, x, warn=True):
-    """The selected checkpoints; a folder of the original example (no manifest) needs --model."""
+def resolve_checkpoints(args, x):
+    """(the selected checkpoints, warnings to print once everything is validated); a folder of the original
+    example (no manifest) needs --model."""
     from tracin import models
     legacy_cfg = models.model_config(args.model, 10, x.shape[1:], args.nmaps) if args.model else None
     folder = args.checkpoint
+    if os.path.isfile(folder):
+        raise CliError(f"--checkpoint '{folder}' is a file: give the folder holding it "
+                       f"('{os.path.dirname(folder) or '.'}'), and pick epochs with --checkpoint_epochs")
     manifest = checkpoints.read_manifest(folder) if folder and os.path.isdir(folder) else None
     if manifest is None and legacy_cfg is None and os.path.isdir(folder) and checkpoints.scan_params(folder):
         raise CliError(f"'{folder}' has no {formats.MANIFEST} (an original-example folder): pass --model "
                        "resnet23|resnet56")
     ckpts = load_checkpoints(folder, args.checkpoint_epochs, args.checkpoint_interval, legacy_cfg)
-    if not ckpts.has_manifest and warn:
-        print(f"warning: {folder} has no {formats.MANIFEST}: scoring every params_*.h5 with --model {args.model} "
-              "and learning rate 1 (unweighted, as the original)", file=sys.stderr)
-    elif args.model and args.model != ckpts.model["name"] and warn:
+    warnings = []
+    if not ckpts.has_manifest:
+        warnings.append(f"{folder} has no {formats.MANIFEST}: scoring every params_*.h5 with --model {args.model} "
+                        "and learning rate 1 (unweighted, as the original)")
+    elif args.model and args.model != ckpts.model["name"]:
         # the seed's command line names a model; the manifest, written by training, knows which one it was
-        print(f"warning: --model {args.model} ignored: {formats.MANIFEST} records {ckpts.model['name']}",
-              file=sys.stderr)
-    return ckpts
+        warnings.append(f"--model {args.model} ignored: {formats.MANIFEST} records {ckpts.model['name']}")
+    return ckpts, warnings
 
 
-def load_training_data(args, warn):
+def load_training_data(args):
     data = datasets.load_arrays(args.input, need=(formats.X_TRAIN, formats.Y_NOISY))
     x, y = data["x_train"], data["y_shuffle_train"][:, 0]
-    ckpts = resolve_checkpoints(args, x, warn)
+    ckpts, warnings = resolve_checkpoints(args, x)
     model = ckpts.model
     if tuple(x.shape[1:]) != tuple(model["input_shape"]):
         raise CliError(f"{formats.X_TRAIN} holds images of shape {tuple(x.shape[1:])} but the checkpoints' model takes "
                        f"{tuple(model['input_shape'])}: --input and --checkpoint come from different runs")
     datasets.check_labels(y, model["n_classes"], f"{args.input}/{formats.Y_NOISY}")
-    return x, y, ckpts
+    return x, y, ckpts, warnings
+
+
+def plan_run(args, ckpts, x, y):
+    """The validated run of --mode (every checkpoint loaded); {'run': ...} and, for influence, its test samples."""
+    try:
+        if args.mode == "influence":
+            return prepare_influence(args, ckpts, x, y)
+        return {"run": SelfInfluenceRun(ckpts, x, y, args.layers, args.method, args.lr_weight, args.batch_size,
+                                        context=None)}
+    except checkpoints.ModelMismatchError as e:
+        if ckpts.has_manifest:
+            raise
+        raise CliError(f"{e}; without {formats.MANIFEST} the model is --model {args.model} --nmaps "
+                       f"{ckpts.model['nmaps']}: pass the ones the checkpoints were trained with") from None
 
 
 def main(argv=None, comm=None):
@@ -86,19 +104,18 @@ def main(argv=None, comm=None):
     check_flags(args)
     quiet_nnabla()
     rank, world = (comm.rank, comm.size) if comm is not None else (0, 1)
-    x, y, ckpts = load_training_data(args, warn=rank == 0)
-    output = args.output or args.input
-    if os.path.exists(output) and not os.path.isdir(output):
-        raise CliError(f"--output '{output}' is a file, not a folder: choose another path")
+    output = check_writable(args.output or args.input, "--output")
+    x, y, ckpts, warnings = load_training_data(args)
     # under MPI every rank takes the GPU of its rank on its node (mpiexec -n 8 on 8 GPUs: devices 0..7)
     device_id = str(getattr(comm, "local_rank", rank)) if world > 1 else args.device_id
     ctx = set_context(args.context, device_id, args.type_config)
-    if args.mode == "influence":
-        plan = prepare_influence(args, ckpts, x, y)
-    else:
-        plan = {"run": SelfInfluenceRun(ckpts, x, y, args.layers, args.method, args.lr_weight, args.batch_size,
-                                        context=None)}
-    ensure_dir(output, "--output")  # only now: a mistake found above leaves no empty folder behind
+    plan = plan_run(args, ckpts, x, y)
+    # only now: a mistake found above leaves nothing behind, not even an empty folder
+    ensure_dir(output, "--output")
+    if rank == 0:
+        for w in warnings:
+            print(f"warning: {w}", file=sys.stderr)
+        remove_temporaries(output)  # half-written outputs of a run that was killed (the ranks write only units)
     run = plan["run"]
     result = run.run(os.path.join(output, formats.CACHE_DIR), comm, progress_bar(args, run, len(x), rank, world))
     if result is None:  # another rank than 0: rank 0 writes
@@ -122,7 +139,8 @@ def progress_bar(args, run, n_train, rank, world):
     else:
         desc, unit = (f"influence of {len(run.y_test)} test x {n_train} train samples, {len(run.ckpts)} "
                       "checkpoints"), "grad"
-    bar = tqdm(total=run.work(rank, world), unit=unit, dynamic_ncols=True, disable=rank != 0, desc=desc)
+    # drawn by rank 0 on a terminal only (None: tqdm's test for one)
+    bar = tqdm(total=run.work(rank, world), unit=unit, dynamic_ncols=True, disable=True if rank else None, desc=desc)
 
     def progress(count, label):
         bar.set_postfix_str(label, refresh=False)
@@ -195,9 +213,8 @@ def load_test_samples(args, model):
         raise CliError(f"--test_indices {bad[0]} is out of range: {test_dir}/{formats.X_VAL} holds {len(xt_all)} "
                        f"samples (0..{len(xt_all) - 1})")
     yt = None
-    if label_mode == "true":
-        yt = tdata["y_val"][idx, 0]
-        datasets.check_labels(yt, model["n_classes"], f"{test_dir}/{formats.Y_VAL}")
+    if label_mode == "true":  # every label is checked, not only those of --test_indices: the file is damaged
+        yt = datasets.check_labels(tdata["y_val"], model["n_classes"], f"{test_dir}/{formats.Y_VAL}")[idx]
     return test_dir, label_mode, idx, xt_all[idx], yt
 
 

@@ -18,7 +18,8 @@ import numpy as np
 
 from tracin import datasets, formats, plots
 from tracin.cli import CliError, analysis_parser, run_cli
-from tracin.io import atomic_path, ensure_dir, load_json, save_json
+from tracin.io import atomic_path, check_writable, ensure_dir, load_json, remove_temporaries, save_json
+from tracin.manifest import check_model
 from tracin.metrics import (RECALL_FRACTIONS, decile_bounds, oracle_scores, random_metrics, rank_order,
                             ranking_metrics, top_fraction_per_class)
 from tracin.report import metrics_table, report_html
@@ -41,22 +42,36 @@ def guess_dataset(image_shape, n_labels, info):
     return None
 
 
-def read_info(folder, name=formats.SCORES_JSON):
-    """The scorer's JSON record beside a score file (None when absent or unreadable: it only adds class names)."""
+def read_info(folder, notes, name=formats.SCORES_JSON):
+    """The scorer's JSON record beside a score file, checked: its model (tracin.manifest's schema) and checkpoint
+    list. None when absent or damaged (with a note for `notes`: it only adds class names and the checkpoints)."""
     path = os.path.join(folder, name)
     if not os.path.isfile(path):
         return None
     try:
         info = load_json(path)
-        return info if isinstance(info, dict) else None
-    except (OSError, ValueError) as e:
-        warn(f"ignoring unreadable {path} ({e})")
+        if not isinstance(info, dict):
+            raise ValueError("not a JSON object")
+        if "model" in info:
+            check_model(info["model"], path)
+        listed = info.get("checkpoints", [])
+        if not (isinstance(listed, list) and all(isinstance(c, dict) and isinstance(c.get("epoch"), int)
+                                                 for c in listed)):
+            raise ValueError("'checkpoints' is not a list of {epoch: ...} objects")
+        return info
+    except (OSError, ValueError) as e:  # InputError is a ValueError
+        notes.append(f"ignoring {path} ({e})")
         return None
 
 
-def checkpoint_files(folder, info):
+def known_classes(info):
+    """The number of classes of the model that made the scores (scores.json / influence.json), or None."""
+    return (info or {}).get("model", {}).get("n_classes")
+
+
+def checkpoint_files(folder, info, notes):
     """[(epoch, path)] of {epoch}_influence.npy beside the score file, in epoch order; restricted to the
-    checkpoints scores.json lists when it is there (older files from another run are ignored)."""
+    checkpoints scores.json lists when it is there (older files from another run are ignored, with a note)."""
     found = {}
     for name in os.listdir(folder):
         m = formats.EPOCH_SCORES_RE.match(name)
@@ -66,21 +81,19 @@ def checkpoint_files(folder, info):
     if listed:
         extra = sorted(set(found) - set(listed))
         if extra:
-            warn(f"ignoring {', '.join(f'{e}_influence.npy' for e in extra)} in {folder}: not among the "
-                 "checkpoints of its scores.json")
+            notes.append(f"ignoring {', '.join(f'{e}_influence.npy' for e in extra)} in {folder}: not among the "
+                         "checkpoints of its scores.json")
         found = {e: p for e, p in found.items() if e in listed}
     return sorted(found.items())
 
 
-def load_analysis(args, input_dir):
+def load_analysis(args, input_dir, notes):
     arrays = datasets.load_arrays(input_dir, need=(formats.Y_TRAIN, formats.Y_NOISY),
                                   optional=(formats.X_TRAIN,))
     y_true, y_given = arrays["y_train"][:, 0], arrays["y_shuffle_train"][:, 0]
     if y_true.size != y_given.size:
         raise CliError(f"{input_dir}/{formats.Y_TRAIN} has {y_true.size} labels but {formats.Y_NOISY} has "
                        f"{y_given.size}: the arrays come from different runs")
-    if min(y_true.min(), y_given.min()) < 0:
-        raise CliError(f"{input_dir} holds negative labels: class labels must be 0, 1, 2, ...")
     x = arrays.get("x_train")
     if args.save_extracted and x is None:
         raise CliError(f"{input_dir}/{formats.X_TRAIN} is missing: --save_extracted True draws the training images")
@@ -91,12 +104,15 @@ def load_analysis(args, input_dir):
                        "--checkpoint CHECKPOINT_FOLDER, or pass --scores FILE")
     scores = formats.read_score_vector(score_path, n)
     folder = os.path.dirname(os.path.abspath(score_path))
-    info = read_info(folder)
+    info = read_info(folder, notes)
+    if known_classes(info):  # labels the scored model could not have
+        for name, y in ((formats.Y_TRAIN, y_true), (formats.Y_NOISY, y_given)):
+            datasets.check_labels(y, known_classes(info), os.path.join(input_dir, name))
     loss_path = os.path.join(folder, formats.LOSS)
     loss = formats.read_score_vector(loss_path, n, "loss file") if os.path.isfile(loss_path) else None
     ckpts = []
     if args.ckpt_analysis:
-        files = checkpoint_files(folder, info)
+        files = checkpoint_files(folder, info, notes)
         if not files:
             raise CliError(f"no {{epoch}}_influence.npy beside {score_path}: --ckpt_analysis True needs "
                            "calculate_score.py --save_every_epoch True")
@@ -118,7 +134,7 @@ def _folder(value, npz_path, what):
                    "(train arrays) or move the folders back")
 
 
-def load_influence(args):
+def load_influence(args, notes):
     path = args.influence
     if not os.path.isfile(path):
         raise CliError(f"influence file {path} is missing: write it with calculate_score.py --mode influence")
@@ -129,6 +145,10 @@ def load_influence(args):
     train = datasets.load_arrays(train_dir, need=(formats.X_TRAIN, formats.Y_NOISY), optional=(formats.Y_TRAIN,))
     test = datasets.load_arrays(test_dir, need=(formats.X_VAL,), optional=(formats.Y_VAL,))
     n_train, n_test = len(train["x_train"]), len(test["x_val"])
+    if train["x_train"].shape[1:] != test["x_val"].shape[1:]:
+        raise CliError(f"{path} pairs test images of shape {test['x_val'].shape[1:]} ({test_dir}/{formats.X_VAL}) "
+                       f"with training images of shape {train['x_train'].shape[1:]} ({train_dir}/{formats.X_TRAIN}): "
+                       "its folders come from different data sets; pass --input FOLDER of the run it was made from")
     if t.size and (t.min() < 0 or t.max() >= n_test):
         raise CliError(f"{path}: test_indices reach {int(t.max())} but {test_dir}/{formats.X_VAL} has {n_test} samples")
     for k in ("proponents", "opponents"):
@@ -138,10 +158,18 @@ def load_influence(args):
                            "samples: the file comes from another data folder")
     y_given = train["y_shuffle_train"][:, 0]
     y_true = train["y_train"][:, 0] if "y_train" in train else y_given
-    labels = np.concatenate([y_given, y_true, npz["test_labels"].reshape(-1).astype(np.int64)])
-    n_classes = int(labels.max()) + 1 if labels.size else 1
     folder = os.path.dirname(os.path.abspath(path))
-    info = read_info(folder, formats.INFLUENCE_JSON) or read_info(folder)
+    info = read_info(folder, notes, formats.INFLUENCE_JSON) or read_info(folder, notes)
+    test_labels = npz["test_labels"].reshape(-1).astype(np.int64)
+    labels = {os.path.join(train_dir, formats.Y_NOISY): y_given, os.path.join(train_dir, formats.Y_TRAIN): y_true}
+    if "y_val" in test:
+        labels[os.path.join(test_dir, formats.Y_VAL)] = test["y_val"][:, 0]
+    n_classes = known_classes(info) or int(max(y.max() for y in labels.values())) + 1
+    for where, y in labels.items():
+        datasets.check_labels(y, n_classes, where)
+    if test_labels.size and test_labels.max() >= n_classes:
+        raise CliError(f"{path}: test_labels reach {int(test_labels.max())} but the model has {n_classes} classes "
+                       f"(0..{n_classes - 1}): rewrite it with calculate_score.py's influence mode")
     dataset = guess_dataset(train["x_train"].shape[1:], n_classes, info)
     n_classes = max(n_classes, datasets.SPECS[dataset].n_classes) if dataset else n_classes
     return dict(npz=npz, x_train=train["x_train"], y_given=y_given, y_true=y_true, x_test=test["x_val"],
@@ -245,10 +273,16 @@ def main(argv=None):
         raise CliError("--input FOLDER is required (or --influence influence_topk.npz)")
     if args.input is None and (args.scores or args.ckpt_analysis or args.save_extracted):
         raise CliError("--scores, --ckpt_analysis and --save_extracted need --input FOLDER (the labels)")
-    # validate everything before writing anything
-    data = load_analysis(args, args.input) if args.input is not None else None
-    infl = load_influence(args) if args.influence is not None else None
+    # validate everything before writing anything; notes (damaged side files ignored) only then
+    check_writable(args.output, "--output")
+    notes = []
+    data = load_analysis(args, args.input, notes) if args.input is not None else None
+    infl = load_influence(args, notes) if args.influence is not None else None
+    for note in notes:
+        warn(note)
     out = ensure_dir(args.output)
+    for folder in (out, os.path.join(out, formats.SHEETS_DIR)):
+        remove_temporaries(folder)  # half-written outputs of a run that was killed
     figures, metrics = [], {}
     if data is not None:
         metrics, figures = run_analysis(data, args, out)

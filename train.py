@@ -17,7 +17,7 @@ from tracin import checkpoints, datasets, formats, models
 from tracin.cli import CliError, run_cli, train_parser
 from tracin.context import quiet_nnabla, set_context
 from tracin.errors import MissingInputError
-from tracin.io import ensure_dir
+from tracin.io import check_writable, ensure_dir, remove_temporaries, writes_to
 from tracin.training import Trainer, checkpoint_lr, learning_rate
 
 
@@ -46,8 +46,9 @@ def resolve_recipe(args, dataset):
 # ---------------------------------------------------------------------------------------------------------- data
 
 
-def prepare_data(args, array_dir):
-    """Arrays from --input, or made from the data set (seeded shuffle) and written to `array_dir`."""
+def prepare_data(args):
+    """(arrays, data set name or None): from --input, or made from the data set (seeded shuffle); made arrays are
+    written by save_made_arrays once everything is validated."""
     if args.input:
         arrays = datasets.load_arrays(args.input)
         return arrays, infer_dataset(arrays["x_train"])
@@ -56,11 +57,16 @@ def prepare_data(args, array_dir):
     except MissingInputError as e:  # CIFAR-10 offline, without the archive
         raise CliError(f"{e}, or pass --data-dir FOLDER holding it; to try the pipeline offline, train on the "
                        "bundled 8x8 digits with --dataset digits") from None
-    datasets.save_arrays(ensure_dir(array_dir, "--output"), arrays)
+    return arrays, args.dataset
+
+
+def save_made_arrays(args, arrays, array_dir):
+    ensure_dir(array_dir, "--output")
+    remove_temporaries(array_dir)  # half-written arrays of a run that was killed
+    datasets.save_arrays(array_dir, arrays)
     moved = int((arrays["y_shuffle_train"] != arrays["y_train"]).sum())
     print(f"{args.dataset}: {len(arrays['y_train'])} training samples, {moved} labels shuffled "
           f"({args.shuffle_rate:.0%} per class, seed {args.seed}); arrays in {array_dir}", file=sys.stderr)
-    return arrays, args.dataset
 
 
 def open_monitors(path, start_epoch):
@@ -99,8 +105,11 @@ def resume_point(args, folder):
     if manifest is None or not manifest["checkpoints"]:
         raise CliError(f"nothing to resume: no {formats.MANIFEST} with checkpoints in '{folder}' "
                        "(start without --resume, or pass the --model_save_path of the earlier run)")
+    if "train" not in manifest:
+        raise CliError(f"cannot resume: {os.path.join(folder, formats.MANIFEST)} records no training recipe "
+                       "('train'); retrain")
     usable = [c for c in manifest["checkpoints"]
-              if all(os.path.isfile(os.path.join(folder, c[k])) for k in ("params", "solver"))]
+              if all(c.get(k) and os.path.isfile(os.path.join(folder, c[k])) for k in ("params", "solver"))]
     if wanted is not None:
         usable = [c for c in usable if c["epoch"] == wanted]
         if not usable:
@@ -120,17 +129,23 @@ def resumed_state(manifest):
 
 
 def fresh_state(args, ckpt_dir):
-    """(recipe, model config, arrays) of a new run; the model flags are checked before any array is written."""
+    """(recipe, model config, arrays) of a new run, every flag and array checked (nothing is written)."""
     array_dir = os.path.abspath(args.input or args.output or ckpt_dir)
     if not args.input:
         spec = datasets.SPECS[args.dataset]
         models.model_config(args.model, spec.n_classes, spec.input_shape,
                             args.nmaps or spec.train_defaults["nmaps"], args.dataset)
-    arrays, dataset = prepare_data(args, array_dir)
-    n_classes = datasets.SPECS[dataset].n_classes if dataset else int(arrays["y_shuffle_train"].max()) + 1
-    datasets.check_labels(arrays["y_shuffle_train"], n_classes, formats.Y_NOISY)
-    datasets.check_labels(arrays["y_val"], n_classes, formats.Y_VAL)
+    arrays, dataset = prepare_data(args)
+    labels = [arrays[k] for k in ("y_train", "y_shuffle_train", "y_val")]
+    n_classes = datasets.SPECS[dataset].n_classes if dataset else int(max(y.max() for y in labels)) + 1
+    where = args.input or "--dataset"
+    for key, y in zip(("y_train", "y_shuffle_train", "y_val"), labels):
+        datasets.check_labels(y, n_classes, os.path.join(where, key + ".npy"))
     recipe = resolve_recipe(args, dataset)
+    n, bs = len(arrays["x_train"]), recipe["train_batch_size"]
+    if bs > n:
+        raise CliError(f"{os.path.join(where, formats.X_TRAIN)} holds {n} training samples, fewer than "
+                       f"--train_batch_size {bs}: pass --train_batch_size {n} or less (or more data)")
     recipe.update(model=args.model, array_dir=array_dir,
                   data_fingerprint=datasets.fingerprint(arrays["x_train"], arrays["y_shuffle_train"]))
     model_cfg = models.model_config(args.model, n_classes, arrays["x_train"].shape[1:], recipe["nmaps"], dataset)
@@ -138,32 +153,30 @@ def fresh_state(args, ckpt_dir):
 
 
 def start(trainer, manifest, entry, ckpt_dir, recipe, model_cfg, x_train):
-    """(first epoch, manifest): the resumed checkpoint loaded, or the initialisation saved as checkpoint 0."""
+    """(first epoch, manifest): the resumed checkpoint loaded, or the initialisation saved as checkpoint 0.
+    Stale temporaries of a killed run are removed once the checkpoint to resume from has loaded."""
+    if manifest is not None:
+        checkpoints.load_into(os.path.join(ckpt_dir, entry["params"]), trainer.params, entry.get("params_sha1"))
+        checkpoints.load_solver(os.path.join(ckpt_dir, entry["solver"]), trainer.solver, entry.get("solver_sha1"))
+    remove_temporaries(ckpt_dir)
     if manifest is None:
         manifest = checkpoints.new_manifest(model_cfg, recipe)
         if recipe.get("precise_bn"):
             trainer.recalibrate_bn(x_train)
         return 0, checkpoints.save_checkpoint(ckpt_dir, 0, checkpoint_lr(0, recipe), trainer.solver, manifest)
-    checkpoints.load_into(os.path.join(ckpt_dir, entry["params"]), trainer.params)
-    solver_path = os.path.join(ckpt_dir, entry["solver"])
-    try:
-        trainer.solver.load_states(solver_path)
-    except Exception as e:  # nnabla raises RuntimeError / OSError / KeyError depending on the damage
-        raise CliError(f"{solver_path} is not a readable solver state ({type(e).__name__}): it is truncated or "
-                       f"corrupt; resume from an earlier epoch with --resume EPOCH") from None
     manifest["checkpoints"] = [c for c in manifest["checkpoints"] if c["epoch"] <= entry["epoch"]]
-    checkpoints.remove_temporaries(ckpt_dir)  # half-written files of the run that was killed
     return entry["epoch"], manifest
 
 
 def run_epochs(trainer, recipe, manifest, ckpt_dir, start_epoch, args, data):
     """Train from start_epoch to the end, saving checkpoints; returns (validation loss, error) of the last epoch."""
     x_train, y_train, x_val, y_val = data
-    mon = open_monitors(args.monitor_path, start_epoch)
+    with writes_to(args.monitor_path):
+        mon = open_monitors(args.monitor_path, start_epoch)
     epochs, interval = recipe["train_epochs"], args.model_save_interval
     from tqdm import tqdm
     bar = tqdm(total=(epochs - start_epoch) * math.ceil(len(x_train) / recipe["train_batch_size"]), desc="train",
-               unit="batch", dynamic_ncols=True)
+               unit="batch", dynamic_ncols=True, disable=None)  # None: drawn on a terminal only
     last_good = start_epoch
     try:
         for epoch in range(start_epoch, epochs):
@@ -180,9 +193,10 @@ def run_epochs(trainer, recipe, manifest, ckpt_dir, start_epoch, args, data):
             if save and recipe.get("precise_bn"):
                 trainer.recalibrate_bn(x_train)
             vloss, verr = trainer.evaluate(x_val, y_val)
-            for name, v in zip(formats.MONITOR_SERIES, (loss, err, vloss, verr)):
-                mon[name].add(epoch + 1, v)
-            mon["time"].add(epoch + 1)
+            with writes_to(args.monitor_path):  # nnabla's monitors name no file when the disk fails
+                for name, v in zip(formats.MONITOR_SERIES, (loss, err, vloss, verr)):
+                    mon[name].add(epoch + 1, v)
+                mon["time"].add(epoch + 1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.3f}", val_err=f"{verr:.3f}")
             if save:
                 manifest = checkpoints.save_checkpoint(ckpt_dir, epoch + 1, checkpoint_lr(epoch + 1, recipe),
@@ -198,10 +212,11 @@ def main(argv=None):
     quiet_nnabla()
     args.model_save_path = args.model_save_path or args.monitor_path
     manifest, entry, ckpt_dir = resume_point(args, args.model_save_path)
-    for flag, path in (("--model_save_path", ckpt_dir), ("--monitor-path", args.monitor_path),
-                       ("--output", args.output)):
-        if path and os.path.exists(path) and not os.path.isdir(path):
-            raise CliError(f"{flag} '{path}' is a file, not a folder: choose another path")
+    made = manifest is None and not args.input  # arrays made from --dataset, written to --output
+    for flag, folder in (("--model_save_path", ckpt_dir), ("--monitor-path", args.monitor_path),
+                         ("--output", args.output if made else None)):
+        if folder:
+            check_writable(folder, flag)
     set_context(args.context, args.device_id, args.type_config)
     recipe, model_cfg, arrays = resumed_state(manifest) if manifest is not None else fresh_state(args, ckpt_dir)
     if manifest is not None and entry["epoch"] >= recipe["train_epochs"]:
@@ -210,7 +225,10 @@ def main(argv=None):
         return 0
     data = (arrays["x_train"].astype(np.float32), arrays["y_shuffle_train"], arrays["x_val"].astype(np.float32),
             arrays["y_val"])
-    ensure_dir(ckpt_dir, "--model_save_path")  # only now: a mistake found above leaves no empty folder behind
+    # only now: a mistake found above leaves nothing behind, not even an empty folder
+    if made:
+        save_made_arrays(args, arrays, recipe["array_dir"])
+    ensure_dir(ckpt_dir, "--model_save_path")
     trainer = Trainer(model_cfg, recipe, min(args.val_batch_size, len(data[2])))
     start_epoch, manifest = start(trainer, manifest, entry, ckpt_dir, recipe, model_cfg, data[0])
     if start_epoch:

@@ -11,7 +11,7 @@ Images are (N, channels, height, width) arrays as stored (uint8 0-255 for train.
 (N, 1) integers. Every bad input raises tracin.InputError (a ValueError; MissingInputError is also a
 FileNotFoundError); nothing exits or prints.
 """
-from typing import List, NamedTuple
+from typing import List, NamedTuple, Optional
 
 from .checkpoints import discover, select
 from .runs import InfluenceResult, InfluenceRun, SelfInfluenceResult, SelfInfluenceRun  # noqa: F401
@@ -21,6 +21,7 @@ class Checkpoint(NamedTuple):
     epoch: int  # params_{epoch}.h5 holds the weights after `epoch` epochs
     lr: float  # eta: the learning rate of the epoch that produced the weights (1.0 without a manifest)
     path: str
+    sha1: Optional[str] = None  # the file's digest recorded by train.py (checked when loading); None: unchecked
 
 
 class Checkpoints:
@@ -68,7 +69,7 @@ def load_checkpoints(folder, epochs=None, interval=None, model=None):
     """
     model_cfg, entries, manifest = discover(folder, model)
     chosen = select(entries, epochs, interval)
-    return Checkpoints(model_cfg, [Checkpoint(e["epoch"], e["lr"], e["path"]) for e in chosen], folder,
+    return Checkpoints(model_cfg, [Checkpoint(e["epoch"], e["lr"], e["path"], e["sha1"]) for e in chosen], folder,
                        manifest is not None)
 
 

@@ -5,57 +5,61 @@ A checkpoint folder holds, for every saved epoch k (k = 0 is the initialisation)
   solver_{k}.h5   the momentum solver's state, for an exact --resume
 and `checkpoints.json`, the manifest:
   {"format": 1, "model": {name, nmaps, n_classes, input_shape, dataset}, "train": {...recipe and seed...},
-   "checkpoints": [{"epoch": k, "params": "params_k.h5", "solver": "solver_k.h5", "lr": eta_k}, ...]}
+   "checkpoints": [{"epoch": k, "params": "params_k.h5", "solver": "solver_k.h5", "lr": eta_k,
+                    "params_sha1": ..., "solver_sha1": ...}, ...]}
 eta_k is the learning rate of the epoch that produced the weights (epoch k-1; for k = 0, epoch 0's): the step
 size TracInCP weights checkpoint k by (Pruthi et al. 2020, eq. 3). The manifest is rewritten (atomically) only
-after a checkpoint's files exist, so every entry it lists is complete.
+after a checkpoint's files exist, so every entry it lists is complete; the SHA-1 digests let a reader tell a
+damaged file from the one written (manifests without them are read without that check). Its schema is checked by
+tracin.manifest.
 
 A folder written by the original example has params_*.h5 and no manifest: it is still readable, with the model
 given by the caller and eta = 1. Every problem is an InputError (a ValueError) naming the file.
 """
+import hashlib
+import io
 import os
-import re
 
 import numpy as np
 
 from .errors import InputError, MissingInputError
 from .formats import MANIFEST, PARAMS_RE, params_name, solver_name
-from .io import atomic_path, load_json, save_json
-
-FORMAT = 1
+from .io import load_json, save_json, write_bytes
+from .manifest import FORMAT, check_manifest
 
 
 # ------------------------------------------------------------------------------------------------------ writing
 
 def save_checkpoint(folder, epoch, lr, solver, manifest):
-    """Write params_{epoch}.h5 and solver_{epoch}.h5 atomically, then the manifest listing them."""
+    """Write params_{epoch}.h5 and solver_{epoch}.h5 atomically, then the manifest listing them with their SHA-1
+    digests (a reader can tell a damaged file from the one written here, even one of plausible values)."""
     import nnabla as nn
-    with atomic_path(os.path.join(folder, params_name(epoch))) as tmp:
-        nn.save_parameters(tmp)
-    with atomic_path(os.path.join(folder, solver_name(epoch))) as tmp:
-        solver.save_states(tmp)
+    params = io.BytesIO()
+    nn.save_parameters(params, extension=".h5")
+    entry = {"epoch": int(epoch), "params": params_name(epoch), "solver": solver_name(epoch), "lr": float(lr)}
+    for key, data in (("params", params.getvalue()), ("solver", solver_state_bytes(solver))):
+        write_bytes(os.path.join(folder, entry[key]), data)
+        entry[key + "_sha1"] = hashlib.sha1(data).hexdigest()
     entries = [c for c in manifest["checkpoints"] if c["epoch"] != epoch]
-    entries.append({"epoch": int(epoch), "params": params_name(epoch), "solver": solver_name(epoch), "lr": float(lr)})
-    manifest["checkpoints"] = sorted(entries, key=lambda c: c["epoch"])
+    manifest["checkpoints"] = sorted(entries + [entry], key=lambda c: c["epoch"])
     save_json(os.path.join(folder, MANIFEST), manifest)
     return manifest
 
 
-_TEMP_RE = re.compile(r"^\.(params_\d+|solver_\d+|checkpoints)\..+\.tmp\.(h5|json)$")
-
-
-def remove_temporaries(folder):
-    """Delete the temporaries (tracin.io.atomic_path) of checkpoint writes a killed run left behind; returns how many.
-    Files under final names are never touched."""
-    removed = 0
-    for name in os.listdir(folder):
-        if _TEMP_RE.match(name):
-            try:
-                os.remove(os.path.join(folder, name))
-                removed += 1
-            except OSError:
-                pass
-    return removed
+def solver_state_bytes(solver):
+    """The .h5 file solver.save_states would write (the same groups, datasets and attributes, which
+    solver.load_states reads back), made in memory: save_states only takes a path, and HDF5 writing to a full disk
+    can crash the process instead of raising."""
+    import h5py
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as f:
+        for i, (name, state) in enumerate(solver.get_states().items()):
+            f.create_group(name).attrs["index"] = i
+            for j, (key, var) in enumerate(state.pstate.items()):
+                f[f"{name}/{key}"] = var.d
+                f[f"{name}/{key}"].attrs["index"] = j
+            f[f"{name}/t"] = state.t
+    return buf.getvalue()
 
 
 def new_manifest(model_cfg, train_cfg):
@@ -65,21 +69,17 @@ def new_manifest(model_cfg, train_cfg):
 # ------------------------------------------------------------------------------------------------------ reading
 
 def read_manifest(folder):
-    """The manifest of `folder`, or None when it has none (a folder of the original example)."""
+    """The manifest of `folder` checked against its schema (tracin.manifest), or None when it has none (a folder
+    of the original example)."""
     path = os.path.join(folder, MANIFEST)
     if not os.path.isfile(path):
         return None
     try:
         m = load_json(path)
-        if not isinstance(m, dict):
-            raise ValueError("not a JSON object")
-        m["model"]["name"], m["model"]["n_classes"], m["model"]["input_shape"]
-        for c in m["checkpoints"]:
-            int(c["epoch"]), c["params"], float(c["lr"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise InputError(f"{path} is not a valid checkpoint manifest ({e}): retrain, or delete it and name the "
-                         "model") from None
-    return m
+    except (ValueError, OSError) as e:
+        raise InputError(f"{path} is not a valid checkpoint manifest ({e}): restore the file train.py wrote, or "
+                         "retrain") from None
+    return check_manifest(m, path)
 
 
 def scan_params(folder):
@@ -109,7 +109,7 @@ def discover(folder, model_cfg=None):
             if not os.path.isfile(path):
                 raise MissingInputError(f"{MANIFEST} lists {c['params']} but {path} is missing: restore it or "
                                         "resume training")
-            entries.append({"epoch": int(c["epoch"]), "path": path, "lr": float(c["lr"])})
+            entries.append({"epoch": c["epoch"], "path": path, "lr": float(c["lr"]), "sha1": c.get("params_sha1")})
         if not entries:
             raise InputError(f"{folder}/{MANIFEST} lists no checkpoints: train for at least one epoch first")
         return manifest["model"], sorted(entries, key=lambda e: e["epoch"]), manifest
@@ -120,7 +120,8 @@ def discover(folder, model_cfg=None):
     if model_cfg is None:
         raise InputError(f"'{folder}' has no {MANIFEST} (an original-example folder): name its model "
                          "(resnet23 or resnet56)")
-    entries = [{"epoch": e, "path": os.path.join(folder, n), "lr": 1.0} for e, n in sorted(found.items())]
+    entries = [{"epoch": e, "path": os.path.join(folder, n), "lr": 1.0, "sha1": None}
+               for e, n in sorted(found.items())]
     return model_cfg, entries, None
 
 
@@ -139,16 +140,16 @@ def select(entries, epochs=None, interval=None):
         missing = [k for k in epochs if k not in by_epoch]
         if missing:
             raise InputError(f"no checkpoint for epoch(s) {','.join(map(str, missing))}; available: "
-                             f"{_ranges(sorted(by_epoch))}")
+                             f"{_ranges(sorted(by_epoch))}", arg="epochs")
         return [by_epoch[k] for k in sorted(set(epochs))]
     pool = [e for e in entries if e["epoch"] != 0] or list(entries)
     if interval is not None:
         if interval < 1:
-            raise InputError(f"checkpoint interval must be at least 1, got {interval}")
+            raise InputError(f"checkpoint interval must be at least 1, got {interval}", arg="interval")
         pool = [e for e in pool if (e["epoch"] + 1) % interval == 0]
         if not pool:
             raise InputError(f"no checkpoint at epochs {interval - 1}, {2 * interval - 1}, ... (every "
-                             f"{interval}th); available: {_ranges(sorted(by_epoch))}")
+                             f"{interval}th); available: {_ranges(sorted(by_epoch))}", arg="interval")
     return pool
 
 
@@ -158,36 +159,77 @@ def _ranges(values):
     return f"{values[0]}..{values[-1]} ({len(values)} checkpoints)"
 
 
+class ModelMismatchError(InputError):
+    """A checkpoint does not fit the model it is loaded into (parameter names or shapes differ)."""
+
+
 def read_params(path):
-    """{name: array} of an nnabla .h5 parameter file; a damaged file is an InputError."""
+    """{name: array} of an nnabla .h5 parameter file; a damaged file, or one holding NaN/inf, is an InputError."""
+    return _read_params(path)[0]
+
+
+def _read_params(path):
+    """(read_params(path), the file's SHA-1)."""
     import h5py
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise InputError(f"{path} is not a readable nnabla parameter file ({e.strerror})") from None
     out = {}
     try:
-        with h5py.File(path, "r") as f:
+        with h5py.File(io.BytesIO(data), "r") as f:
             def visit(name, obj):
                 if isinstance(obj, h5py.Dataset):
-                    out[name] = (int(obj.attrs.get("index", len(out))), obj[()])
+                    out[name] = (int(obj.attrs.get("index", len(out))), np.asarray(obj[()]))
             f.visititems(visit)
-    except (OSError, ValueError) as e:
-        raise InputError(f"{path} is not a readable nnabla parameter file ({e}): it is truncated or corrupt; "
-                         "re-save it or leave that checkpoint out") from None
+    except Exception as e:  # noqa: BLE001 - HDF5 reports damage as OSError, RuntimeError, KeyError, ValueError, ...
+        raise InputError(f"{path} is not a readable nnabla parameter file ({type(e).__name__}: {e}): it is truncated "
+                         "or corrupt; re-save it or leave that checkpoint out") from None
     if not out:
         raise InputError(f"{path} holds no parameters: it is not a checkpoint of train.py")
-    return {k: v for k, (_, v) in sorted(out.items(), key=lambda kv: kv[1][0])}
+    for name, (_, arr) in out.items():
+        if arr.dtype.kind not in "biuf" or (arr.dtype.kind == "f" and not np.isfinite(arr).all()):
+            raise InputError(f"{path} holds {'NaN/inf' if arr.dtype.kind == 'f' else arr.dtype} values in {name}: "
+                             "the checkpoint is damaged; restore it or leave that checkpoint out")
+    return {k: v for k, (_, v) in sorted(out.items(), key=lambda kv: kv[1][0])}, hashlib.sha1(data).hexdigest()
 
 
-def load_into(path, params):
-    """Copy the checkpoint at `path` into the existing nnabla parameters `params` ({name: Variable}).
+def load_into(path, params, sha1=None):
+    """Copy the checkpoint at `path` (checked against its SHA-1 `sha1` when given) into the existing nnabla
+    parameters `params` ({name: Variable}).
 
-    Names and shapes must match the model exactly: a checkpoint of another model or width is an InputError."""
-    stored = read_params(path)
+    Names and shapes must match the model exactly: a checkpoint of another model or width is a ModelMismatchError."""
+    stored, digest = _read_params(path)
     missing = [k for k in params if k not in stored]
     if missing:
-        raise InputError(f"{path} does not fit the model: it lacks {missing[0]} ({len(missing)} parameters "
-                         "missing); was it saved by another model or width (nmaps)?")
+        raise ModelMismatchError(f"{path} does not fit the model: it lacks {missing[0]} ({len(missing)} parameters "
+                                 "missing); was it saved by another model or width (nmaps)?")
     for name, var in params.items():
         arr = stored[name]
         if tuple(arr.shape) != tuple(var.shape):
-            raise InputError(f"{path} does not fit the model: {name} has shape {tuple(arr.shape)}, the model needs "
-                             f"{tuple(var.shape)} (another model, width or number of classes?)")
-        var.d = np.asarray(arr, dtype=np.float32)
+            raise ModelMismatchError(f"{path} does not fit the model: {name} has shape {tuple(arr.shape)}, the model "
+                                     f"needs {tuple(var.shape)} (another model, width or number of classes?)")
+    if sha1 is not None and digest != sha1:  # damage that left plausible values
+        raise InputError(f"{path} is corrupt: its SHA-1 differs from the one {MANIFEST} recorded when train.py wrote "
+                         "it; restore it or leave that checkpoint out")
+    for name, var in params.items():
+        var.d = np.asarray(stored[name], dtype=np.float32)
+
+
+def load_solver(path, solver, sha1=None):
+    """Restore a momentum solver's state from `path` (checked against its SHA-1 `sha1` when given); a damaged
+    file is an InputError."""
+    try:
+        with open(path, "rb") as f:
+            digest = hashlib.sha1(f.read()).hexdigest()
+        if sha1 is not None and digest != sha1:
+            raise ValueError(f"its SHA-1 differs from the one in {MANIFEST}")
+        solver.load_states(path)
+    except Exception as e:  # noqa: BLE001 - nnabla reports damage as RuntimeError, OSError, KeyError, ...
+        raise InputError(f"{path} is not a readable solver state ({type(e).__name__}: {e}): it is truncated or "
+                         "corrupt; resume from an earlier epoch") from None
+    for name, state in solver.get_states().items():
+        if not all(np.isfinite(v.d).all() for v in state.pstate.values()):
+            raise InputError(f"{path} holds NaN/inf in the state of {name}: it is damaged; resume from an earlier "
+                             "epoch")

@@ -5,6 +5,7 @@ Spellings follow the original nnabla-examples TracIn example (`--model_save_path
 """
 import argparse
 import errno
+import math
 import os
 import sys
 
@@ -26,12 +27,18 @@ WRITE_HINTS = {errno.ENOSPC: "the disk is full: free some space or choose anothe
                errno.EPERM: "permission denied: choose a folder you can write to"}
 
 
+# the API argument (InputError.arg) -> the flag that sets it
+FLAGS = {"epochs": "--checkpoint_epochs", "interval": "--checkpoint_interval", "projection_dim": "--projection_dim",
+         "top_k": "--top_k", "batch_size": "--batch_size"}
+
+
 def error_exit(e):
     """(message, exit code) for an exception a script reports in one line, or None for a bug (traceback).
     Bad input: 2. An OS error on a named file (a full or read-only disk, no permission): 1."""
     from .io import WriteError
     if isinstance(e, InputError):
-        return str(e), 2
+        flag = FLAGS.get(getattr(e, "arg", None))  # a library error about one argument names the flag setting it
+        return (f"{flag}: {e}" if flag else str(e)), 2
     if isinstance(e, WriteError):
         return f"cannot write {e.filename}: {WRITE_HINTS.get(e.errno, e.strerror)}", 1
     if isinstance(e, OSError) and e.filename:
@@ -91,7 +98,12 @@ def _bounded(convert, what, ok, bound):
 
 positive_int = _bounded(int, "a whole number", lambda v: v >= 1, "must be at least 1")
 rate = _bounded(float, "a number between 0 and 1", lambda v: 0.0 <= v <= 1.0, "must be between 0 and 1")
-positive_float = _bounded(float, "a number", lambda v: v > 0, "must be positive")
+positive_float = _bounded(float, "a number", lambda v: math.isfinite(v) and v > 0, "must be a finite number above 0")
+non_negative_float = _bounded(float, "a number", lambda v: math.isfinite(v) and v >= 0,
+                              "must be a finite number of at least 0")
+seed = _bounded(int, "a whole number", lambda v: 0 <= v < 2 ** 32, f"must be between 0 and {2 ** 32 - 1}")
+# resnet23's width: its blocks split the maps in two
+width = _bounded(int, "a whole number", lambda v: v >= 2 and v % 2 == 0, "expected an even width (nmaps) of at least 2")
 
 
 def int_list(value):
@@ -145,7 +157,7 @@ def train_parser():
                    help="folder for checkpoints and checkpoints.json (default: --monitor-path)")
     p.add_argument("--model_save_interval", type=positive_int, default=1, help="save a checkpoint every K epochs")
     p.add_argument("--model", default="resnet23", choices=sorted(MODELS))
-    p.add_argument("--nmaps", type=positive_int, default=None, help="resnet23 width (default per data set)")
+    p.add_argument("--nmaps", type=width, default=None, help="resnet23 width (default per data set)")
     p.add_argument("--shuffle_label", type=str2bool, default=True, help="shuffle --shuffle_rate of each class")
     p.add_argument("--shuffle_rate", type=rate, default=0.1, help="fraction of each class given another label")
     p.add_argument("--augmentation", type=str2bool, default=True, help="data augmentation in the training graph")
@@ -164,8 +176,8 @@ def train_parser():
     p.add_argument("--lr_schedule", default=None, choices=["step", "cosine"],
                    help="step: the original's warm-up then x0.1 at 1/3, 2/3, 8/9 of training; cosine: warm-up then "
                         "cosine decay")
-    p.add_argument("--weight_decay", type=float, default=None)
-    p.add_argument("--seed", "-s", type=int, default=0,
+    p.add_argument("--weight_decay", type=non_negative_float, default=None)
+    p.add_argument("--seed", "-s", type=seed, default=0,
                    help="seeds label shuffling, initialisation, data order and augmentation")
     add_context_args(p)
     return p
@@ -179,7 +191,7 @@ def score_parser():
     p.add_argument("--output", default=None, help="folder for the scores (default: --input)")
     p.add_argument("--model", default=None, choices=sorted(MODELS),
                    help="only for checkpoint folders without checkpoints.json (the original example's)")
-    p.add_argument("--nmaps", type=positive_int, default=None, help="with --model: resnet23 width (default 64)")
+    p.add_argument("--nmaps", type=width, default=None, help="with --model: resnet23 width (default 64)")
     p.add_argument("--checkpoint_epochs", type=int_list, default=None, help="e.g. 29,59,89")
     p.add_argument("--checkpoint_interval", type=positive_int, default=None,
                    help="the checkpoints of epochs K-1, 2K-1, ... (the weights at the start of every K-th epoch; "

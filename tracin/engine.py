@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from .io import atomic_path
+from .io import npz_bytes, write_bytes
 
 
 def shards(n, shard):
@@ -50,11 +50,7 @@ class DirStore:
         return os.path.isfile(self._path(name))
 
     def save(self, name, arrays):
-        path = self._path(name)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
+        write_bytes(self._path(name), npz_bytes(arrays))
 
     def load(self, name):
         with np.load(self._path(name)) as z:

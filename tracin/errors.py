@@ -6,7 +6,12 @@ command-line scripts report it as one line and exit code 2 (tracin.cli.run_cli),
 
 
 class InputError(ValueError):
-    """A bad input: the message names the file or argument and, where there is one, the fix."""
+    """A bad input: the message names the file or argument and, where there is one, the fix. `arg`: the name of
+    the function argument at fault, when it is one (a command line names the flag that sets it)."""
+
+    def __init__(self, message, arg=None):
+        super().__init__(message)
+        self.arg = arg
 
 
 class MissingInputError(InputError, FileNotFoundError):

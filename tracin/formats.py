@@ -16,11 +16,13 @@ report.html and the PNG names below.
 """
 import os
 import re
+import zipfile
+import zlib
 
 import numpy as np
 
 from .errors import InputError
-from .io import atomic_path
+from .io import npz_bytes, write_bytes
 
 # ------------------------------------------------------------------------------------------------ array folder
 ARRAYS = ("x_train", "y_train", "y_shuffle_train", "x_val", "y_val")
@@ -116,27 +118,24 @@ def read_score_vector(path, n, what="score file"):
 def write_topk(path, result, test_indices, train_dir, test_dir):
     """Write influence_topk.npz atomically from an InfluenceResult (tracin.api.influence) of the test samples
     `test_indices` (rows of test_dir's x_val.npy) against train_dir's x_train.npy."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, test_indices=np.asarray(test_indices, dtype=np.int64),
-                     test_labels=np.asarray(result.test_labels, dtype=np.int64),
-                     proponents=result.proponents, proponent_scores=result.proponent_scores,
-                     opponents=result.opponents, opponent_scores=result.opponent_scores,
-                     self_influence=result.self_influence,
-                     input=np.array(os.path.abspath(train_dir)), test_input=np.array(os.path.abspath(test_dir)))
-            f.flush()
-            os.fsync(f.fileno())
+    write_bytes(path, npz_bytes(dict(
+        test_indices=np.asarray(test_indices, dtype=np.int64),
+        test_labels=np.asarray(result.test_labels, dtype=np.int64), proponents=result.proponents,
+        proponent_scores=result.proponent_scores, opponents=result.opponents, opponent_scores=result.opponent_scores,
+        self_influence=result.self_influence,
+        input=np.array(os.path.abspath(train_dir)), test_input=np.array(os.path.abspath(test_dir)))))
 
 
 def read_topk(path, need_input=True):
-    """The arrays of an influence_topk.npz, with their layout checked (shapes, finite scores); `input` may be
-    absent when need_input is False. Index ranges are checked by the caller, who knows the data."""
+    """The arrays of an influence_topk.npz, with their layout checked: shapes, whole-number indices and labels
+    (>= 0), finite scores, finite non-negative self-influence; `input` may be absent when need_input is False.
+    Upper bounds of indices and labels are checked by the caller, who knows the data."""
     try:
         with np.load(path, allow_pickle=False) as z:
             npz = {k: z[k] for k in z.files}
-    except (ValueError, OSError, EOFError) as e:
-        raise InputError(f"{path} is not a readable .npz archive ({e}): rewrite it with calculate_score.py's "
-                         "influence mode") from None
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+        raise InputError(f"{path} is not a readable .npz archive ({type(e).__name__}: {e}): rewrite it with "
+                         "calculate_score.py's influence mode") from None
     wanted = [k for k in TOPK_ARRAYS if k != "self_influence" and (need_input or k != "input")]
     missing = [k for k in wanted if k not in npz]
     if missing:
@@ -146,9 +145,17 @@ def read_topk(path, need_input=True):
     for k in ("proponents", "proponent_scores", "opponents", "opponent_scores"):
         if npz[k].ndim != 2 or npz[k].shape[0] != n_rows:
             raise InputError(f"{path}: {k} has shape {npz[k].shape}; expected ({n_rows}, k) for {n_rows} test samples")
-    if npz["test_labels"].size != n_rows:
-        raise InputError(f"{path}: test_labels has {npz['test_labels'].size} entries for {n_rows} test samples")
-    for k in ("proponent_scores", "opponent_scores"):
-        if not np.all(np.isfinite(npz[k].astype(np.float64))):
-            raise InputError(f"{path}: {k} holds NaN/inf values: rerun calculate_score.py's influence mode")
+    for k in ("test_labels", "self_influence"):
+        if k in npz and npz[k].size != n_rows:
+            raise InputError(f"{path}: {k} has {npz[k].size} entries for {n_rows} test samples")
+    for k in ("test_indices", "test_labels", "proponents", "opponents"):
+        a = npz[k]
+        if a.dtype.kind not in "iu" or (a.size and a.min() < 0):
+            raise InputError(f"{path}: {k} must hold whole numbers >= 0 (it holds {a.dtype} values from "
+                             f"{a.min() if a.size else '-'}): rewrite it with calculate_score.py's influence mode")
+    for k in ("proponent_scores", "opponent_scores", "self_influence"):
+        a = npz.get(k, np.zeros(0))
+        if a.dtype.kind not in "iuf" or not np.all(np.isfinite(a)) or (k == "self_influence" and np.any(a < 0)):
+            raise InputError(f"{path}: {k} holds NaN/inf{' or negative' if k == 'self_influence' else ''} values: "
+                             "rerun calculate_score.py's influence mode")
     return npz

@@ -197,9 +197,10 @@ class ScoringGraph:
             layer["out"].persistent = True
         self._marked = set()  # layers whose output gradient the backward computes (only ever grows)
 
-    def load(self, path):
-        """Copy the checkpoint file `path` into the graph's parameters (InputError if it does not fit)."""
-        load_into(path, self.params)
+    def load(self, path, sha1=None):
+        """Copy the checkpoint file `path` (checked against its SHA-1 `sha1` when given) into the graph's parameters
+        (InputError if it does not fit)."""
+        load_into(path, self.params, sha1)
 
     def _set(self, x, y=None):
         m = len(x)
@@ -304,8 +305,8 @@ class LoopGraph:
         self.g = ScoringGraph(model_cfg, 1, builder)
         self.params, self.trainable, self.batch_size = self.g.params, self.g.trainable, 1
 
-    def load(self, path):
-        self.g.load(path)
+    def load(self, path, sha1=None):
+        self.g.load(path, sha1)
 
     def forward(self, x):
         """(logits, features) of any number of samples, one at a time."""

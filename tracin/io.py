@@ -2,8 +2,10 @@
 """
 import contextlib
 import errno
+import io
 import json
 import os
+import re
 import tempfile
 
 import numpy as np
@@ -64,6 +66,74 @@ def _fsync(path):
         pass
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def writes_to(path):
+    """Raise a disk error (WRITE_ERRNOS) of the block as a WriteError naming `path`: for writers outside this
+    package that name no file (nnabla's monitors)."""
+    try:
+        yield
+    except OSError as e:
+        if isinstance(e, WriteError) or e.errno not in WRITE_ERRNOS:
+            raise
+        raise WriteError(e.errno, e.strerror or str(e), path) from e
+
+
+def write_bytes(path, data):
+    """Write `data` (bytes) to `path` atomically. Writers that cannot survive a full disk (HDF5 may crash the
+    process when a flush fails) serialise into memory and write through here: the disk sees Python's I/O only."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def npz_bytes(arrays):
+    """An .npz archive of {name: array} in memory (for write_bytes): np.savez writing into a file on a full disk
+    fails with 'seek of closed file' instead of the disk's error."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+# atomic_path's temporaries: .{name}.{random}.tmp{.ext}
+_TEMPORARY_RE = re.compile(r"^\..+\.tmp(\.[^.]+)?$")
+
+
+def remove_temporaries(folder):
+    """Delete the temporaries of atomic writes that a killed run left directly in `folder`; returns how many.
+    Files under final names are never touched; a folder that does not exist holds none."""
+    removed = 0
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return 0
+    for name in names:
+        path = os.path.join(folder, name)
+        if _TEMPORARY_RE.match(name) and os.path.isfile(path):
+            with contextlib.suppress(OSError):
+                os.remove(path)
+                removed += 1
+    return removed
+
+
+def check_writable(folder, what="output folder"):
+    """Check, without writing anything, that files can be created in `folder` (or that it can be made): a file in
+    the way is an InputError naming `what`; a read-only file system or a missing permission a WriteError naming
+    the folder."""
+    existing = os.path.abspath(folder)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise InputError(f"{what} '{folder}' cannot be created: {existing} is a file, not a folder; choose another "
+                         "path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+        code = errno.EROFS if read_only else errno.EACCES
+        raise WriteError(code, os.strerror(code), folder)
+    return folder
 
 
 def save_npy(path, array):

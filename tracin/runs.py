@@ -73,14 +73,14 @@ class _Run:
         if len(checkpoints) == 0:
             raise InputError("no checkpoints to score")
         if batch_size < 1:
-            raise InputError(f"batch_size must be at least 1, got {batch_size}")
+            raise InputError(f"batch_size must be at least 1, got {batch_size}", arg="batch_size")
         self.model = checkpoints.model
         self.layers, self.method = layers, method
         self.graph = make_graph(self.model, method, min(batch_size, n))
         self.names = select_params(self.graph.trainable, layers)
         self.ckpts = []
         for c in checkpoints:  # every checkpoint is checked up front, not hours into the run
-            self.graph.load(c.path)
+            self.graph.load(c.path, c.sha1)
             self.ckpts.append({"epoch": c.epoch, "path": c.path, "lr": c.lr, "digest": engine.file_digest(c.path)})
         self.etas = [c["lr"] if lr_weight else 1.0 for c in self.ckpts]
         self.n_params = int(sum(np.prod(self.graph.params[n].shape) for n in self.names))
@@ -139,7 +139,7 @@ class InfluenceRun(_Run):
         y_train = check_labels(y_train, len(x_train), model["n_classes"], "y_train")
         x_test = check_images(x_test, model, "x_test")
         if top_k < 1:
-            raise InputError(f"top_k must be at least 1, got {top_k}")
+            raise InputError(f"top_k must be at least 1, got {top_k}", arg="top_k")
         if projection_dim is not None and layers == "last":
             raise InputError("projection_dim applies to layers 'all' or parameter patterns; the last-layer closed "
                              "form is exact and already compact")
@@ -149,7 +149,7 @@ class InfluenceRun(_Run):
                                             projection_dim, seed)
         if projection_dim and projection_dim >= self.n_params:
             raise InputError(f"projection_dim {projection_dim} is not below the {self.n_params} selected "
-                             "parameters: a projection would only add error; leave it out")
+                             "parameters: a projection would only add error; leave it out", arg="projection_dim")
         if y_test is None:  # the class the final model (last selected checkpoint) predicts
             self.graph.load(self.ckpts[-1]["path"])
             y_test = predict(self.graph, x_test)
