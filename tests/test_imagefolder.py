@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tracin import imagefolder
+from tracin import formats, imagefolder
 from tracin.errors import InputError
 
 BILINEAR = Image.BILINEAR
@@ -267,7 +267,7 @@ def test_split_errors_name_the_class_folder(tmp_path):
 
 def test_file_list_that_does_not_fit(tmp_path):
     imagefolder.save_file_list(str(tmp_path), {"classes": ["a"], "train": ["a/1.png"], "val": []})
-    path = os.path.join(tmp_path, imagefolder.FILE_LIST)
+    path = os.path.join(tmp_path, formats.FILE_LIST)
     with pytest.raises(InputError, match=f"{path} lists 1 training files but the arrays hold 2"):
         imagefolder.read_file_list(str(tmp_path), n_train=2)
     with open(path, "w") as f:

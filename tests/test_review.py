@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tracin import imagefolder, review
+from tracin import formats, imagefolder, review
 from tracin.errors import InputError
 
 
@@ -82,12 +82,12 @@ def test_csv_round_trip_and_atomic_replace(tmp_path):
     given = rng.randint(0, 4, 30)
     rows = review.label_issues(scores, given, random_probabilities(rng, 30, 4), list("abcd"),
                                [f"x/{i}, \"odd\" name.png" for i in range(30)])
-    path = tmp_path / review.LABEL_ISSUES
+    path = tmp_path / formats.LABEL_ISSUES
     path.write_text("old")
     review.write_label_issues(str(path), rows)
     header, back = read_csv(path)
     assert tuple(header) == review.COLUMNS
-    assert len(back) == 30 and os.listdir(tmp_path) == [review.LABEL_ISSUES]  # no temporary left behind
+    assert len(back) == 30 and os.listdir(tmp_path) == [formats.LABEL_ISSUES]  # no temporary left behind
     for r, b in zip(rows, back):
         assert int(b["rank"]) == r["rank"] and int(b["index"]) == r["index"] and b["file"] == r["file"]
         assert float(b["self_influence"]) == pytest.approx(r["self_influence"], rel=1e-5)  # 6 significant digits
@@ -95,7 +95,7 @@ def test_csv_round_trip_and_atomic_replace(tmp_path):
         assert b["given_class"] == r["given_class"] and int(b["suggested_label"]) == r["suggested_label"]
     with pytest.raises(KeyError):  # a failed write leaves the previous file as it was
         review.write_label_issues(str(path), [{"rank": 1}])
-    assert read_csv(path)[1] == back and os.listdir(tmp_path) == [review.LABEL_ISSUES]
+    assert read_csv(path)[1] == back and os.listdir(tmp_path) == [formats.LABEL_ISSUES]
 
 
 @pytest.mark.parametrize("case, match", [

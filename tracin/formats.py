@@ -2,6 +2,7 @@
 
 Array folder (train.py --output; the original example's layout), images uint8 NCHW, labels int (N, 1):
   x_train.npy, y_train.npy (clean labels), y_shuffle_train.npy (the labels training saw), x_val.npy, y_val.npy
+  files.json                an image-folder import's file list: index -> file, class names (tracin.imagefolder)
 Checkpoint folder (train.py --model_save_path): params_{k}.h5, solver_{k}.h5 and checkpoints.json (tracin.checkpoints)
 Self-influence (calculate_score.py), float64:
   influence_all_epoch.npy   (N,) score, aligned with x_train.npy
@@ -12,7 +13,7 @@ Self-influence (calculate_score.py), float64:
 Train -> test influence (calculate_score.py --mode influence):
   influence_topk.npz        see TOPK_ARRAYS; influence.json; influence_matrix.npy (n_test, n_train), optional
 Work units of both: tracin_cache/<settings>/... (tracin.engine). Analysis (mislabel_analysis.py): metrics.json,
-report.html and the PNG names below.
+report.html, label_issues.csv (tracin.review) and the PNG names below.
 """
 import os
 import re
@@ -28,6 +29,16 @@ from .io import npz_bytes, write_bytes
 ARRAYS = ("x_train", "y_train", "y_shuffle_train", "x_val", "y_val")
 ARRAY_FILES = tuple(a + ".npy" for a in ARRAYS)
 X_TRAIN, Y_TRAIN, Y_NOISY, X_VAL, Y_VAL = ARRAY_FILES  # Y_NOISY: the labels training saw
+FILE_LIST = "files.json"
+
+
+def clean_labels_known(folder):
+    """True when the array folder holds ground truth: y_train.npy exists. train.py writes it only when it knows
+    the clean labels: the data sets it shuffles itself (digits, CIFAR-10; with --shuffle_label False it equals
+    y_shuffle_train.npy: clean labels known, none wrong) and an image import with --shuffle_label True (the folder
+    labels, before shuffling). An image import without shuffling writes none: its folder labels may hold errors
+    nobody knows, so there is nothing to measure detection against, only a ranking to review."""
+    return os.path.isfile(os.path.join(folder, Y_TRAIN))
 
 # ------------------------------------------------------------------------------------------- checkpoint folder
 MANIFEST = "checkpoints.json"
@@ -81,6 +92,9 @@ CURVE_PNG = "score_curve.png"
 CHECKPOINT_METRICS_PNG = "checkpoint_metrics.png"
 INFLUENCE_PNG = "influence_examples.png"
 SHEETS_DIR = "extracted_samples"
+LABEL_ISSUES = "label_issues.csv"
+CLASS_SCORES_PNG = "class_score_distribution.png"
+REVIEW_SHEET_PNG = "label_issues_top.png"
 
 
 def epoch_top_png(epoch):

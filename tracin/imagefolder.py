@@ -38,9 +38,9 @@ import os
 import numpy as np
 
 from .errors import InputError, MissingInputError
+from .formats import FILE_LIST
 from .models import MIN_SIZE as MIN_SIDE  # the smallest side the models take; checked before any decoding
 
-FILE_LIST = "files.json"
 FORMAT = 1
 EXTENSIONS = (".png", ".jpg", ".jpeg")
 DEFAULT_MAX_SIDE = 64

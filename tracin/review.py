@@ -11,7 +11,7 @@ for only about half of them, while the mean over the trajectory keeps pointing a
 memorisation both name the true class for about 90%. Leaving out the given label never loses a wrong label's
 true class (an argmax equal to a wrong given label is certainly not it).
 
-LABEL_ISSUES (label_issues.csv) has one row per training sample, most suspicious first, with COLUMNS:
+formats.LABEL_ISSUES (label_issues.csv) has one row per training sample, most suspicious first, with COLUMNS:
   rank (1 = most suspicious), index (into x_train.npy), file (relative to the image folder; empty when unknown),
   given_label, given_class, suggested_label, suggested_class, self_influence, suggested_probability,
   given_probability
@@ -24,7 +24,6 @@ import numpy as np
 from .errors import InputError
 from .metrics import n_checked, rank_order
 
-LABEL_ISSUES = "label_issues.csv"
 COLUMNS = ("rank", "index", "file", "given_label", "given_class", "suggested_label", "suggested_class",
            "self_influence", "suggested_probability", "given_probability")
 PROBABILITY_TOLERANCE = 1e-3  # rows of a float32 softmax mean sum to 1 within this
