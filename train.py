@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from tracin import checkpoints, datasets, formats, models
+from tracin import checkpoints, datasets, formats, imagefolder, models
 from tracin.cli import CliError, run_cli, train_parser
 from tracin.context import quiet_nnabla, set_context
 from tracin.errors import MissingInputError
@@ -29,7 +29,7 @@ def infer_dataset(x):
 
 
 def resolve_recipe(args, dataset):
-    spec = datasets.SPECS.get(dataset) or datasets.SPECS[args.dataset]
+    spec = datasets.SPECS.get(dataset) or imagefolder.OWN_DATA  # own images, or arrays of an unknown shape
     d = spec.train_defaults
     pick = (lambda key: getattr(args, key) if getattr(args, key) is not None else d[key])
     return {
@@ -46,27 +46,66 @@ def resolve_recipe(args, dataset):
 # ---------------------------------------------------------------------------------------------------------- data
 
 
+def load_array_folder(folder):
+    """The arrays of a folder train.py (or the original example) wrote; y_train.npy (clean labels) is optional: an
+    image import has none."""
+    return datasets.load_arrays(folder, need=tuple(f for f in formats.ARRAY_FILES if f != formats.Y_TRAIN),
+                                optional=(formats.Y_TRAIN,))
+
+
 def prepare_data(args):
-    """(arrays, data set name or None): from --input, or made from the data set (seeded shuffle); made arrays are
-    written by save_made_arrays once everything is validated."""
+    """(arrays, data set name or None, noise record or None): from --input (labels as given), or made from the
+    data set with seeded label noise; made arrays are written by save_made_arrays once everything is validated."""
     if args.input:
-        arrays = datasets.load_arrays(args.input)
-        return arrays, infer_dataset(arrays["x_train"])
+        arrays = load_array_folder(args.input)
+        return arrays, infer_dataset(arrays["x_train"]), None
+    if args.dataset == "imagefolder":
+        return import_images(args)
     try:
-        arrays = datasets.make_arrays(args.dataset, args.data_dir, args.shuffle_label, args.shuffle_rate, args.seed)
+        arrays, noise_record = datasets.make_arrays(args.dataset, args.data_dir, args.shuffle_label,
+                                                    args.shuffle_rate, args.seed, args.noise)
     except MissingInputError as e:  # CIFAR-10 offline, without the archive
         raise CliError(f"{e}, or pass --data-dir FOLDER holding it; to try the pipeline offline, train on the "
                        "bundled 8x8 digits with --dataset digits") from None
-    return arrays, args.dataset
+    return arrays, args.dataset, noise_record
+
+
+def import_images(args):
+    """(arrays, "imagefolder", noise record or None) of --data-dir's ImageFolder tree; arrays["file_list"] is its
+    files.json. The folder labels are taken as given (y_shuffle_train, no y_train: clean labels unknown) unless
+    --shuffle_label True asks for an experiment: then they become y_train and a shuffled copy y_shuffle_train."""
+    from tracin import noise
+    if not args.data_dir:
+        raise CliError("--dataset imagefolder needs --data-dir FOLDER: the folder holding one sub-folder of images "
+                       "per class")
+    arrays, file_list = imagefolder.make_arrays(args.data_dir, args.image_size, args.val_fraction, args.seed,
+                                                progress=sys.stderr.isatty())
+    record = None
+    if args.shuffle_label:
+        arrays["y_train"] = arrays["y_shuffle_train"]
+        arrays["y_shuffle_train"], record = noise.corrupt(getattr(args, "noise", "uniform"), arrays["y_train"],
+                                                          args.shuffle_rate, len(file_list["classes"]), args.seed,
+                                                          x=arrays["x_train"])
+    arrays["file_list"] = file_list
+    return arrays, "imagefolder", record
 
 
 def save_made_arrays(args, arrays, array_dir):
     ensure_dir(array_dir, "--output")
     remove_temporaries(array_dir)  # half-written arrays of a run that was killed
     datasets.save_arrays(array_dir, arrays)
+    if "file_list" in arrays:
+        imagefolder.save_file_list(array_dir, arrays["file_list"])
+    if "y_train" not in arrays:
+        fl = arrays["file_list"]
+        print(f"{args.data_dir}: {len(fl['train'])} training and {len(fl['val'])} validation images of "
+              f"{len(fl['classes'])} classes at {fl['image_size'][0]}x{fl['image_size'][1]} pixels, labels as "
+              f"given; arrays and {formats.FILE_LIST} in {array_dir}", file=sys.stderr)
+        return
     moved = int((arrays["y_shuffle_train"] != arrays["y_train"]).sum())
-    print(f"{args.dataset}: {len(arrays['y_train'])} training samples, {moved} labels shuffled "
-          f"({args.shuffle_rate:.0%} per class, seed {args.seed}); arrays in {array_dir}", file=sys.stderr)
+    print(f"{args.dataset}: {len(arrays['y_train'])} training samples, {moved} labels changed "
+          f"({args.noise} noise, {args.shuffle_rate:.0%} per class, seed {args.seed}); arrays in {array_dir}",
+          file=sys.stderr)
 
 
 def open_monitors(path, start_epoch):
@@ -122,7 +161,7 @@ def resume_point(args, folder):
 def resumed_state(manifest):
     """(recipe, model config, arrays) of the run being resumed: never from new flags."""
     recipe, model_cfg = manifest["train"], manifest["model"]
-    arrays = datasets.load_arrays(recipe["array_dir"])
+    arrays = load_array_folder(recipe["array_dir"])
     if datasets.fingerprint(arrays["x_train"], arrays["y_shuffle_train"]) != recipe["data_fingerprint"]:
         raise CliError(f"the arrays in {recipe['array_dir']} changed since training started: cannot resume")
     return recipe, model_cfg, arrays
@@ -131,22 +170,27 @@ def resumed_state(manifest):
 def fresh_state(args, ckpt_dir):
     """(recipe, model config, arrays) of a new run, every flag and array checked (nothing is written)."""
     array_dir = os.path.abspath(args.input or args.output or ckpt_dir)
-    if not args.input:
+    if not args.input and args.dataset in datasets.SPECS:
         spec = datasets.SPECS[args.dataset]
         models.model_config(args.model, spec.n_classes, spec.input_shape,
                             args.nmaps or spec.train_defaults["nmaps"], args.dataset)
-    arrays, dataset = prepare_data(args)
-    labels = [arrays[k] for k in ("y_train", "y_shuffle_train", "y_val")]
-    n_classes = datasets.SPECS[dataset].n_classes if dataset else int(max(y.max() for y in labels)) + 1
+    arrays, dataset, noise_record = prepare_data(args)
+    keys = [k for k in ("y_train", "y_shuffle_train", "y_val") if k in arrays]
+    if "file_list" in arrays:
+        n_classes = len(arrays["file_list"]["classes"])
+    else:
+        n_classes = datasets.SPECS[dataset].n_classes if dataset else int(max(arrays[k].max() for k in keys)) + 1
     where = args.input or "--dataset"
-    for key, y in zip(("y_train", "y_shuffle_train", "y_val"), labels):
-        datasets.check_labels(y, n_classes, os.path.join(where, key + ".npy"))
+    for key in keys:
+        datasets.check_labels(arrays[key], n_classes, os.path.join(where, key + ".npy"))
     recipe = resolve_recipe(args, dataset)
     n, bs = len(arrays["x_train"]), recipe["train_batch_size"]
+    if args.train_batch_size is None:  # a recipe's batch never exceeds a small data set
+        bs = recipe["train_batch_size"] = min(bs, n)
     if bs > n:
         raise CliError(f"{os.path.join(where, formats.X_TRAIN)} holds {n} training samples, fewer than "
                        f"--train_batch_size {bs}: pass --train_batch_size {n} or less (or more data)")
-    recipe.update(model=args.model, array_dir=array_dir,
+    recipe.update(model=args.model, array_dir=array_dir, noise=noise_record,
                   data_fingerprint=datasets.fingerprint(arrays["x_train"], arrays["y_shuffle_train"]))
     model_cfg = models.model_config(args.model, n_classes, arrays["x_train"].shape[1:], recipe["nmaps"], dataset)
     return recipe, model_cfg, arrays
@@ -207,8 +251,21 @@ def run_epochs(trainer, recipe, manifest, ckpt_dir, start_epoch, args, data):
     return vloss, verr
 
 
+def check_dataset_flags(args):
+    """Flags of an image import only with --dataset imagefolder; their defaults, and --shuffle_label's (an import
+    audits the labels it is given, so it shuffles none unless asked)."""
+    own = args.dataset == "imagefolder" and not args.input
+    for flag, value in (("--image_size", args.image_size), ("--val_fraction", args.val_fraction)):
+        if value is not None and not own:
+            raise CliError(f"{flag} applies to --dataset imagefolder only (an image import)")
+    args.val_fraction = 0.1 if args.val_fraction is None else args.val_fraction
+    if args.shuffle_label is None:
+        args.shuffle_label = not own
+
+
 def main(argv=None):
     args = train_parser().parse_args(argv)
+    check_dataset_flags(args)
     quiet_nnabla()
     args.model_save_path = args.model_save_path or args.monitor_path
     manifest, entry, ckpt_dir = resume_point(args, args.model_save_path)

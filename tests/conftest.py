@@ -55,7 +55,7 @@ def run_main(script, *args, cwd=None, check=True):
 def write_subset(folder, n_train=96, n_val=32, seed=0):
     """A small digits array folder (original layout) with 10% shuffled labels."""
     from tracin import datasets
-    arrays = datasets.make_arrays("digits", shuffle_rate=0.1, seed=seed)
+    arrays, _ = datasets.make_arrays("digits", shuffle_rate=0.1, seed=seed)
     arrays["x_train"], arrays["y_train"] = arrays["x_train"][:n_train], arrays["y_train"][:n_train]
     arrays["y_shuffle_train"] = arrays["y_shuffle_train"][:n_train]
     arrays["x_val"], arrays["y_val"] = arrays["x_val"][:n_val], arrays["y_val"][:n_val]

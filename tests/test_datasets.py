@@ -7,7 +7,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from tracin import datasets
+from tracin import datasets, noise
 from tracin.errors import InputError
 
 
@@ -17,7 +17,7 @@ from tracin.errors import InputError
 def test_shuffle_moves_exact_share_of_each_class_to_other_classes(rate):
     y = np.repeat(np.arange(10), [50, 37, 61, 40, 40, 45, 52, 33, 48, 70]).reshape(-1, 1)
     y = y[np.random.RandomState(1).permutation(len(y))]
-    noisy = datasets.shuffle_labels(y, rate, 10, seed=3)
+    noisy = noise.uniform(y, rate, 10, seed=3)
     assert noisy.shape == y.shape and noisy.dtype == y.dtype
     for c in range(10):
         members = y[:, 0] == c
@@ -33,9 +33,9 @@ def test_shuffle_moves_exact_share_of_each_class_to_other_classes(rate):
 
 def test_shuffle_is_reproducible_and_seed_dependent():
     y = np.arange(1000).reshape(-1, 1) % 10
-    a = datasets.shuffle_labels(y, 0.1, 10, seed=7)
-    b = datasets.shuffle_labels(y, 0.1, 10, seed=7)
-    c = datasets.shuffle_labels(y, 0.1, 10, seed=8)
+    a = noise.uniform(y, 0.1, 10, seed=7)
+    b = noise.uniform(y, 0.1, 10, seed=7)
+    c = noise.uniform(y, 0.1, 10, seed=8)
     assert np.array_equal(a, b)
     assert not np.array_equal(a, c)
     assert (a != y).sum() == (c != y).sum() == 100
@@ -56,7 +56,8 @@ def test_digits_split_is_fixed_and_complete():
 
 
 def test_make_arrays_writes_original_layout(tmp_path):
-    arrays = datasets.make_arrays("digits", shuffle_rate=0.1, seed=0)
+    arrays, record = datasets.make_arrays("digits", shuffle_rate=0.1, seed=0)
+    assert record["model"] == "uniform" and record["changed"] == (arrays["y_shuffle_train"] != arrays["y_train"]).sum()
     datasets.save_arrays(tmp_path, arrays)
     assert sorted(os.listdir(tmp_path)) == sorted(datasets.ARRAY_FILES)
     back = datasets.load_arrays(str(tmp_path))
@@ -67,7 +68,7 @@ def test_make_arrays_writes_original_layout(tmp_path):
 
 
 def test_load_arrays_rejects_mismatched_lengths(tmp_path):
-    arrays = datasets.make_arrays("digits", seed=0)
+    arrays, _ = datasets.make_arrays("digits", seed=0)
     arrays["y_shuffle_train"] = arrays["y_shuffle_train"][:-1]
     datasets.save_arrays(tmp_path, arrays)
     with pytest.raises(InputError, match="y_shuffle_train.npy has 1437 labels for 1438 images"):

@@ -61,11 +61,27 @@ def test_instance_seeded():
     assert not np.allclose(pa, pb)  # the seed moves the folds, hence the out-of-fold probabilities
 
 
+def original_shuffling(y, rate, n_classes, seed):
+    """The suite's first shuffling (the original's cycled-then-permuted spread, seeded), kept as the reference."""
+    y = np.asarray(y).reshape(-1, 1)
+    rng = np.random.RandomState(seed)
+    out = y.copy()
+    for c in range(n_classes):
+        idx = np.flatnonzero(y[:, 0] == c)
+        k = int(round(rate * len(idx)))
+        if k == 0:
+            continue
+        chosen = rng.choice(idx, k, replace=False)
+        others = [j for j in range(n_classes) if j != c]
+        targets = np.array([others[j % len(others)] for j in range(k)], dtype=y.dtype)
+        out[np.sort(chosen), 0] = targets[rng.permutation(k)]
+    return out
+
+
 def test_uniform_equals_the_original_shuffling():
-    from tracin.datasets import shuffle_labels
     y = labels()
     for rate, seed in ((0.1, 0), (0.4, 1), (0.25, 17), (1.0, 3)):
-        assert np.array_equal(noise.uniform(y, rate, 10, seed), shuffle_labels(y, rate, 10, seed))
+        assert np.array_equal(noise.uniform(y, rate, 10, seed).reshape(-1, 1), original_shuffling(y, rate, 10, seed))
 
 
 def test_uniform_golden():
@@ -167,3 +183,21 @@ def test_record():
 def test_bad_input_raises_value_error(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+@pytest.mark.parametrize("model", ["pair", "instance"])
+def test_train_applies_the_noise_model_and_records_it(tmp_path, model):
+    """train.py --noise: the saved noisy labels are exactly tracin.noise's, and the manifest records the noise."""
+    import json
+
+    from conftest import run_main
+    from tracin import datasets
+    run_main("train.py", "--dataset", "digits", "--noise", model, "--shuffle_rate", "0.2", "--seed", "4",
+             "--output", tmp_path / "data", "--model_save_path", tmp_path / "ckpt", "--monitor-path", tmp_path / "m",
+             "--train_epochs", "1", "--nmaps", "4", "-c", "cpu")
+    x, y, _, _ = datasets.load_digits_split()
+    expected, _ = noise.corrupt(model, y, 0.2, 10, 4, x=x, dataset="digits")
+    assert np.array_equal(np.load(tmp_path / "data" / "y_shuffle_train.npy"), expected)
+    recorded = json.load(open(tmp_path / "ckpt" / "checkpoints.json"))["train"]["noise"]
+    assert recorded["model"] == model and recorded["seed"] == 4 and recorded["rate"] == 0.2
+    assert recorded["changed"] == int((expected != y).sum())

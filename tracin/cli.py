@@ -10,9 +10,11 @@ import os
 import sys
 
 from .errors import InputError
+from .imagefolder import parse_image_size
 from .models import MODELS
+from .noise import MODELS as NOISE_MODELS
 
-DATASETS = ("cifar10", "digits")
+DATASETS = ("cifar10", "digits", "imagefolder")
 
 
 class CliError(InputError):
@@ -98,12 +100,20 @@ def _bounded(convert, what, ok, bound):
 
 positive_int = _bounded(int, "a whole number", lambda v: v >= 1, "must be at least 1")
 rate = _bounded(float, "a number between 0 and 1", lambda v: 0.0 <= v <= 1.0, "must be between 0 and 1")
+open_rate = _bounded(float, "a number between 0 and 1", lambda v: 0.0 < v < 1.0, "must be above 0 and below 1")
 positive_float = _bounded(float, "a number", lambda v: math.isfinite(v) and v > 0, "must be a finite number above 0")
 non_negative_float = _bounded(float, "a number", lambda v: math.isfinite(v) and v >= 0,
                               "must be a finite number of at least 0")
 seed = _bounded(int, "a whole number", lambda v: 0 <= v < 2 ** 32, f"must be between 0 and {2 ** 32 - 1}")
 # resnet23's width: its blocks split the maps in two
 width = _bounded(int, "a whole number", lambda v: v >= 2 and v % 2 == 0, "expected an even width (nmaps) of at least 2")
+
+
+def image_size(value):
+    try:
+        return parse_image_size(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def int_list(value):
@@ -144,9 +154,16 @@ def train_parser():
                                             "saving the arrays and a checkpoint every epoch.")
     p.add_argument("--dataset", default="cifar10", choices=DATASETS,
                    help="cifar10 (default, as the original): the official archive, downloaded once; digits: "
-                        "scikit-learn's bundled 8x8 digits (offline, seconds)")
+                        "scikit-learn's bundled 8x8 digits (offline, seconds); imagefolder: your own images in "
+                        "--data-dir, one sub-folder per class (labels kept as given, to audit them)")
     p.add_argument("--data-dir", "--data_dir", dest="data_dir", default=None,
-                   help="folder holding (or to cache) cifar-10-python.tar.gz; default: nnabla's data cache")
+                   help="cifar10: folder holding (or to cache) cifar-10-python.tar.gz (default: nnabla's data "
+                        "cache); imagefolder: the image folder (PNG/JPEG in one sub-folder per class)")
+    p.add_argument("--image_size", type=image_size, default=None,
+                   help="imagefolder: size of every image, S or HxW (default: the most common size, shrunk to at "
+                        "most 64 pixels a side; others are centre-cropped to its aspect and resized)")
+    p.add_argument("--val_fraction", type=open_rate, default=None,
+                   help="imagefolder: fraction of each class held out for validation, seeded by --seed (default 0.1)")
     p.add_argument("--input", default=None, help="train from a folder of arrays written by an earlier run")
     p.add_argument("--output", default=None,
                    help="folder for x_train.npy, y_train.npy, y_shuffle_train.npy, x_val.npy, y_val.npy "
@@ -158,8 +175,14 @@ def train_parser():
     p.add_argument("--model_save_interval", type=positive_int, default=1, help="save a checkpoint every K epochs")
     p.add_argument("--model", default="resnet23", choices=sorted(MODELS))
     p.add_argument("--nmaps", type=width, default=None, help="resnet23 width (default per data set)")
-    p.add_argument("--shuffle_label", type=str2bool, default=True, help="shuffle --shuffle_rate of each class")
+    p.add_argument("--shuffle_label", type=str2bool, default=None,
+                   help="shuffle --shuffle_rate of each class (default: True, except for imagefolder)")
     p.add_argument("--shuffle_rate", type=rate, default=0.1, help="fraction of each class given another label")
+    p.add_argument("--noise", default="uniform", choices=NOISE_MODELS,
+                   help="which labels change and to what: uniform (default, the original's shuffling: random "
+                        "samples, wrong labels spread over the other classes), pair (random samples, each class "
+                        "to its one most confusable class), instance (the samples a seeded logistic regression "
+                        "finds most ambiguous, to their most plausible wrong class)")
     p.add_argument("--augmentation", type=str2bool, default=True, help="data augmentation in the training graph")
     p.add_argument("--precise_bn", type=str2bool, default=True,
                    help="before every checkpoint, set the batch-norm running statistics to the average batch "

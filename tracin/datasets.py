@@ -10,6 +10,7 @@ import tarfile
 
 import numpy as np
 
+from . import noise
 from .errors import InputError, MissingInputError
 from .formats import ARRAY_FILES, ARRAYS
 from .io import atomic_path, save_npy
@@ -167,38 +168,23 @@ def load_digits_split():
     return x[train_idx], y[train_idx], x[val], y[val]
 
 
-# ------------------------------------------------------------------------------------------------ label shuffling
-
-def shuffle_labels(y, rate, n_classes, seed):
-    """Noisy copy of labels y (N,1): in every class c, exactly round(rate * |c|) samples, chosen at random, get
-    another class, spread evenly over the other n_classes-1 classes (cycled, then permuted) as in the original;
-    never their own class. Seeded: the same (y, rate, seed) always gives the same labels."""
-    y = np.asarray(y).reshape(-1, 1)
-    rng = np.random.RandomState(seed)
-    out = y.copy()
-    for c in range(n_classes):
-        idx = np.flatnonzero(y[:, 0] == c)
-        k = int(round(rate * len(idx)))
-        if k == 0:
-            continue
-        chosen = rng.choice(idx, k, replace=False)
-        others = [j for j in range(n_classes) if j != c]
-        targets = np.array([others[j % len(others)] for j in range(k)], dtype=y.dtype)
-        out[np.sort(chosen), 0] = targets[rng.permutation(k)]
-    return out
-
-
 # ------------------------------------------------------------------------------------------------- array folders
 
-def make_arrays(dataset, data_dir=None, shuffle_label=True, shuffle_rate=0.1, seed=0):
-    """The five arrays of the original layout for `dataset`."""
+def make_arrays(dataset, data_dir=None, shuffle_label=True, shuffle_rate=0.1, seed=0, noise_model="uniform"):
+    """(the five arrays of the original layout for `dataset`, the noise record or None): `shuffle_rate` of every
+    class's training labels corrupted by `noise_model` (tracin.noise), seeded by `seed`."""
     spec = SPECS[dataset]
     if dataset == "cifar10":
         x_train, y_train, x_val, y_val = load_cifar10(data_dir)
     else:
         x_train, y_train, x_val, y_val = load_digits_split()
-    y_noisy = shuffle_labels(y_train, shuffle_rate, spec.n_classes, seed) if shuffle_label else y_train.copy()
-    return {"x_train": x_train, "y_train": y_train, "y_shuffle_train": y_noisy, "x_val": x_val, "y_val": y_val}
+    arrays = {"x_train": x_train, "y_train": y_train, "y_shuffle_train": y_train.copy(), "x_val": x_val,
+              "y_val": y_val}
+    if not shuffle_label:
+        return arrays, None
+    arrays["y_shuffle_train"], record = noise.corrupt(noise_model, y_train, shuffle_rate, spec.n_classes, seed,
+                                                      x=x_train, dataset=dataset)
+    return arrays, record
 
 
 def save_arrays(folder, arrays):
