@@ -16,13 +16,15 @@ import sys
 
 import numpy as np
 
-from tracin import datasets, formats, plots
+from tracin import datasets, formats, imagefolder, plots, review
 from tracin.cli import CliError, analysis_parser, run_cli
 from tracin.io import atomic_path, check_writable, ensure_dir, load_json, remove_temporaries, save_json
 from tracin.manifest import check_model
 from tracin.metrics import (RECALL_FRACTIONS, decile_bounds, oracle_scores, random_metrics, rank_order,
                             ranking_metrics, top_fraction_per_class)
-from tracin.report import metrics_table, report_html
+from tracin.report import issues_table, metrics_table, report_html
+
+REPORT_ROWS = 100  # report.html lists at most this many rows of label_issues.csv (the CSV has them all)
 
 
 def warn(msg):
@@ -88,16 +90,17 @@ def checkpoint_files(folder, info, notes):
 
 
 def load_analysis(args, input_dir, notes):
-    arrays = datasets.load_arrays(input_dir, need=(formats.Y_TRAIN, formats.Y_NOISY),
-                                  optional=(formats.X_TRAIN,))
-    y_true, y_given = arrays["y_train"][:, 0], arrays["y_shuffle_train"][:, 0]
-    if y_true.size != y_given.size:
+    need, optional = formats.label_files(input_dir)
+    arrays = datasets.load_arrays(input_dir, need=need, optional=optional + (formats.X_TRAIN,))
+    y_given = arrays["y_shuffle_train"][:, 0]
+    y_true = arrays["y_train"][:, 0] if "y_train" in arrays else None  # formats.clean_labels_known
+    if y_true is not None and y_true.size != y_given.size:
         raise CliError(f"{input_dir}/{formats.Y_TRAIN} has {y_true.size} labels but {formats.Y_NOISY} has "
                        f"{y_given.size}: the arrays come from different runs")
     x = arrays.get("x_train")
     if args.save_extracted and x is None:
         raise CliError(f"{input_dir}/{formats.X_TRAIN} is missing: --save_extracted True draws the training images")
-    n = y_true.size
+    n = y_given.size
     score_path = args.scores or os.path.join(input_dir, formats.SCORES)
     if not os.path.isfile(score_path):
         raise CliError(f"score file {score_path} is missing: write it with calculate_score.py --input {input_dir} "
@@ -107,7 +110,8 @@ def load_analysis(args, input_dir, notes):
     info = read_info(folder, notes)
     if known_classes(info):  # labels the scored model could not have
         for name, y in ((formats.Y_TRAIN, y_true), (formats.Y_NOISY, y_given)):
-            datasets.check_labels(y, known_classes(info), os.path.join(input_dir, name))
+            if y is not None:
+                datasets.check_labels(y, known_classes(info), os.path.join(input_dir, name))
     loss_path = os.path.join(folder, formats.LOSS)
     loss = formats.read_score_vector(loss_path, n, "loss file") if os.path.isfile(loss_path) else None
     ckpts = []
@@ -117,12 +121,41 @@ def load_analysis(args, input_dir, notes):
             raise CliError(f"no {{epoch}}_influence.npy beside {score_path}: --ckpt_analysis True needs "
                            "calculate_score.py --save_every_epoch True")
         ckpts = [(epoch, path, formats.read_score_vector(path, n, "checkpoint score file")) for epoch, path in files]
-    n_classes = int(max(y_true.max(), y_given.max())) + 1
-    dataset = guess_dataset(None if x is None else x.shape[1:], n_classes, info)
+    file_list = imagefolder.read_file_list(input_dir, n)
+    probabilities = read_probabilities(os.path.join(folder, formats.PROBABILITIES), n, y_given, notes)
+    n_classes = int(max(y_given.max(), -1 if y_true is None else y_true.max())) + 1
+    dataset = None if file_list else guess_dataset(None if x is None else x.shape[1:], n_classes, info)
     n_classes = max(n_classes, datasets.SPECS[dataset].n_classes) if dataset else n_classes
+    names = datasets.class_names(n_classes, dataset)
+    if file_list is not None:
+        names = file_list["classes"]
+        if len(names) < n_classes or (probabilities is not None and len(names) != probabilities.shape[1]):
+            raise CliError(f"{os.path.join(input_dir, formats.FILE_LIST)} names {len(names)} classes but the labels "
+                           "or the probabilities need others: it comes from another import; import the images again")
+    elif probabilities is not None:
+        names = datasets.class_names(max(n_classes, probabilities.shape[1]), dataset)
     return dict(x=x, y_true=y_true, y_given=y_given, scores=scores, score_path=os.path.abspath(score_path),
                 loss=loss, loss_path=os.path.abspath(loss_path) if loss is not None else None, ckpts=ckpts,
-                names=datasets.class_names(n_classes, dataset), n_classes=n_classes, dataset=dataset)
+                names=names, n_classes=len(names), dataset=dataset, probabilities=probabilities,
+                files=file_list["train"] if file_list else None)
+
+
+def read_probabilities(path, n, given, notes):
+    """calculate_score.py's probabilities.npy (n, classes), checked, or None (with a note) when absent: scores from
+    before it was written give a ranking without suggested labels."""
+    if not os.path.isfile(path):
+        notes.append(f"no {formats.PROBABILITIES} beside the scores ({path}): {formats.LABEL_ISSUES} gets no "
+                     "suggested labels; rerun calculate_score.py to add them")
+        return None
+    try:
+        p = np.load(path, allow_pickle=False)
+        if p.ndim != 2 or p.shape[0] != n or p.dtype.kind != "f":
+            raise ValueError(f"shape {p.shape} of {p.dtype}; expected ({n}, classes) floats")
+        review.check_inputs(np.zeros(n), given, p, None)
+    except (ValueError, OSError, EOFError) as e:  # InputError is a ValueError
+        raise CliError(f"{path} is not the probabilities of these {n} samples ({e}): rerun calculate_score.py") \
+            from None
+    return p
 
 
 def _folder(value, npz_path, what):
@@ -177,6 +210,30 @@ def load_influence(args, notes):
 
 
 # --------------------------------------------------------------------------------------------------- writing
+
+def run_review(d, args, out):
+    """label_issues.csv and the sheet of its top rows (always); without clean labels also the per-class score
+    figure and the metrics.json of a review. Returns (rows, metrics or None, figures)."""
+    rows = review.label_issues(d["scores"], d["y_given"], d["probabilities"], d["names"], d["files"])
+    review.write_label_issues(os.path.join(out, formats.LABEL_ISSUES), rows)
+    figures = []
+    if d["x"] is not None:
+        cells = review.sheet_cells(rows, d["x"], args.top)
+        title = (f"The {len(cells)} most suspicious of {len(rows)} training samples by self-influence (#rank, given "
+                 "\u2192 suggested label, file, score; red: the model prefers the suggestion)")
+        figures.append((f"Top {len(cells)} of {formats.LABEL_ISSUES}", plots.plot_image_grid(
+            cells, min(8, max(1, len(cells))), os.path.join(out, formats.REVIEW_SHEET_PNG), title, caption_lines=3)))
+    if d["y_true"] is not None:
+        return rows, None, figures
+    dist = review.class_score_distribution(d["scores"], d["y_given"], d["names"])
+    figures.insert(0, ("Self-influence per given class", plots.plot_class_scores(
+        dist, os.path.join(out, formats.CLASS_SCORES_PNG))))
+    metrics = {"score_file": d["score_path"], "n_train": int(d["scores"].size), "clean_labels": False,
+               "label_issues": os.path.abspath(os.path.join(out, formats.LABEL_ISSUES)),
+               "suggestions": d["probabilities"] is not None,
+               "classes": [{k: v for k, v in c.items() if k != "scores"} for c in dist]}
+    return rows, metrics, figures
+
 
 def run_analysis(d, args, out):
     mis = d["y_true"] != d["y_given"]
@@ -267,6 +324,17 @@ def draw_influence(d, args, out):
                                     col_headers=headers, caption_lines=3)
 
 
+def print_review(rows, metrics, out):
+    """The stdout summary of a review (no clean labels): where the list is and its first rows."""
+    print(f"clean labels unknown: {len(rows)} samples listed, most suspicious first, in "
+          f"{metrics['label_issues']}; figures and report: {os.path.abspath(out)}")
+    for r in rows[:10]:
+        suggestion = f" -> {r['suggested_class']} (p={r['suggested_probability']:.2f})" if r["suggested_class"] else ""
+        print(f"  #{r['rank']:<3} {r['file'] or 'index ' + str(r['index'])}: {r['given_class']}{suggestion}, "
+              f"self-influence {r['self_influence']:.3g}")
+    sys.stdout.flush()
+
+
 def main(argv=None):
     args = analysis_parser().parse_args(argv)
     if args.input is None and args.influence is None:
@@ -283,16 +351,24 @@ def main(argv=None):
     out = ensure_dir(args.output)
     for folder in (out, os.path.join(out, formats.SHEETS_DIR)):
         remove_temporaries(folder)  # half-written outputs of a run that was killed
-    figures, metrics = [], {}
+    figures, metrics, rows = [], {}, None
     if data is not None:
-        metrics, figures = run_analysis(data, args, out)
+        rows, metrics, review_figures = run_review(data, args, out)
+        if metrics is None:  # clean labels known: detection metrics and curves; the report's table shows the top
+            metrics, figures = run_analysis(data, args, out)
+        else:
+            figures = review_figures
     if infl is not None:
         figures.append(("Proponents and opponents of test samples", draw_influence(infl, args, out)))
     if data is not None:
         save_json(os.path.join(out, formats.METRICS_JSON), metrics)
+        shown = rows[:min(REPORT_ROWS, review.top_count(len(rows), args.top))]
         with atomic_path(os.path.join(out, formats.REPORT)) as tmp:
             with open(tmp, "w", encoding="utf-8") as f:
-                f.write(report_html(metrics, figures))
+                f.write(report_html(metrics, figures, issues_html=issues_table(shown, len(rows), formats.LABEL_ISSUES)))
+    if data is not None and data["y_true"] is None:
+        print_review(rows, metrics, out)
+    elif data is not None:
         print(f"{metrics['n_mislabeled']} of {metrics['n_train']} samples mislabeled; scores: {metrics['score_file']}")
         print(metrics_table(metrics["rankings"]))
         if metrics.get("checkpoints"):
@@ -302,8 +378,11 @@ def main(argv=None):
         if r10 is not None:
             print(f"\nTracIn found {r10:.1%} of the mislabeled samples in the top 10% of the ranking; "
                   f"figures and report: {os.path.abspath(out)}")
+        print(f"all {len(rows)} samples, most suspicious first, with suggested labels: "
+              f"{os.path.abspath(os.path.join(out, formats.LABEL_ISSUES))}")
         sys.stdout.flush()
-    print(f"wrote {len(figures)} figures" + (", metrics.json and report.html" if data is not None else "")
+    print(f"wrote {len(figures)} figures" + (f", {formats.LABEL_ISSUES}, metrics.json and report.html"
+                                             if data is not None else "")
           + f" to {out}", file=sys.stderr)
     return 0
 

@@ -47,10 +47,10 @@ def resolve_recipe(args, dataset):
 
 
 def load_array_folder(folder):
-    """The arrays of a folder train.py (or the original example) wrote; y_train.npy (clean labels) is optional: an
-    image import has none."""
-    return datasets.load_arrays(folder, need=tuple(f for f in formats.ARRAY_FILES if f != formats.Y_TRAIN),
-                                optional=(formats.Y_TRAIN,))
+    """The arrays of a folder train.py (or the original example) wrote; an image import's has no y_train.npy."""
+    need, optional = formats.label_files(folder)
+    return datasets.load_arrays(folder, need=(formats.X_TRAIN, formats.X_VAL, formats.Y_VAL) + need,
+                                optional=optional)
 
 
 def prepare_data(args):

@@ -109,6 +109,14 @@ seed = _bounded(int, "a whole number", lambda v: 0 <= v < 2 ** 32, f"must be bet
 width = _bounded(int, "a whole number", lambda v: v >= 2 and v % 2 == 0, "expected an even width (nmaps) of at least 2")
 
 
+def top_value(value):
+    from .review import parse_top
+    try:
+        return parse_top(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def image_size(value):
     try:
         return parse_image_size(value)
@@ -281,7 +289,9 @@ def index_list(value):
 
 
 def analysis_parser():
-    p = Parser(prog="mislabel_analysis.py", description="Figures and metrics of mislabeled-sample detection.")
+    p = Parser(prog="mislabel_analysis.py", description="Figures and metrics of mislabeled-sample detection, and "
+                                                           "label_issues.csv: every sample, most suspicious first, "
+                                                           "with a suggested label.")
     p.add_argument("--input", default=None,
                    help="folder with x_train.npy, y_train.npy, y_shuffle_train.npy, influence_all_epoch.npy "
                         "(optional with --influence: then taken from the .npz and only its figure is drawn)")
@@ -295,6 +305,10 @@ def analysis_parser():
                    help="image sheets of the top-ranked samples of each decile (extracted_samples/decile_XX.png)")
     p.add_argument("--sheet_size", type=positive_int, default=64,
                    help="with --save_extracted: samples per decile sheet (the highest-ranked of the decile)")
+    p.add_argument("--top", type=top_value, default=64,
+                   help="how many of the most suspicious samples go into label_issues_top.png and report.html's "
+                        "table (at most 100 rows): a count N, or a fraction such as 0.1 (label_issues.csv always "
+                        "lists every sample)")
     p.add_argument("--influence", default=None,
                    help="influence_topk.npz of calculate_score.py --mode influence: draws influence_examples.png")
     p.add_argument("--influence_rows", type=positive_int, default=20,

@@ -40,6 +40,14 @@ def clean_labels_known(folder):
     nobody knows, so there is nothing to measure detection against, only a ranking to review."""
     return os.path.isfile(os.path.join(folder, Y_TRAIN))
 
+
+def label_files(folder):
+    """(needed, optional) label files of an array folder: y_train.npy may be absent only in an image import's
+    folder (it has FILE_LIST); elsewhere its absence is damage, reported as a missing file."""
+    if os.path.isfile(os.path.join(folder, FILE_LIST)):
+        return (Y_NOISY,), (Y_TRAIN,)
+    return (Y_TRAIN, Y_NOISY), ()
+
 # ------------------------------------------------------------------------------------------- checkpoint folder
 MANIFEST = "checkpoints.json"
 PARAMS_RE = re.compile(r"^params_(\d+)\.h5$")

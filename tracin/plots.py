@@ -249,3 +249,27 @@ def sample_sheet_cells(indices, images, true_labels, given_labels, names, scores
         cells.append(dict(image=images[i], caption=cap, frame="red" if bad else None,
                           color="tab:red" if bad else "black"))
     return cells
+
+
+def plot_class_scores(distribution, path, score_name="Self-influence (TracIn)"):
+    """Per-class score distributions (review.class_score_distribution) as box plots, one row per class, on a log-x
+    axis when the scores span two decades; each label gives the class's size and its share of the overall top 10%,
+    to compare with its share of the data: a class far above it holds unusually many suspicious samples."""
+    groups = [d for d in distribution if d["n"]]
+    all_scores = np.concatenate([d["scores"] for d in groups]) if groups else np.zeros(0)
+    log = spans_decades(all_scores)
+    floor = all_scores[all_scores > 0].min() if log else None
+    n = int(sum(d["n"] for d in distribution))
+    fig = _figure(7.5, 0.4 * len(distribution) + 1.8)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.boxplot([np.maximum(d["scores"], floor) if log else d["scores"] for d in groups], vert=False,
+               labels=[f"{d['class']} (n={d['n']}: {d['n'] / n:.0%} of data, {d['top_share']:.0%} of top 10%)"
+                       for d in groups], showfliers=True, flierprops=dict(markersize=3, alpha=0.6))
+    if log:
+        ax.set_xscale("log")
+    ax.invert_yaxis()
+    ax.set_xlabel(score_name + (" (log scale)" if log else ""))
+    ax.set_title("Score distribution per given class")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -22,8 +22,31 @@ def metrics_table(rankings, fractions=RECALL_FRACTIONS):
                      for r in rows)
 
 
-def report_html(metrics, figures, title="TracIn mislabeled-sample detection"):
-    """One self-contained HTML page: summary, metrics table, definitions and the figures embedded as base64.
+ISSUE_COLUMNS = (("rank", "rank"), ("index", "index"), ("file", "file"), ("given_class", "given"),
+                 ("suggested_class", "suggested"), ("self_influence", "self-influence"),
+                 ("suggested_probability", "p(suggested)"), ("given_probability", "p(given)"))
+
+
+def issues_table(rows, total, csv_name):
+    """HTML of the first label-issue rows (tracin.review.label_issues) of `total`, most suspicious first."""
+    esc = html.escape
+    cell = (lambda k, v: "" if v is None else f"{v:.4g}" if k == "self_influence"
+            else f"{v:.3f}" if k.endswith("probability") else esc(str(v)))
+    parts = [f"<h2>Label issues: the {len(rows)} most suspicious of {total}</h2><p>All {total} rows, most "
+             f"suspicious first: <code>{esc(csv_name)}</code>. Suggested: the most probable other class of the "
+             "checkpoints' learning-rate-weighted mean softmax; red: the model prefers it to the given label.</p>"
+             "<table><tr>" + "".join(f"<th>{h}</th>" for _, h in ISSUE_COLUMNS) + "</tr>"]
+    for r in rows:
+        red = r["suggested_label"] is not None and r["given_probability"] < r["suggested_probability"]
+        parts.append("<tr" + (" style='color:#b00'" if red else "") + ">"
+                     + "".join(f"<td>{cell(k, r[k])}</td>" for k, _ in ISSUE_COLUMNS) + "</tr>")
+    parts.append("</table>")
+    return "".join(parts)
+
+
+def report_html(metrics, figures, title="TracIn mislabeled-sample detection", issues_html=""):
+    """One self-contained HTML page: summary, metrics table (or, without clean labels, a note saying why there is
+    none), definitions, `issues_html` (issues_table) and the figures embedded as base64.
 
     figures: [(heading, png_path)], drawn in order; missing files are skipped."""
     esc = html.escape
@@ -34,7 +57,12 @@ def report_html(metrics, figures, title="TracIn mislabeled-sample detection"):
              "text-align:right}th:first-child,td:first-child{text-align:left}th{background:#eee}"
              "img{max-width:100%;border:1px solid #ddd;margin:0.5em 0}code{background:#f4f4f4;padding:0 3px}"
              f"</style></head><body><h1>{esc(title)}</h1>"]
-    if "n_train" in metrics:
+    if metrics.get("clean_labels") is False:
+        parts.append(f"<p>Score file <code>{esc(str(metrics.get('score_file')))}</code>; {metrics['n_train']} "
+                     "training samples. <b>Clean labels are unknown</b> (no y_train.npy: the labels are the data's "
+                     "own), so no detection metrics can be computed: review the ranking below, most suspicious "
+                     "first, and the score distribution per class.</p>")
+    elif "n_train" in metrics:
         rate = metrics["n_mislabeled"] / metrics["n_train"] if metrics["n_train"] else 0.0
         parts.append(f"<p>Score file <code>{esc(str(metrics.get('score_file')))}</code>; "
                      f"{metrics['n_train']} training samples, {metrics['n_mislabeled']} mislabeled ({rate:.1%}).")
@@ -62,6 +90,7 @@ def report_html(metrics, figures, title="TracIn mislabeled-sample detection"):
                          f"<td>{format_value(c['average_precision'])}</td>"
                          f"<td>{format_value(c['recall_at'].get('0.1'))}</td></tr>")
         parts.append("</table>")
+    parts.append(issues_html)
     for heading, path in figures:
         if not os.path.isfile(path):
             continue
