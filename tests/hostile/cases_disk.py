@@ -85,7 +85,8 @@ def temporaries_cases():
              ("train-output", "train.py", MAKE, (), "arrays/y_shuffle_train.npy"),
              ("score-output", "calculate_score.py", SCORE, DC, "out/influence_all_epoch.npy"),
              ("ana-output", "mislabel_analysis.py", ANA, ("data", "scores"), "fig/metrics.json")]
-    out = [Case(f"stale-{n}", s, a, needs, put(stale(rel)), OK, check=gone(stale(rel)))
+    # the stale temporary is the one pre-existing file a successful run must remove
+    out = [Case(f"stale-{n}", s, a, needs, put(stale(rel)), OK, check=gone(stale(rel)), may_change=(stale(rel),))
            for n, s, a, needs, rel in where]
 
     def a_file(work):
