@@ -1,0 +1,202 @@
+"""Auditing your own images end to end: a folder of PNGs with some files in the wrong class folder, through the
+three commands (the scripts' main, in process): the import, the file mapping of label_issues.csv, its order and
+columns, planted errors at the top with their true class suggested, the review report, and bad folders refused in
+one line before anything is written."""
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tracin import formats, review
+from conftest import run_main
+
+NAMES = ("apple", "leaf", "sea")
+COLOURS = ((220, 40, 40), (40, 200, 40), (40, 40, 220))
+PER_CLASS, PLANTED = 14, 2  # per class: PLANTED of its images are saved in the next class's folder
+TINY = ("--nmaps", 8, "--train_epochs", 10)
+
+
+def write_images(root, seed=0):
+    """An easy case: every class its own colour (random brightness and noise); returns {file: true class}."""
+    rng = np.random.RandomState(seed)
+    truth = {}
+    for c, name in enumerate(NAMES):
+        for i in range(PER_CLASS):
+            folder = NAMES[(c + 1) % len(NAMES)] if i < PLANTED else name
+            base = (np.array(COLOURS[c]) * rng.uniform(0.7, 1.0)).astype(np.uint8)
+            pixels = base[None, None, :] + rng.randint(0, 30, (12, 12, 3)).astype(np.uint8)
+            os.makedirs(os.path.join(root, folder), exist_ok=True)
+            rel = f"{folder}/{name}{i:02d}.png"
+            Image.fromarray(pixels).save(os.path.join(root, rel))
+            truth[rel] = name
+    return truth
+
+
+def read_csv(path):
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    return rows[0], [dict(zip(rows[0], r)) for r in rows[1:]]
+
+
+@pytest.fixture(scope="module")
+def audit(tmp_path_factory):
+    """The three commands on the planted folder: {'root', 'images', 'truth', 'data', 'review', 'stdout'}."""
+    root = tmp_path_factory.mktemp("own_data")
+    images, data, ckpt, out = root / "images", root / "out" / "data", root / "out" / "ckpt", root / "out" / "review"
+    truth = write_images(images)
+    run_main("train.py", "--dataset", "imagefolder", "--data-dir", images, "--output", data, "--model_save_path",
+             ckpt, "-c", "cpu", "--monitor-path", root / "monitor", *TINY, cwd=root)
+    run_main("calculate_score.py", "--input", data, "--checkpoint", ckpt, "--output", data, "-c", "cpu", cwd=root)
+    _, stdout, _ = run_main("mislabel_analysis.py", "--input", data, "--output", out, cwd=root)
+    return {"root": root, "images": images, "truth": truth, "data": data, "review": out, "stdout": stdout}
+
+
+def test_import_keeps_the_folder_labels_and_maps_every_index_to_its_file(audit):
+    data, images = audit["data"], audit["images"]
+    fl = json.loads((data / formats.FILE_LIST).read_text())
+    assert fl["classes"] == sorted(NAMES) and sorted(fl["train"] + fl["val"]) == sorted(audit["truth"])
+    assert not (data / formats.Y_TRAIN).exists()  # clean labels unknown
+    assert not formats.clean_labels_known(str(data))
+    x, y = np.load(data / formats.X_TRAIN), np.load(data / formats.Y_NOISY)[:, 0]
+    assert x.shape == (len(fl["train"]), 3, 12, 12) and x.dtype == np.uint8
+    for i, rel in enumerate(fl["train"]):  # no shuffling: every label is its folder; pixels are the file's
+        assert fl["classes"][y[i]] == rel.split("/")[0]
+        assert np.array_equal(x[i].transpose(1, 2, 0), np.asarray(Image.open(images / rel).convert("RGB")))
+    yv = np.load(data / formats.Y_VAL)[:, 0]
+    assert [fl["classes"][c] for c in yv] == [rel.split("/")[0] for rel in fl["val"]]
+    assert (data / formats.PROBABILITIES).is_file()
+
+
+def test_label_issues_csv_order_columns_and_files(audit):
+    header, rows = read_csv(audit["review"] / formats.LABEL_ISSUES)
+    fl = json.loads((audit["data"] / formats.FILE_LIST).read_text())
+    scores = np.load(audit["data"] / formats.SCORES)
+    p = np.load(audit["data"] / formats.PROBABILITIES)
+    y = np.load(audit["data"] / formats.Y_NOISY)[:, 0]
+    assert tuple(header) == review.COLUMNS and len(rows) == len(fl["train"])
+    assert [int(r["rank"]) for r in rows] == list(range(1, len(rows) + 1))
+    assert [int(r["index"]) for r in rows] == sorted(range(len(rows)), key=lambda i: (-scores[i], i))
+    for r in rows:
+        i = int(r["index"])
+        assert r["file"] == fl["train"][i] and r["given_class"] == r["file"].split("/")[0]
+        assert int(r["given_label"]) == y[i] and r["given_class"] == fl["classes"][y[i]]
+        s = int(r["suggested_label"])
+        assert s != y[i] and r["suggested_class"] == fl["classes"][s]
+        assert s == max((c for c in range(3) if c != y[i]), key=lambda c: (p[i, c], -c))
+        assert float(r["suggested_probability"]) == pytest.approx(p[i, s], abs=5e-5)
+        assert float(r["self_influence"]) == pytest.approx(scores[i], rel=1e-5)
+
+
+def test_planted_errors_lead_with_their_true_class(audit):
+    _, rows = read_csv(audit["review"] / formats.LABEL_ISSUES)
+    truth = audit["truth"]
+    planted = [r for r in rows if truth[r["file"]] != r["given_class"]]
+    assert len(planted) >= len(NAMES) * PLANTED - 3  # the validation split may take a few
+    assert max(int(r["rank"]) for r in planted) <= 2 * len(planted)  # all of them in the top 2 x their number
+    right = sum(r["suggested_class"] == truth[r["file"]] for r in planted)
+    assert right >= len(planted) - 1, [(r["file"], r["suggested_class"]) for r in planted]
+
+
+def test_review_report_without_clean_labels(audit):
+    out = audit["review"]
+    m = json.loads((out / formats.METRICS_JSON).read_text())
+    assert m["clean_labels"] is False and "rankings" not in m and m["n_train"] == len(read_csv(
+        out / formats.LABEL_ISSUES)[1])
+    assert [c["class"] for c in m["classes"]] == sorted(NAMES) and sum(c["n"] for c in m["classes"]) == m["n_train"]
+    page = (out / formats.REPORT).read_text()
+    assert "Clean labels are unknown" in page and "recall@" not in page and "AUROC" not in page
+    assert page.count("<tr") == 1 + m["n_train"]  # issues table: header + every row (fewer than --top 64)
+    assert page.count("data:image/png;base64,") == 2
+    for name in (formats.CLASS_SCORES_PNG, formats.REVIEW_SHEET_PNG):
+        with open(out / name, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    first = read_csv(out / formats.LABEL_ISSUES)[1][0]
+    assert f"{m['n_train']} samples listed" in audit["stdout"] and str(out / formats.LABEL_ISSUES) in audit["stdout"]
+    assert f"#1   {first['file']}: {first['given_class']} -> {first['suggested_class']}" in audit["stdout"]
+
+
+def test_old_scores_without_probabilities_give_a_csv_without_suggestions(audit, tmp_path):
+    data = tmp_path / "data"
+    os.makedirs(data)
+    for name in os.listdir(audit["data"]):
+        if name.endswith((".npy", ".json")) and name != formats.PROBABILITIES:
+            os.link(audit["data"] / name, data / name)
+    code, _, err = run_main("mislabel_analysis.py", "--input", data, "--output", tmp_path / "review", "--top", "0.1")
+    assert code == 0 and err.count("warning") == 1 and formats.PROBABILITIES in err
+    _, rows = read_csv(tmp_path / "review" / formats.LABEL_ISSUES)
+    assert rows[0]["file"] and all(r["suggested_label"] == r["suggested_class"] == "" for r in rows)
+
+
+def test_top_selects_the_report_rows(audit, tmp_path):
+    run_main("mislabel_analysis.py", "--input", audit["data"], "--output", tmp_path / "r", "--top", 5)
+    assert (tmp_path / "r" / formats.REPORT).read_text().count("<tr") == 1 + 5
+    code, _, err = run_main("mislabel_analysis.py", "--input", audit["data"], "--output", tmp_path / "r2", "--top",
+                            "1.5", check=False)
+    assert code == 2 and err.count("\n") == 1 and "--top" in err and not (tmp_path / "r2").exists()
+
+
+def _one_class(root):
+    write_images(root)
+    for name in NAMES[1:]:
+        for f in os.listdir(root / name):
+            os.remove(root / name / f)
+        os.rmdir(root / name)
+    return root
+
+
+def _empty_class(root):
+    write_images(root)
+    os.makedirs(root / "zebra")
+    return root / "zebra"
+
+
+def _damaged_image(root):
+    write_images(root)
+    (root / "leaf" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    return root / "leaf" / "broken.png"
+
+
+def _no_images(root):
+    os.makedirs(root)
+    return root
+
+
+@pytest.mark.parametrize("make, words", [
+    (_no_images, "no class sub-folders"),
+    (_one_class, "single class"),
+    (_empty_class, "holds no PNG/JPEG"),
+    (_damaged_image, "cannot read image"),
+])
+def test_bad_folders_are_one_line_and_write_nothing(tmp_path, make, words):
+    named = make(tmp_path / "images")
+    out = tmp_path / "out"
+    code, _, err = run_main("train.py", "--dataset", "imagefolder", "--data-dir", tmp_path / "images", "--output",
+                            out / "data", "--model_save_path", out / "ckpt", "--monitor-path", out / "mon", "-c", "cpu",
+                            check=False)
+    assert code == 2 and err.count("\n") == 1 and words in err and str(named) in err, err
+    assert "Traceback" not in err and not out.exists()
+
+
+@pytest.mark.parametrize("flags, words", [
+    (("--data-dir", "MISSING"), "does not exist"),
+    ((), "--data-dir"),
+    (("--data-dir", "images", "--val_fraction", "1"), "--val_fraction"),
+    (("--data-dir", "images", "--image_size", "4"), "--image_size"),
+    (("--data-dir", "images", "--image_size", "3x"), "--image_size"),
+])
+def test_bad_import_flags(tmp_path, flags, words):
+    write_images(tmp_path / "images")
+    out = tmp_path / "out"
+    code, _, err = run_main("train.py", "--dataset", "imagefolder", *flags, "--output", out / "data",
+                            "--model_save_path", out / "ckpt", "--monitor-path", out / "mon", "-c", "cpu",
+                            cwd=tmp_path, check=False)
+    assert code == 2 and err.count("\n") == 1 and words in err and not out.exists(), err
+
+
+def test_import_flags_need_imagefolder(tmp_path):
+    code, _, err = run_main("train.py", "--dataset", "digits", "--val_fraction", "0.2", "--output", tmp_path / "d",
+                            "--model_save_path", tmp_path / "c", "-c", "cpu", check=False)
+    assert code == 2 and "--val_fraction" in err and "imagefolder" in err and not (tmp_path / "d").exists()
