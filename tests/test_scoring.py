@@ -307,7 +307,8 @@ def test_absent_epoch_is_a_one_line_error(small_run, tmp_path):
     code, out, err = run_main("calculate_score.py", "--input", small_run["data"], "--checkpoint", small_run["ckpt"],
                               "--output", tmp_path, "-c", "cpu", "--checkpoint_epochs", "7", check=False)
     assert code == 2 and out == ""
-    assert err.strip() == "calculate_score.py: error: no checkpoint for epoch(s) 7; available: 0,1,2,3"
+    assert err.strip() == ("calculate_score.py: error: --checkpoint_epochs: no checkpoint for epoch(s) 7; "
+                           "available: 0,1,2,3")
 
 
 def test_original_example_folder_scores_with_model_flag(small_run, tmp_path):

@@ -15,7 +15,8 @@ import os
 
 import numpy as np
 
-from .io import npz_bytes, write_bytes
+from .errors import InputError
+from .io import npz_bytes, remove_temporaries, write_bytes
 
 
 def shards(n, shard):
@@ -56,6 +57,11 @@ class DirStore:
         with np.load(self._path(name)) as z:
             return {k: z[k] for k in z.files}
 
+    def remove_temporaries(self):
+        """Delete the temporaries of unit writes killed runs left anywhere under the folder."""
+        for d, _, _ in os.walk(self.folder):
+            remove_temporaries(d)
+
 
 class MemoryStore:
     """Units kept in memory: a single-process run without a cache folder."""
@@ -71,6 +77,9 @@ class MemoryStore:
 
     def load(self, name):
         return self.units[name]
+
+    def remove_temporaries(self):
+        pass
 
 
 def work(job, rank=0, world=1):
@@ -92,7 +101,12 @@ def run_units(job, store, rank=0, world=1, progress=None):
             continue
         label = job.label(unit)
         on_batch = (lambda count: progress(count, label)) if progress else None
-        store.save(name, job.compute(unit, on_batch))
+        arrays = job.compute(unit, on_batch)
+        bad = [k for k, a in arrays.items() if a.dtype.kind == "f" and not np.isfinite(a).all()]
+        if bad:  # never stored, never merged: a NaN would reach every score file
+            raise InputError(f"{label}: the checkpoints give NaN/inf values ({bad[0]}): a checkpoint holds "
+                             "weights that overflow (damaged, or training diverged); leave it out")
+        store.save(name, arrays)
         done += job.cost(unit)
     return done
 
@@ -107,4 +121,5 @@ def run(job, store, comm=None, progress=None):
         comm.barrier()  # every unit is stored before rank 0 reads them
     if rank != 0:
         return done, None
+    store.remove_temporaries()  # only now: no rank is writing a unit any more
     return done, job.merge(lambda unit: store.load(job.name(unit)))
