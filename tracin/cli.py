@@ -99,6 +99,8 @@ def _bounded(convert, what, ok, bound):
 
 
 positive_int = _bounded(int, "a whole number", lambda v: v >= 1, "must be at least 1")
+# training batches: batch normalisation over one sample has no variance (the running variance becomes NaN)
+train_batch = _bounded(int, "a whole number", lambda v: v >= 2, "must be at least 2")
 rate = _bounded(float, "a number between 0 and 1", lambda v: 0.0 <= v <= 1.0, "must be between 0 and 1")
 open_rate = _bounded(float, "a number between 0 and 1", lambda v: 0.0 < v < 1.0, "must be above 0 and below 1")
 positive_float = _bounded(float, "a number", lambda v: math.isfinite(v) and v > 0, "must be a finite number above 0")
@@ -200,7 +202,7 @@ def train_parser():
     p.add_argument("--checkpoint", default=None, help="resume from this params_{epoch}.h5 (with its solver state)")
     p.add_argument("--resume", nargs="?", const=True, default=False, type=resume_value,
                    help="continue from the newest complete checkpoint in --model_save_path (or the epoch given)")
-    p.add_argument("--train_batch_size", type=positive_int, default=None)
+    p.add_argument("--train_batch_size", type=train_batch, default=None)
     p.add_argument("--val_batch_size", type=positive_int, default=100)
     p.add_argument("--train_epochs", type=positive_int, default=None)
     p.add_argument("--learning_rate", type=positive_float, default=None, help="peak learning rate")

@@ -39,7 +39,7 @@ RECIPE = {
     "array_dir": (lambda v: isinstance(v, str) and v != "", "a folder name"),
     "data_fingerprint": (lambda v: isinstance(v, str) and v != "", "a fingerprint string"),
     "train_epochs": (lambda v: _whole(v, 1), "a whole number >= 1"),
-    "train_batch_size": (lambda v: _whole(v, 1), "a whole number >= 1"),
+    "train_batch_size": (lambda v: _whole(v, 2), "a whole number >= 2"),
     "learning_rate": (_positive, "a finite number > 0"),
     "lr_schedule": (lambda v: v in SCHEDULES, " or ".join(SCHEDULES)),
     "weight_decay": (lambda v: _number(v) and v >= 0, "a finite number >= 0"),
