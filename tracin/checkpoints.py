@@ -34,6 +34,9 @@ def save_checkpoint(folder, epoch, lr, solver, manifest):
     """Write params_{epoch}.h5 and solver_{epoch}.h5 atomically, then the manifest listing them with their SHA-1
     digests (a reader can tell a damaged file from the one written here, even one of plausible values)."""
     import nnabla as nn
+    bad = next((k for k, v in nn.get_parameters(grad_only=False).items() if not np.isfinite(v.d).all()), None)
+    if bad is not None:  # a NaN checkpoint would poison every score computed from it
+        raise InputError(f"parameter {bad} holds NaN/inf: checkpoint {epoch} not written (training diverged)")
     params = io.BytesIO()
     nn.save_parameters(params, extension=".h5")
     entry = {"epoch": int(epoch), "params": params_name(epoch), "solver": solver_name(epoch), "lr": float(lr)}
