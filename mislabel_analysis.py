@@ -5,9 +5,13 @@
 
 Reads y_train.npy (clean labels), y_shuffle_train.npy (the labels training saw; mislabeled = they differ),
 x_train.npy and the score file (default --input/influence_all_epoch.npy). Beside the score file it also uses
-loss_last_epoch.npy (a baseline ranking), scores.json (data set name for class names) and, with --ckpt_analysis,
-{epoch}_influence.npy. Writes into --output: self_influence_distribution.png, score_curve.png, metrics.json,
-report.html, and optionally {epoch}_top_influence_sample.png, checkpoint_metrics.png, extracted_samples/decile_XX.png
+loss_last_epoch.npy (a baseline ranking), probabilities.npy (suggested labels), scores.json (data set name for class
+names) and, with --ckpt_analysis, {epoch}_influence.npy; files.json of an image import gives file and class names.
+Always writes label_issues.csv (every sample, most suspicious first, with a suggested label; tracin/review.py) and
+label_issues_top.png (its top --top rows), and report.html shows the top rows. With clean labels it also writes
+self_influence_distribution.png, score_curve.png and metrics.json's detection metrics; without them (an image
+import: no y_train.npy, formats.clean_labels_known) class_score_distribution.png and a review report instead, and
+optionally {epoch}_top_influence_sample.png, checkpoint_metrics.png, extracted_samples/decile_XX.png
 and influence_examples.png. Every input is validated before anything is written. Metrics: see tracin/metrics.py;
 file layouts: tracin/formats.py.
 """
@@ -98,6 +102,9 @@ def load_analysis(args, input_dir, notes):
         raise CliError(f"{input_dir}/{formats.Y_TRAIN} has {y_true.size} labels but {formats.Y_NOISY} has "
                        f"{y_given.size}: the arrays come from different runs")
     x = arrays.get("x_train")
+    if y_true is None and (args.ckpt_analysis or args.save_extracted):
+        notes.append(f"--ckpt_analysis and --save_extracted measure detection against clean labels, which "
+                     f"{input_dir} lacks ({formats.Y_TRAIN}): ignored; see {formats.LABEL_ISSUES} and its sheet")
     if args.save_extracted and x is None:
         raise CliError(f"{input_dir}/{formats.X_TRAIN} is missing: --save_extracted True draws the training images")
     n = y_given.size
@@ -115,14 +122,18 @@ def load_analysis(args, input_dir, notes):
     loss_path = os.path.join(folder, formats.LOSS)
     loss = formats.read_score_vector(loss_path, n, "loss file") if os.path.isfile(loss_path) else None
     ckpts = []
-    if args.ckpt_analysis:
+    if args.ckpt_analysis and y_true is not None:
         files = checkpoint_files(folder, info, notes)
         if not files:
             raise CliError(f"no {{epoch}}_influence.npy beside {score_path}: --ckpt_analysis True needs "
                            "calculate_score.py --save_every_epoch True")
         ckpts = [(epoch, path, formats.read_score_vector(path, n, "checkpoint score file")) for epoch, path in files]
     file_list = imagefolder.read_file_list(input_dir, n)
-    probabilities = read_probabilities(os.path.join(folder, formats.PROBABILITIES), n, y_given, notes)
+    p_path = os.path.join(folder, formats.PROBABILITIES)
+    probabilities = review.read_probabilities(p_path, y_given) if os.path.isfile(p_path) else None
+    if probabilities is None:  # scores from before they were kept: a ranking without suggested labels
+        notes.append(f"no {formats.PROBABILITIES} beside the scores ({p_path}): {formats.LABEL_ISSUES} gets no "
+                     "suggested labels; rerun calculate_score.py to add them")
     n_classes = int(max(y_given.max(), -1 if y_true is None else y_true.max())) + 1
     dataset = None if file_list else guess_dataset(None if x is None else x.shape[1:], n_classes, info)
     n_classes = max(n_classes, datasets.SPECS[dataset].n_classes) if dataset else n_classes
@@ -138,24 +149,6 @@ def load_analysis(args, input_dir, notes):
                 loss=loss, loss_path=os.path.abspath(loss_path) if loss is not None else None, ckpts=ckpts,
                 names=names, n_classes=len(names), dataset=dataset, probabilities=probabilities,
                 files=file_list["train"] if file_list else None)
-
-
-def read_probabilities(path, n, given, notes):
-    """calculate_score.py's probabilities.npy (n, classes), checked, or None (with a note) when absent: scores from
-    before it was written give a ranking without suggested labels."""
-    if not os.path.isfile(path):
-        notes.append(f"no {formats.PROBABILITIES} beside the scores ({path}): {formats.LABEL_ISSUES} gets no "
-                     "suggested labels; rerun calculate_score.py to add them")
-        return None
-    try:
-        p = np.load(path, allow_pickle=False)
-        if p.ndim != 2 or p.shape[0] != n or p.dtype.kind != "f":
-            raise ValueError(f"shape {p.shape} of {p.dtype}; expected ({n}, classes) floats")
-        review.check_inputs(np.zeros(n), given, p, None)
-    except (ValueError, OSError, EOFError) as e:  # InputError is a ValueError
-        raise CliError(f"{path} is not the probabilities of these {n} samples ({e}): rerun calculate_score.py") \
-            from None
-    return p
 
 
 def _folder(value, npz_path, what):
@@ -324,6 +317,22 @@ def draw_influence(d, args, out):
                                     col_headers=headers, caption_lines=3)
 
 
+def print_metrics(rows, metrics, out):
+    """The stdout summary with clean labels: detection metrics, and where the label-issue list is."""
+    print(f"{metrics['n_mislabeled']} of {metrics['n_train']} samples mislabeled; scores: {metrics['score_file']}")
+    print(metrics_table(metrics["rankings"]))
+    if metrics.get("checkpoints"):
+        print("\nper checkpoint (its own term of the sum):")
+        print(metrics_table({f"epoch {c['epoch']}": c for c in metrics["checkpoints"]}))
+    r10 = metrics["rankings"]["tracin"]["recall_at"].get("0.1")
+    if r10 is not None:
+        print(f"\nTracIn found {r10:.1%} of the mislabeled samples in the top 10% of the ranking; "
+              f"figures and report: {os.path.abspath(out)}")
+    print(f"all {len(rows)} samples, most suspicious first, with suggested labels: "
+          f"{os.path.abspath(os.path.join(out, formats.LABEL_ISSUES))}")
+    sys.stdout.flush()
+
+
 def print_review(rows, metrics, out):
     """The stdout summary of a review (no clean labels): where the list is and its first rows."""
     print(f"clean labels unknown: {len(rows)} samples listed, most suspicious first, in "
@@ -363,24 +372,11 @@ def main(argv=None):
     if data is not None:
         save_json(os.path.join(out, formats.METRICS_JSON), metrics)
         shown = rows[:min(REPORT_ROWS, review.top_count(len(rows), args.top))]
+        table = issues_table(shown, len(rows), formats.LABEL_ISSUES)
         with atomic_path(os.path.join(out, formats.REPORT)) as tmp:
             with open(tmp, "w", encoding="utf-8") as f:
-                f.write(report_html(metrics, figures, issues_html=issues_table(shown, len(rows), formats.LABEL_ISSUES)))
-    if data is not None and data["y_true"] is None:
-        print_review(rows, metrics, out)
-    elif data is not None:
-        print(f"{metrics['n_mislabeled']} of {metrics['n_train']} samples mislabeled; scores: {metrics['score_file']}")
-        print(metrics_table(metrics["rankings"]))
-        if metrics.get("checkpoints"):
-            print("\nper checkpoint (its own term of the sum):")
-            print(metrics_table({f"epoch {c['epoch']}": c for c in metrics["checkpoints"]}))
-        r10 = metrics["rankings"]["tracin"]["recall_at"].get("0.1")
-        if r10 is not None:
-            print(f"\nTracIn found {r10:.1%} of the mislabeled samples in the top 10% of the ranking; "
-                  f"figures and report: {os.path.abspath(out)}")
-        print(f"all {len(rows)} samples, most suspicious first, with suggested labels: "
-              f"{os.path.abspath(os.path.join(out, formats.LABEL_ISSUES))}")
-        sys.stdout.flush()
+                f.write(report_html(metrics, figures, issues_html=table))
+        (print_review if data["y_true"] is None else print_metrics)(rows, metrics, out)
     print(f"wrote {len(figures)} figures" + (f", {formats.LABEL_ISSUES}, metrics.json and report.html"
                                              if data is not None else "")
           + f" to {out}", file=sys.stderr)

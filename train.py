@@ -83,9 +83,11 @@ def import_images(args):
     record = None
     if args.shuffle_label:
         arrays["y_train"] = arrays["y_shuffle_train"]
-        arrays["y_shuffle_train"], record = noise.corrupt(getattr(args, "noise", "uniform"), arrays["y_train"],
-                                                          args.shuffle_rate, len(file_list["classes"]), args.seed,
-                                                          x=arrays["x_train"])
+        try:
+            arrays["y_shuffle_train"], record = noise.corrupt(args.noise, arrays["y_train"], args.shuffle_rate,
+                                                              len(file_list["classes"]), args.seed, x=arrays["x_train"])
+        except ValueError as e:  # e.g. pair noise: its class maps are made for digits and CIFAR-10
+            raise CliError(f"--noise {args.noise}: {e}") from None
     arrays["file_list"] = file_list
     return arrays, "imagefolder", record
 

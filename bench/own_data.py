@@ -2,12 +2,13 @@
 commands of the README exactly as a user types them, then how many planted files label_issues.csv ranks in its top
 10% and how many of those carry their true class as the suggested label.
 
-    python -m bench.own_data [--work bench/results/own_data] [--per_class 50] [--size 16] [--rate 0.1] [--seed 0]
+    python -m bench.own_data [--work /tmp/own_data] [--per_class 50] [--size 16] [--rate 0.1] [--seed 0]
 
 Images: scikit-learn's bundled 8x8 digits (offline), the first `per_class` of every digit, upscaled to size x size
 (bilinear) and saved as greyscale PNGs in WORK/images/<digit>/; `rate` of every class (seeded) is saved in a
 folder of another digit instead (uniform over the other nine). The truth stays outside the image folder
-(WORK/planted.json). Results: WORK/result.json and stdout.
+(WORK/planted.json). Results: bench/results/own_data.json and stdout (the work folder, with the images, arrays and
+checkpoints, is replaced on every run).
 """
 import argparse
 import csv
@@ -16,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -68,7 +70,7 @@ def measure(csv_path, truth, fraction=0.1):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--work", default=os.path.join(REPO, "bench", "results", "own_data"))
+    p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "own_data"))
     p.add_argument("--per_class", type=int, default=50)
     p.add_argument("--size", type=int, default=16)
     p.add_argument("--rate", type=float, default=0.1)
@@ -86,7 +88,7 @@ def main(argv=None):
         seconds[cmd[0]] = round(time.time() - t0, 1)
     result = measure(os.path.join(args.work, "out", "review", "label_issues.csv"), truth)
     result.update(settings=vars(args), seconds=seconds, commands=[" ".join(("python",) + c) for c in COMMANDS])
-    with open(os.path.join(args.work, "result.json"), "w") as f:
+    with open(os.path.join(REPO, "bench", "results", "own_data.json"), "w") as f:
         json.dump(result, f, indent=1)
     print(json.dumps(result, indent=1))
     return 0

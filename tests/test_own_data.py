@@ -200,3 +200,40 @@ def test_import_flags_need_imagefolder(tmp_path):
     code, _, err = run_main("train.py", "--dataset", "digits", "--val_fraction", "0.2", "--output", tmp_path / "d",
                             "--model_save_path", tmp_path / "c", "-c", "cpu", check=False)
     assert code == 2 and "--val_fraction" in err and "imagefolder" in err and not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("bad, words", [
+    (lambda p: p[:-1], "shape"),
+    (lambda p: p * 2, "sum to 1"),
+    (lambda p: np.where(np.arange(p.size).reshape(p.shape) == 4, np.nan, p), "finite"),
+])
+def test_damaged_probabilities_are_one_line(audit, tmp_path, bad, words):
+    data = tmp_path / "data"
+    os.makedirs(data)
+    for name in os.listdir(audit["data"]):
+        if name.endswith((".npy", ".json")):
+            os.link(audit["data"] / name, data / name)
+    os.remove(data / formats.PROBABILITIES)
+    np.save(data / formats.PROBABILITIES, bad(np.load(audit["data"] / formats.PROBABILITIES)))
+    code, _, err = run_main("mislabel_analysis.py", "--input", data, "--output", tmp_path / "review", check=False)
+    assert code == 2 and err.count("\n") == 1 and words in err and formats.PROBABILITIES in err, err
+    assert not (tmp_path / "review").exists()
+
+
+def test_shuffling_an_import_is_an_experiment_with_clean_labels(tmp_path):
+    write_images(tmp_path / "images")
+    data, ckpt = tmp_path / "data", tmp_path / "ckpt"
+    run_main("train.py", "--dataset", "imagefolder", "--data-dir", tmp_path / "images", "--output", data,
+             "--model_save_path", ckpt, "--monitor-path", tmp_path / "mon", "-c", "cpu", "--shuffle_label", "True",
+             "--shuffle_rate", "0.2", "--nmaps", 8, "--train_epochs", 2)
+    fl = json.loads((data / formats.FILE_LIST).read_text())
+    y, noisy = np.load(data / formats.Y_TRAIN)[:, 0], np.load(data / formats.Y_NOISY)[:, 0]
+    assert [fl["classes"][c] for c in y] == [rel.split("/")[0] for rel in fl["train"]]  # y_train: the folders
+    assert (y != noisy).sum() == 3 * round(0.2 * 13)  # 13 training images per class, 20% of each moved
+    run_main("calculate_score.py", "--input", data, "--checkpoint", ckpt, "-c", "cpu")
+    _, stdout, _ = run_main("mislabel_analysis.py", "--input", data, "--output", tmp_path / "fig")
+    m = json.loads((tmp_path / "fig" / formats.METRICS_JSON).read_text())
+    assert m["n_mislabeled"] == int((y != noisy).sum()) and "tracin" in m["rankings"] and "AUROC" in stdout
+    _, rows = read_csv(tmp_path / "fig" / formats.LABEL_ISSUES)
+    assert [r["file"] for r in rows] == [fl["train"][int(r["index"])] for r in rows]
+    assert all(r["given_class"] == fl["classes"][noisy[int(r["index"])]] for r in rows)

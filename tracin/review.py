@@ -59,6 +59,21 @@ def check_inputs(scores, given, probabilities, classes, files=None):
     return scores, given.astype(np.int64), p, names
 
 
+def read_probabilities(path, given):
+    """calculate_score.py's probabilities.npy for the samples of `given` labels, checked (check_inputs); every
+    problem is an InputError naming the file."""
+    n = np.asarray(given).size
+    try:
+        p = np.load(path, allow_pickle=False)
+        if p.ndim != 2 or p.shape[0] != n or p.dtype.kind != "f":
+            raise ValueError(f"shape {p.shape} of {p.dtype}; expected ({n}, classes) floats")
+        check_inputs(np.zeros(n), given, p, None)
+    except (ValueError, OSError, EOFError) as e:  # InputError is a ValueError
+        raise InputError(f"{path} is not the probabilities of these {n} samples ({e}): rerun calculate_score.py") \
+            from None
+    return p
+
+
 def suggest(probabilities, given, exclude_given=True):
     """(suggested labels (n,), their probabilities (n,)): the most probable class other than the given label
     (exclude_given=True, the rule used), or the most probable class overall. Ties: the lower class index."""
