@@ -67,7 +67,9 @@ def check_labels(y, n, n_classes, what="y"):
 class _Run:
     """What both runs share: the context, the graph, the selected parameters and the loaded checkpoints."""
 
-    def __init__(self, checkpoints, layers, method, lr_weight, batch_size, n, context):
+    PROBE = 8  # samples of x each checkpoint is tried on up front
+
+    def __init__(self, checkpoints, layers, method, lr_weight, batch_size, x, context):
         if context is not None:
             set_context(context)
         if len(checkpoints) == 0:
@@ -76,11 +78,15 @@ class _Run:
             raise InputError(f"batch_size must be at least 1, got {batch_size}", arg="batch_size")
         self.model = checkpoints.model
         self.layers, self.method = layers, method
-        self.graph = make_graph(self.model, method, min(batch_size, n))
+        self.graph = make_graph(self.model, method, min(batch_size, len(x)))
         self.names = select_params(self.graph.trainable, layers)
         self.ckpts = []
+        probe = x[:min(self.PROBE, batch_size)].astype(np.float32)
         for c in checkpoints:  # every checkpoint is checked up front, not hours into the run
             self.graph.load(c.path, c.sha1)
+            if not all(np.isfinite(a).all() for a in self.graph.forward(probe)):
+                raise InputError(f"{c.path} gives NaN/inf outputs for the first samples: its weights overflow "
+                                 "(damaged, or training diverged); leave that checkpoint out")
             self.ckpts.append({"epoch": c.epoch, "path": c.path, "lr": c.lr, "digest": engine.file_digest(c.path)})
         self.etas = [c["lr"] if lr_weight else 1.0 for c in self.ckpts]
         self.n_params = int(sum(np.prod(self.graph.params[n].shape) for n in self.names))
@@ -110,7 +116,7 @@ class SelfInfluenceRun(_Run):
                  context="cpu"):
         x = check_images(x, checkpoints.model)
         y = check_labels(y, len(x), checkpoints.model["n_classes"])
-        super().__init__(checkpoints, layers, method, lr_weight, batch_size, len(x), context)
+        super().__init__(checkpoints, layers, method, lr_weight, batch_size, x, context)
         self.kind = scoring_kind(layers, method)
         self.key = engine.settings_key(format=CACHE_FORMAT, data=datasets.fingerprint(x, y), names=self.names,
                                        method=method, batch=batch_size, shard=SHARD, ctx=self._backend(),
@@ -143,7 +149,7 @@ class InfluenceRun(_Run):
         if projection_dim is not None and layers == "last":
             raise InputError("projection_dim applies to layers 'all' or parameter patterns; the last-layer closed "
                              "form is exact and already compact")
-        super().__init__(checkpoints, layers, method, lr_weight, batch_size, len(x_train), context)
+        super().__init__(checkpoints, layers, method, lr_weight, batch_size, x_train, context)
         self.kind = "last" if layers == "last" and method == "batched" else "grad"
         self.featurizer = InfluenceFeatures(self.graph, self.kind, self.names, min(batch_size, len(x_train)),
                                             projection_dim, seed)
