@@ -187,6 +187,8 @@ def fresh_state(args, ckpt_dir):
         datasets.check_labels(arrays[key], n_classes, os.path.join(where, key + ".npy"))
     recipe = resolve_recipe(args, dataset)
     n, bs = len(arrays["x_train"]), recipe["train_batch_size"]
+    if n < 2:  # batch normalisation over one sample has no variance
+        raise CliError(f"{os.path.join(where, formats.X_TRAIN)} holds {n} training sample: training needs at least 2")
     if args.train_batch_size is None:  # a recipe's batch never exceeds a small data set
         bs = recipe["train_batch_size"] = min(bs, n)
     if bs > n:
