@@ -30,8 +30,9 @@ def base(tmp_path_factory):
 def runs(base, request, tmp_path_factory):
     """{case id: future outcome} of every selected case, run JOBS at a time in the background in the order the
     tests check them, so that the suite's wall time is its CPU time spread over the cores. Under pytest-xdist
-    (-n N) the workers already share the cases out: None, each test then runs its own case."""
-    if hasattr(request.config, "workerinput"):
+    (-n N) the workers already share the cases out: None, each test then runs its own case; but not with
+    --dist loadfile (make test), which gives this whole file to one worker."""
+    if hasattr(request.config, "workerinput") and request.config.getoption("dist", "no") != "loadfile":
         yield None
         return
     selected = [item.callspec.params["case"] for item in request.session.items
