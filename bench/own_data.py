@@ -2,13 +2,14 @@
 commands of the README exactly as a user types them, then how many planted files label_issues.csv ranks in its top
 10% and how many of those carry their true class as the suggested label.
 
-    python -m bench.own_data [--work /tmp/own_data] [--per_class 50] [--size 16] [--rate 0.1] [--seed 0]
+    python -m bench.own_data [--source digits|mnist] [--work /tmp/own_data] [--per_class 50] [--size 16]
+                             [--rate 0.1] [--seed 0]
 
-Images: scikit-learn's bundled 8x8 digits (offline), the first `per_class` of every digit, upscaled to size x size
-(bilinear) and saved as greyscale PNGs in WORK/images/<digit>/; `rate` of every class (seeded) is saved in a
-folder of another digit instead (uniform over the other nine). The truth stays outside the image folder
-(WORK/planted.json). Results: bench/results/own_data.json and stdout (the work folder, with the images, arrays and
-checkpoints, is replaced on every run).
+Images: scikit-learn's bundled 8x8 digits (offline), or the real 28x28 MNIST-5k digits (bench.mnist), the first
+`per_class` of every digit, resized to size x size (bilinear) and saved as greyscale PNGs in WORK/images/<digit>/;
+`rate` of every class (seeded) is saved in a folder of another digit instead (uniform over the other nine). The
+truth stays outside the image folder (WORK/planted.json). Results: bench/results/own_data_SOURCE.json and stdout
+(the work folder, with the images, arrays and checkpoints, is replaced on every run).
 """
 import argparse
 import csv
@@ -31,21 +32,31 @@ COMMANDS = (
 )
 
 
-def write_folder(root, per_class, size, rate, seed):
-    """Write the PNG folder; returns {relative file: (true class, folder class)} of every image."""
-    from PIL import Image
+def load_source(source):
+    """(images (N, H, W) uint8, labels (N,))."""
+    if source == "mnist":
+        from bench.mnist import load_mnist_5k
+        x, y = load_mnist_5k()
+        return x[:, 0], y
     from sklearn.datasets import load_digits
     d = load_digits()
+    return np.round(d.images * 255.0 / 16.0).astype(np.uint8), d.target
+
+
+def write_folder(root, per_class, size, rate, seed, source="digits"):
+    """Write the PNG folder; returns {relative file: (true class, folder class)} of every image."""
+    from PIL import Image
+    images, labels = load_source(source)
     rng = np.random.RandomState(seed)
     truth = {}
     for c in range(10):
-        idx = np.flatnonzero(d.target == c)[:per_class]
+        idx = np.flatnonzero(labels == c)[:per_class]
         planted = set(rng.choice(idx, int(round(rate * len(idx))), replace=False).tolist())
         for i in idx:
             folder = c
             if i in planted:
                 folder = int(rng.choice([k for k in range(10) if k != c]))
-            img = Image.fromarray(np.round(d.images[i] * 255.0 / 16.0).astype(np.uint8), "L")
+            img = Image.fromarray(images[i], "L")
             rel = f"{folder}/img{i:04d}.png"
             os.makedirs(os.path.join(root, str(folder)), exist_ok=True)
             img.resize((size, size), Image.BILINEAR).save(os.path.join(root, rel))
@@ -70,6 +81,7 @@ def measure(csv_path, truth, fraction=0.1):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--source", default="digits", choices=["digits", "mnist"])
     p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "own_data"))
     p.add_argument("--per_class", type=int, default=50)
     p.add_argument("--size", type=int, default=16)
@@ -78,7 +90,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     shutil.rmtree(args.work, ignore_errors=True)
     os.makedirs(args.work)
-    truth = write_folder(os.path.join(args.work, "images"), args.per_class, args.size, args.rate, args.seed)
+    truth = write_folder(os.path.join(args.work, "images"), args.per_class, args.size, args.rate, args.seed,
+                         args.source)
     with open(os.path.join(args.work, "planted.json"), "w") as f:
         json.dump({k: list(v) for k, v in sorted(truth.items())}, f, indent=1)
     seconds = {}
@@ -88,7 +101,7 @@ def main(argv=None):
         seconds[cmd[0]] = round(time.time() - t0, 1)
     result = measure(os.path.join(args.work, "out", "review", "label_issues.csv"), truth)
     result.update(settings=vars(args), seconds=seconds, commands=[" ".join(("python",) + c) for c in COMMANDS])
-    with open(os.path.join(REPO, "bench", "results", "own_data.json"), "w") as f:
+    with open(os.path.join(REPO, "bench", "results", f"own_data_{args.source}.json"), "w") as f:
         json.dump(result, f, indent=1)
     print(json.dumps(result, indent=1))
     return 0
