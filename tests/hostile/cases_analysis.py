@@ -49,6 +49,11 @@ def score_cases():
     ck = "scores/1_influence.npy"
     out += file_cases("ana", A, ANA + ("--ckpt_analysis", "True"), NEEDS, ck,
                       [m for m in score_mutations(ck) if m[0] in ("truncated", "nan_score", "one_row_short")])
+    prob = "scores/probabilities.npy"  # (N, classes): the suggested labels of label_issues.csv
+    out += file_cases("ana", A, ANA, NEEDS, prob, [
+        damaged_file(prob)[0], ("nan_probability", edit_array(prob, set_value(NAN)), BAD),
+        ("one_row_short", edit_array(prob, lambda a: a[:-1]), BAD),
+        ("text_dtype", edit_array(prob, lambda a: a.astype(str)), BAD)])
     js = "scores/scores.json"
     # scores.json only adds class names and the checkpoint list: damage may be ignored (with a warning), never crash
     info = [("not_json", write_text(js, "{\"mod")), ("array", write_text(js, "[]")),
@@ -81,7 +86,8 @@ def label_cases():
                     chain(*[edit_array(f"data/{k}.npy", lambda a: a[:5]) for k in ("x_train", "y_train",
                                                                                    "y_shuffle_train")],
                           *[edit_array(f"scores/{k}.npy", lambda a: a[:5]) for k in ("influence_all_epoch",
-                                                                                     "loss_last_epoch")]),
+                                                                                     "loss_last_epoch",
+                                                                                     "probabilities")]),
                     ANY, ("y_train.npy",)))
     return out
 
