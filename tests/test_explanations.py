@@ -2,7 +2,6 @@
 from single-checkpoint raw matrices and self-influence terms, its bounds and documented diagonal, the loop
 reference, top-k against a full sort, streaming in other chunks, two MPI ranks, and the --normalize flag."""
 import json
-import os
 
 import numpy as np
 import pytest
