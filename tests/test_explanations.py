@@ -9,8 +9,8 @@ import pytest
 import tracin
 from tracin import formats, normalize
 from tracin.errors import InputError
-from conftest import run_script
-from test_mpi import data600, needs_mpi, same_files, score as mpi_score  # noqa: F401 (data600: a fixture)
+from conftest import run_main
+from test_mpi import data300, needs_mpi, same_files, score as mpi_score  # noqa: F401 (data300: a fixture)
 
 NORMS = normalize.NORMALIZATIONS
 
@@ -149,8 +149,9 @@ def test_api_rejects_an_unknown_normalisation(tiny):
 
 
 def cli(t, out, *extra, check=True):
-    return run_script("calculate_score.py", "--input", t["run"]["data"], "--checkpoint", t["run"]["ckpt"],
-                      "--output", out, "-c", "cpu", *extra, cwd=t["run"]["root"], check=check)
+    """calculate_score.py in this process: (exit code, stdout, stderr)."""
+    return run_main("calculate_score.py", "--input", t["run"]["data"], "--checkpoint", t["run"]["ckpt"],
+                    "--output", out, "-c", "cpu", *extra, cwd=t["run"]["root"], check=check)
 
 
 def test_cli_flag_round_trip(tiny, tmp_path):
@@ -167,12 +168,12 @@ def test_cli_flag_round_trip(tiny, tmp_path):
         assert meta["definition"].startswith(normalize.DEFINITIONS[how])
         np.testing.assert_allclose(np.load(tmp_path / name / formats.MATRIX), matrix(tiny, "last", how).matrix,
                                    rtol=1e-12, atol=1e-15)
-    p = run_script("mislabel_analysis.py", "--influence", tmp_path / "tc" / formats.TOPK, "--output", tmp_path / "fig")
-    assert (tmp_path / "fig" / formats.INFLUENCE_PNG).stat().st_size > 1000, p.stderr
+    run_main("mislabel_analysis.py", "--influence", tmp_path / "tc" / formats.TOPK, "--output", tmp_path / "fig")
+    assert (tmp_path / "fig" / formats.INFLUENCE_PNG).stat().st_size > 1000
     for extra, words in ((("--normalize", "cosine"), "--normalize only applies to --mode influence"),
                          (("--mode", "influence", "--normalize", "dot"), "argument --normalize: invalid choice")):
-        p = cli(tiny, tmp_path / "bad", *extra, check=False)
-        assert p.returncode == 2 and words in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+        code, _, err = cli(tiny, tmp_path / "bad", *extra, check=False)
+        assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
         assert not (tmp_path / "bad").exists()
 
 
@@ -186,12 +187,12 @@ def test_older_topk_files_read_as_raw(tmp_path):
 
 @needs_mpi
 @pytest.mark.parametrize("layers, how", [("all", "cosine"), ("last", "total_cosine")])
-def test_two_ranks_are_bitwise_one_process(tiny, data600, tmp_path, layers, how):
-    common = ("--input", data600, "--checkpoint", tiny["run"]["ckpt"], "-c", "cpu", "--mode", "influence",
+def test_two_ranks_are_bitwise_one_process(tiny, data300, tmp_path, layers, how):
+    common = ("--input", data300, "--checkpoint", tiny["run"]["ckpt"], "-c", "cpu", "--mode", "influence",
               "--layers", layers, "--normalize", how, "--save_matrix", "True", "--top_k", 6, "--test_chunk", 16)
     mpi_score(0, *common, "--output", tmp_path / "one")
     mpi_score(2, *common, "--output", tmp_path / "two")
     same_files(tmp_path / "one", tmp_path / "two", ["influence_topk.npz", "influence_matrix.npy"])
     m = np.load(tmp_path / "one" / "influence_matrix.npy")
-    assert m.shape == (40, 600) and np.abs(m).max() <= (1.0 if how == "total_cosine" else
+    assert m.shape == (40, 300) and np.abs(m).max() <= (1.0 if how == "total_cosine" else
                                                         sum(c.lr for c in tiny["ck"]))
