@@ -6,7 +6,7 @@ BOOT := .bootstrap
 STAMP := $(VENV)/.installed
 DEMO := output/demo
 
-.PHONY: venv demo test bench bench-quality mpi clean
+.PHONY: venv demo test bench bench-quality bench-explanations mpi clean
 
 venv: $(STAMP)
 
@@ -50,6 +50,11 @@ bench: $(STAMP)
 bench-quality: $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
 	$(PY) -m bench.detection
+
+# Train -> test explanations: the identical-class test of every --normalize, --layers last and all, digits seeds
+# 10-12 (docs/explanations.md). Cached under output/bench/explanations; writes bench/results/explanations.md/json.
+bench-explanations: $(STAMP)
+	$(PY) -m bench.explanations
 
 # MPI runtime from PyPI (mpi4py + a wheel-shipped MPICH) into the same .venv: .venv/bin/mpiexec.
 MPI_STAMP := $(VENV)/.mpi-installed

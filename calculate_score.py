@@ -16,6 +16,9 @@ stopped when rerun with the same settings.
 x_val.npy, labels y_val.npy or --test_label predicted) against every training sample. Writes influence_topk.npz
 (per test sample: top-k proponents and opponents with scores, its self-influence), influence.json and, with
 --save_matrix True, influence_matrix.npy (n_test, n_train). Cached per (test chunk, training shard) unit the same way.
+--normalize (tracin/normalize.py) chooses the scores: cosine (the default) = sum_i eta_i cos(g_i(z), g_i(z')), which
+picks training samples that resemble the test sample; none = raw TracIn, where a few large-gradient (often mislabeled)
+samples top every list; renorm and total_cosine divide by the training gradient's norm.
 
 Under an MPI launcher (mpiexec -n N ...; see tracin/parallel.py) the units are spread over the ranks and rank 0
 writes the same files as one process.
@@ -26,7 +29,7 @@ import sys
 
 import numpy as np
 
-from tracin import checkpoints, datasets, formats
+from tracin import checkpoints, datasets, formats, normalize
 from tracin.api import load_checkpoints
 from tracin.cli import CliError, parse_score_args, run_mpi_cli
 from tracin.context import quiet_nnabla, set_context
@@ -34,7 +37,7 @@ from tracin.io import check_writable, ensure_dir, remove_temporaries, save_json,
 from tracin.runs import InfluenceRun, SelfInfluenceRun
 
 INFLUENCE_ONLY = ("test_input", "test_indices", "test_label", "top_k", "save_matrix", "projection_dim",
-                  "test_chunk", "max_memory_gb")
+                  "test_chunk", "max_memory_gb", "normalize")
 
 
 def check_flags(args):
@@ -229,7 +232,8 @@ def prepare_influence(args, ckpts, x, y):
                        "pass fewer --test_indices")
     run = InfluenceRun(ckpts, x, y, xt, yt, top_k=args.top_k or 10, layers=args.layers, method=args.method,
                        lr_weight=args.lr_weight, batch_size=args.batch_size, projection_dim=args.projection_dim,
-                       seed=args.seed, full_matrix=bool(args.save_matrix), test_chunk=args.test_chunk, context=None)
+                       seed=args.seed, full_matrix=bool(args.save_matrix), test_chunk=args.test_chunk, context=None,
+                       normalize=args.normalize)
     need = run.n_params * (args.projection_dim or 0) * 4
     if need > limit:
         raise CliError(f"--projection_dim {args.projection_dim} needs a {_gb(need)} projection matrix, more "
@@ -247,7 +251,7 @@ def write_influence(args, plan, result, record, output):
         save_npy(os.path.join(output, formats.MATRIX), result.matrix)
     done, secs = result.computed, result.seconds
     save_json(os.path.join(output, formats.INFLUENCE_JSON), dict(
-        {"definition": "TracIn(z, z') = sum_i eta_i * grad loss(w_i, z) . grad loss(w_i, z') (z train, z' test)",
+        {"definition": normalize.DEFINITIONS[args.normalize] + normalize.NOTATION, "normalize": args.normalize,
          "n_train": n_train, "n_test": n_test, "top_k": run.k}, **record,
         test_input=os.path.abspath(plan["test_dir"]), test_label=plan["label_mode"], parameters=result.parameters,
         n_parameters=run.n_params, closed_form=run.kind == "last", projection_dim=args.projection_dim,
@@ -257,7 +261,7 @@ def write_influence(args, plan, result, record, output):
         versions=versions()))
     how = f"{secs:.1f} s, {secs / n_test:.3f} s per test sample" if done else "all from cache"
     print(f"influence of {n_test} test samples on {n_train} training samples x {len(result.epochs)} checkpoints "
-          f"(layers {args.layers}, {args.method}; {how}); wrote {topk_path}"
+          f"(layers {args.layers}, {args.method}, normalize {args.normalize}; {how}); wrote {topk_path}"
           + (f" and {os.path.join(output, formats.MATRIX)}" if result.matrix is not None else ""), file=sys.stderr)
     return 0
 

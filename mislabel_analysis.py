@@ -20,7 +20,7 @@ import sys
 
 import numpy as np
 
-from tracin import datasets, formats, imagefolder, plots, review
+from tracin import datasets, formats, imagefolder, normalize, plots, review
 from tracin.cli import CliError, analysis_parser, run_cli
 from tracin.io import atomic_path, check_writable, ensure_dir, load_json, remove_temporaries, save_json
 from tracin.manifest import check_model
@@ -310,8 +310,10 @@ def draw_influence(d, args, out):
                                   + f"\n{float(z[scores][r, j]):+.3g}"))
             if gap:
                 cells.append(None)
-    title = (f"Influence of training samples on test predictions ({rows} of {T} test samples): proponents "
-             "(highest score first) and opponents (most negative first); given label, red = mislabeled")
+    how = str(z["normalize"])
+    title = (f"Influence of training samples on test predictions ({rows} of {T} test samples), scores "
+             f"--normalize {how}: {normalize.DEFINITIONS[how]}. Proponents (highest score first) and opponents "
+             "(most negative first); given label, red = mislabeled")
     headers = {0: "test", 2: f"top {k_p} proponents", 3 + k_p: f"top {k_o} opponents"}
     return plots.plot_image_grid(cells, ncols, os.path.join(out, formats.INFLUENCE_PNG), title,
                                     col_headers=headers, caption_lines=3)

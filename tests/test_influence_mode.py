@@ -16,6 +16,7 @@ from tracin.topk import RunningTopK
 from conftest import run_main
 
 TOP = ("proponents", "proponent_scores", "opponents", "opponent_scores", "self_influence", "test_labels")
+RAW = {"normalize": "none"}
 
 
 def score(tiny_run, out, *extra, check=True):
@@ -37,10 +38,12 @@ def runs(tiny_run):
     out = {"ckpts": ckpts, "x": x, "y": y, "x_val": a["x_val"], "y_val": a["y_val"][:, 0]}
     for layers in ("last", "all"):
         out[f"self_{layers}"] = tracin.self_influence(ckpts, x, y, layers=layers)
-        # the training samples, with the labels training saw, as "test" samples; `last` is influence's default
+        # the training samples, with the labels training saw, as "test" samples; `last` is influence's default.
+        # These tests are of raw TracIn (normalize none); tests/test_explanations.py covers the normalisations.
         kw = {} if layers == "last" else {"layers": layers}
-        out[f"diag_{layers}"] = tracin.influence(ckpts, x, y, x, y, top_k=5, full_matrix=True, **kw)
-    out["val_all"] = tracin.influence(ckpts, x, y, a["x_val"], out["y_val"], layers="all", top_k=7, full_matrix=True)
+        out[f"diag_{layers}"] = tracin.influence(ckpts, x, y, x, y, top_k=5, full_matrix=True, **kw, **RAW)
+    out["val_all"] = tracin.influence(ckpts, x, y, a["x_val"], out["y_val"], layers="all", top_k=7, full_matrix=True,
+                                      **RAW)
     return out
 
 
@@ -76,9 +79,10 @@ def test_topk_is_the_argsort_of_the_full_matrix(runs):
 
 def test_script_writes_the_api_result_as_npz(runs, tiny_run, tmp_path):
     """calculate_score.py --mode influence writes the API's result in formats.TOPK_ARRAYS (and the matrix)."""
-    score(tiny_run, tmp_path, "--mode", "influence", "--layers", "all", "--save_matrix", "True", "--top_k", 7)
+    score(tiny_run, tmp_path, "--mode", "influence", "--layers", "all", "--normalize", "none", "--save_matrix",
+          "True", "--top_k", 7)
     z = load(tmp_path)
-    assert set(z) == set(formats.TOPK_ARRAYS)
+    assert set(z) == set(formats.TOPK_ARRAYS) and str(z["normalize"]) == "none"
     assert z["proponents"].shape == z["opponents"].shape == (32, 7)
     assert z["proponents"].dtype.kind == "i" and z["test_indices"].dtype.kind == "i"
     assert z["proponent_scores"].dtype == np.float64 and z["self_influence"].shape == (32,)
@@ -98,7 +102,7 @@ def test_batched_equals_loop_reference(runs):
     depend on the other training samples) == those entries of the batched matrix."""
     idx, n = [3, 0, 17], 32
     loop = tracin.influence(runs["ckpts"], runs["x"][:n], runs["y"][:n], runs["x_val"][idx], runs["y_val"][idx],
-                            layers="all", method="loop", top_k=7, full_matrix=True)
+                            layers="all", method="loop", top_k=7, full_matrix=True, **RAW)
     batched = runs["val_all"].matrix[idx, :n]
     np.testing.assert_allclose(loop.matrix, batched, rtol=1e-4, atol=1e-6 * np.abs(batched).max())
     np.testing.assert_allclose(loop.self_influence, runs["val_all"].self_influence[idx], rtol=1e-5)
@@ -107,7 +111,7 @@ def test_batched_equals_loop_reference(runs):
 def test_last_layer_closed_form_equals_gradient_machinery(runs):
     """layers last (products of e and h) == the per-sample gradient path on the same affine parameters."""
     grads = tracin.influence(runs["ckpts"], runs["x"], runs["y"], runs["x"], runs["y"], layers="affine/*", top_k=5,
-                             full_matrix=True).matrix
+                             full_matrix=True, **RAW).matrix
     closed = runs["diag_last"].matrix
     np.testing.assert_allclose(grads, closed, rtol=1e-4, atol=1e-6 * np.abs(closed).max())
 
@@ -158,7 +162,7 @@ def test_lr_weighting_is_applied(runs, tiny_run):
     for e in epochs:
         ckpts = tracin.load_checkpoints(str(tiny_run["ckpt"]), epochs=[e])
         single[e] = tracin.influence(ckpts, runs["x"], runs["y"], runs["x"], runs["y"], lr_weight=False,
-                                     full_matrix=True).matrix
+                                     full_matrix=True, **RAW).matrix
         total += lrs[e] * single[e]
     np.testing.assert_allclose(weighted, total, rtol=1e-10, atol=1e-12 * np.abs(total).max())
     assert not np.allclose(weighted, single[epochs[0]] * len(epochs) * lrs[epochs[0]])
@@ -170,7 +174,7 @@ def test_projection_error_within_documented_bound(runs, dim):
     entry stays within 4 such deviations (a fixed seed: the test is deterministic) and errors shrink with D."""
     exact = runs["val_all"]
     r = tracin.influence(runs["ckpts"], runs["x"], runs["y"], runs["x_val"], runs["y_val"], layers="all", top_k=7,
-                         full_matrix=True, projection_dim=dim, seed=3)
+                         full_matrix=True, projection_dim=dim, seed=3, **RAW)
     np.testing.assert_allclose(r.self_influence, exact.self_influence, rtol=1e-6)  # exact
     sigma = np.sqrt(2.0 / dim) * np.sqrt(np.outer(r.self_influence, runs["self_all"]))
     ratio = np.abs(r.matrix - exact.matrix) / sigma

@@ -14,6 +14,7 @@ FileNotFoundError); nothing exits or prints.
 from typing import List, NamedTuple, Optional
 
 from .checkpoints import discover, select
+from .normalize import DEFAULT as DEFAULT_NORMALIZE
 from .runs import InfluenceResult, InfluenceRun, SelfInfluenceResult, SelfInfluenceRun  # noqa: F401
 
 
@@ -103,9 +104,10 @@ def self_influence(checkpoints, x, y, layers="last_bias", method="batched", lr_w
 
 def influence(checkpoints, x_train, y_train, x_test, y_test=None, top_k=10, layers="last", method="batched",
               lr_weight=True, batch_size=64, projection_dim=None, seed=0, full_matrix=False, test_chunk=None,
-              context="cpu", cache_dir=None, comm=None, progress=None):
+              context="cpu", cache_dir=None, comm=None, progress=None, normalize=DEFAULT_NORMALIZE):
     """TracIn(z, z') = sum_i eta_i grad loss(w_i, z) . grad loss(w_i, z') of test samples z' against every
-    training sample z: proponents (most positive) and opponents (most negative) per test sample.
+    training sample z, normalised by `normalize`: proponents (most positive) and opponents (most negative) per
+    test sample.
 
     Args:
         checkpoints, layers, method, lr_weight, batch_size, context, cache_dir, comm, progress: as in
@@ -118,10 +120,15 @@ def influence(checkpoints, x_train, y_train, x_test, y_test=None, top_k=10, laye
             error std <= sqrt(2 / D) sqrt(self(z) self(z')). seed: its seed.
         full_matrix: also return the (T, n) matrix (needs T x n x 8 bytes).
         test_chunk: test samples per work unit (default: as many as 512 MB of their features allow).
+        normalize: 'none' (raw TracIn), 'cosine' (sum_i eta_i cos(g_i(z), g_i(z')), the default), 'renorm'
+            (sum_i eta_i g_i(z) . g_i(z') / ||g_i(z)||) or 'total_cosine' (TracIn / sqrt(self(z) self(z')));
+            see tracin.normalize. Raw scores let the training samples with the largest gradients (often
+            mislabeled ones) top every list; the normalised ones pick training samples that resemble the test
+            sample.
     Returns:
         InfluenceResult: proponents, proponent_scores, opponents, opponent_scores (T, k); self_influence (T,);
         test_labels (T,); matrix (T, n) or None.
     """
     run = InfluenceRun(checkpoints, x_train, y_train, x_test, y_test, top_k, layers, method, lr_weight, batch_size,
-                       projection_dim, seed, full_matrix, test_chunk, context)
+                       projection_dim, seed, full_matrix, test_chunk, context, normalize)
     return run.run(cache_dir, comm, progress)

@@ -13,6 +13,7 @@ from .errors import InputError
 from .imagefolder import parse_image_size
 from .models import MODELS
 from .noise import MODELS as NOISE_MODELS
+from .normalize import DEFAULT as DEFAULT_NORMALIZE, NORMALIZATIONS
 
 DATASETS = ("cifar10", "digits", "imagefolder")
 
@@ -255,6 +256,11 @@ def score_parser():
                         "selected checkpoint predicts (predicted)")
     p.add_argument("--top_k", type=positive_int, default=None,
                    help="proponents and opponents kept per test sample (default 10)")
+    p.add_argument("--normalize", default=None, choices=NORMALIZATIONS,
+                   help=f"scores of --mode influence (tracin/normalize.py; default {DEFAULT_NORMALIZE}): none = raw "
+                        "TracIn, sum_i eta_i g_i(z) . g_i(z'), where training samples with large gradients (often "
+                        "mislabeled) top every list; cosine = sum_i eta_i cos(g_i(z), g_i(z')); renorm = sum_i "
+                        "eta_i g_i(z) . g_i(z') / ||g_i(z)||; total_cosine = TracIn / sqrt(self(z) self(z'))")
     p.add_argument("--save_matrix", type=str2bool, default=None,
                    help="also write the full (n_test, n_train) influence_matrix.npy (needs the memory)")
     p.add_argument("--projection_dim", type=positive_int, default=None,
@@ -280,6 +286,8 @@ def parse_score_args(argv=None):
     args = score_parser().parse_args(argv)
     if args.layers is None:
         args.layers = DEFAULT_LAYERS[args.mode]
+    if args.normalize is None and args.mode == "influence":  # self-influence takes none (calculate_score checks)
+        args.normalize = DEFAULT_NORMALIZE
     return args
 
 

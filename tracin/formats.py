@@ -24,6 +24,7 @@ import numpy as np
 
 from .errors import InputError
 from .io import npz_bytes, write_bytes
+from .normalize import NORMALIZATIONS
 
 # ------------------------------------------------------------------------------------------------ array folder
 ARRAYS = ("x_train", "y_train", "y_shuffle_train", "x_val", "y_val")
@@ -88,9 +89,11 @@ INFLUENCE_JSON = "influence.json"
 MATRIX = "influence_matrix.npy"
 # influence_topk.npz: test_indices (T,) int64 rows of x_val.npy; test_labels (T,) int64; proponents, opponents
 # (T, k) int64 indices into x_train.npy, highest / lowest score first (ties: lower index); proponent_scores,
-# opponent_scores (T, k) float64; self_influence (T,) float64; input, test_input: the folders (0-d strings).
+# opponent_scores (T, k) float64; self_influence (T,) float64 (never normalised); input, test_input: the folders
+# (0-d strings); normalize: the scores' normalisation (0-d string, tracin.normalize; absent in older files: 'none').
 TOPK_ARRAYS = ("test_indices", "test_labels", "proponents", "proponent_scores", "opponents", "opponent_scores",
-               "self_influence", "input", "test_input")
+               "self_influence", "input", "test_input", "normalize")
+TOPK_OPTIONAL = ("self_influence", "normalize")
 
 # ------------------------------------------------------------------------------------------------------ analysis
 METRICS_JSON = "metrics.json"
@@ -145,7 +148,8 @@ def write_topk(path, result, test_indices, train_dir, test_dir):
         test_labels=np.asarray(result.test_labels, dtype=np.int64), proponents=result.proponents,
         proponent_scores=result.proponent_scores, opponents=result.opponents, opponent_scores=result.opponent_scores,
         self_influence=result.self_influence,
-        input=np.array(os.path.abspath(train_dir)), test_input=np.array(os.path.abspath(test_dir)))))
+        input=np.array(os.path.abspath(train_dir)), test_input=np.array(os.path.abspath(test_dir)),
+        normalize=np.array(result.normalize))))
 
 
 def read_topk(path, need_input=True):
@@ -158,7 +162,7 @@ def read_topk(path, need_input=True):
     except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
         raise InputError(f"{path} is not a readable .npz archive ({type(e).__name__}: {e}): rewrite it with "
                          "calculate_score.py's influence mode") from None
-    wanted = [k for k in TOPK_ARRAYS if k != "self_influence" and (need_input or k != "input")]
+    wanted = [k for k in TOPK_ARRAYS if k not in TOPK_OPTIONAL and (need_input or k != "input")]
     missing = [k for k in wanted if k not in npz]
     if missing:
         raise InputError(f"{path} lacks {', '.join(missing)}: it is not an {TOPK} of calculate_score.py's "
@@ -180,4 +184,8 @@ def read_topk(path, need_input=True):
         if a.dtype.kind not in "iuf" or not np.all(np.isfinite(a)) or (k == "self_influence" and np.any(a < 0)):
             raise InputError(f"{path}: {k} holds NaN/inf{' or negative' if k == 'self_influence' else ''} values: "
                              "rerun calculate_score.py's influence mode")
+    npz["normalize"] = str(npz.get("normalize", "none"))
+    if npz["normalize"] not in NORMALIZATIONS:
+        raise InputError(f"{path}: normalize is '{npz['normalize']}', not one of {', '.join(NORMALIZATIONS)}: "
+                         "rewrite it with calculate_score.py's influence mode")
     return npz

@@ -7,12 +7,17 @@ layer: e = p - y and h; otherwise the flattened, optionally projected, gradients
 training shard's are streamed batch by batch: each batch adds eta_i * (test x batch) dot products to a
 (chunk, shard) block. A unit keeps only its block's top-k (and the block itself when the full matrix is asked for),
 so n_test x n_train scores never exist unless requested; top-k lists merge exactly (tracin.topk).
+
+A normalisation (tracin.normalize) needs only squared norms of the same features, per checkpoint: the test chunk's
+are cached with its features and a training batch's are taken from the batch just computed, so a unit still sees
+every checkpoint of its training shard once and its block is final (normalised) before its top-k is taken.
 """
 import numpy as np
 
 from .engine import shards
 from .maths import (gradient_dots, last_layer_dots, last_layer_features, last_layer_sq_norms, projection_matrix,
                     softmax)
+from .normalize import checkpoint_term, finish
 from .topk import KEYS, RunningTopK
 
 INFLUENCE_SHARD = (256, 4096)  # training samples per influence work unit: n_train / 64 within these bounds
@@ -100,13 +105,24 @@ class InfluenceFeatures:
     def dots(self, test, train):
         return last_layer_dots(test, train) if self.kind == "last" else gradient_dots(test, train)
 
+    def sq(self, features):
+        """Squared norms (m,) float64 of the vectors whose dot products `dots` takes (projected, when projecting):
+        what a normalisation divides by, so that a cosine of these vectors stays within [-1, 1]."""
+        if self.kind == "last":
+            e, h = features
+            return (e * e).sum(1) * ((h * h).sum(1) + 1.0)
+        return np.einsum("bk,bk->b", features, features, dtype=np.float64)
+
 
 class InfluenceJob:
     """Scores of test samples (x_test, y_test) against training samples (x_train, y_train): per test sample the
-    top-k proponents and opponents, its self-influence and, with keep_block, its full row."""
+    top-k proponents and opponents, its self-influence and, with keep_block, its full row; scores normalised by
+    `normalize` (tracin.normalize)."""
 
-    def __init__(self, featurizer, ckpts, etas, x_test, y_test, x_train, y_train, k, chunk, keep_block=False):
+    def __init__(self, featurizer, ckpts, etas, x_test, y_test, x_train, y_train, k, chunk, keep_block=False,
+                 normalize="none"):
         self.f, self.ckpts, self.etas = featurizer, ckpts, list(etas)
+        self.normalize = normalize
         self.x_test, self.y_test, self.x_train, self.y_train = x_test, y_test, x_train, y_train
         self.k, self.keep_block = k, keep_block
         n_test, n_train = len(x_test), len(x_train)
@@ -125,23 +141,35 @@ class InfluenceJob:
         return f"test {unit[0]}-{unit[1]}"
 
     def _block(self, t0, t1, s, e, want_self, on_batch):
-        """(sum_i eta_i dots_i (T, n) float64, accumulated in checkpoint order; self-influence (T,) or None)."""
+        """(sum_i eta_i term_i (T, n) float64, accumulated in checkpoint order and normalised; self-influence (T,)
+        or None). term_i: the dot products, or their normalised form (tracin.normalize.checkpoint_term)."""
+        how, bs, cache = self.normalize, self.f.batch_size, self._test_cache
         block = np.zeros((t1 - t0, e - s), dtype=np.float64)
         self_inf = np.zeros(t1 - t0, dtype=np.float64) if want_self else None
-        bs, cache = self.f.batch_size, self._test_cache
+        total = how == "total_cosine"  # normalised after the sum by the eta-weighted squared norms
+        sum_test, sum_train = np.zeros(t1 - t0), np.zeros(e - s)
         for i, (ckpt, eta) in enumerate(zip(self.ckpts, self.etas)):
             self.f.set_checkpoint(i, ckpt)
             if i not in cache or (want_self and cache[i][1] is None):
-                cache[i] = self.f.many(self.x_test[t0:t1], self.y_test[t0:t1], want_sq=want_self)
-            ft, sq = cache[i]
+                ft, sq = self.f.many(self.x_test[t0:t1], self.y_test[t0:t1], want_sq=want_self)
+                cache[i] = (ft, sq, self.f.sq(ft) if how != "none" else None)
+            ft, sq, sq_test = cache[i]
             if want_self:
                 self_inf += eta * sq
+            if total:
+                sum_test += eta * sq_test
             for b in range(s, e, bs):
                 fj, _ = self.f.batch(self.x_train[b:min(b + bs, e)], self.y_train[b:min(b + bs, e)])
-                block[:, b - s:b - s + bs] += eta * self.f.dots(ft, fj)
+                dots = self.f.dots(ft, fj)
+                if how != "none":
+                    sq_train = self.f.sq(fj)
+                    dots = checkpoint_term(dots, sq_test, sq_train, how)
+                    if total:
+                        sum_train[b - s:b - s + bs] += eta * sq_train
+                block[:, b - s:b - s + bs] += eta * dots
                 if on_batch:
                     on_batch(min(bs, e - b))
-        return block, self_inf
+        return finish(block, sum_test, sum_train, how), self_inf
 
     def compute(self, unit, on_batch=None):
         t0, t1, s, e = unit

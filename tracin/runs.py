@@ -14,6 +14,7 @@ from .errors import InputError
 from .graphs import make_graph, predict, select_params
 from .job_influence import InfluenceFeatures, InfluenceJob, influence_shard, test_chunk_size
 from .job_self import SHARD, SelfInfluenceJob, scoring_kind
+from .normalize import DEFAULT as DEFAULT_NORMALIZE, NORMALIZATIONS
 
 CACHE_FORMAT = 2  # bumped when a unit file's content changes, so older caches are never mixed in
 
@@ -37,7 +38,8 @@ class SelfInfluenceResult:
 class InfluenceResult:
     """Per test sample (row): top-k proponents (highest TracIn first) and opponents (lowest first) as indices
     into the training set (T, k) with their scores (T, k) float64, its self-influence (T,), its label (T,);
-    matrix: the full (T, n_train) scores when asked for, else None. Ties go to the lower training index."""
+    matrix: the full (T, n_train) scores when asked for, else None. Ties go to the lower training index.
+    normalize: how the scores are normalised (tracin.normalize); self_influence is never normalised."""
     proponents: np.ndarray
     proponent_scores: np.ndarray
     opponents: np.ndarray
@@ -50,6 +52,7 @@ class InfluenceResult:
     parameters: List[str]
     computed: int = 0  # gradient evaluations (training sample x checkpoint) of this call over all ranks
     seconds: float = 0.0
+    normalize: str = "none"
 
 
 def check_images(x, model, what="x"):
@@ -139,8 +142,11 @@ class InfluenceRun(_Run):
 
     def __init__(self, checkpoints, x_train, y_train, x_test, y_test=None, top_k=10, layers="last",
                  method="batched", lr_weight=True, batch_size=64, projection_dim=None, seed=0, full_matrix=False,
-                 test_chunk=None, context="cpu"):
+                 test_chunk=None, context="cpu", normalize=DEFAULT_NORMALIZE):
         model = checkpoints.model
+        if normalize not in NORMALIZATIONS:
+            raise InputError(f"normalize is {normalize!r}; choose one of {', '.join(NORMALIZATIONS)}")
+        self.normalize = normalize
         x_train = check_images(x_train, model, "x_train")
         y_train = check_labels(y_train, len(x_train), model["n_classes"], "y_train")
         x_test = check_images(x_test, model, "x_test")
@@ -169,9 +175,10 @@ class InfluenceRun(_Run):
             test=datasets.fingerprint(x_test, self.y_test), names=self.names, method=method, kind=self.kind,
             batch=self.featurizer.batch_size, shard=influence_shard(n_train), chunk=chunk, k=self.k,
             matrix=bool(full_matrix), projection=[projection_dim, seed] if projection_dim else None,
+            normalize=normalize,
             ckpts=[[c["epoch"], c["digest"], e] for c, e in zip(self.ckpts, self.etas)], ctx=self._backend())
         self.job = InfluenceJob(self.featurizer, self.ckpts, self.etas, x_test, self.y_test, x_train, y_train,
-                                self.k, chunk, keep_block=bool(full_matrix))
+                                self.k, chunk, keep_block=bool(full_matrix), normalize=normalize)
 
     def run(self, cache_dir=None, comm=None, progress=None):
         done, merged, seconds = self._execute(self.key, cache_dir, comm, progress)
@@ -182,4 +189,4 @@ class InfluenceRun(_Run):
             proponents=top["prop_idx"], proponent_scores=top["prop_score"], opponents=top["opp_idx"],
             opponent_scores=top["opp_score"], self_influence=self_inf, test_labels=self.y_test, matrix=matrix,
             epochs=[c["epoch"] for c in self.ckpts], etas=self.etas, parameters=self.names, computed=int(done),
-            seconds=seconds)
+            seconds=seconds, normalize=self.normalize)
