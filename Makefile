@@ -46,10 +46,11 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench.throughput
 
-# Detection quality over several shuffle seeds, with confident learning as the baseline (needs cleanlab).
+# Detection quality over the noise matrix (data sets x noise models x seeds) against loss, AUM and confident
+# learning; resumable (finished runs in output/bench/quality are reused). Needs bench/requirements.txt.
 bench-quality: $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
-	$(PY) -m bench.detection
+	$(PY) -m bench.quality
 
 # Train -> test explanations: the identical-class test of every --normalize, --layers last and all, digits seeds
 # 10-12 (docs/explanations.md). Cached under output/bench/explanations; writes bench/results/explanations.md/json.
