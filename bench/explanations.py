@@ -27,12 +27,12 @@ Writes OUT/explanations.md (mean ± sample std over the seeds) and OUT/explanati
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
 import numpy as np
 
+from bench.quality import log_run
 from tracin.cli import DEFAULT_LAYERS as MODE_LAYERS
 from tracin.normalize import DEFAULT, DEFINITIONS, NORMALIZATIONS
 
@@ -58,18 +58,6 @@ METRICS = dict(PROPONENT_METRICS, **OPPONENT_METRICS)
 
 def script(name):
     return [sys.executable, os.path.join(REPO, name)]
-
-
-def log_run(cmd, log):
-    """Run one script of the suite with its output appended to `log`; returns its wall time in seconds."""
-    t0 = time.time()
-    with open(log, "a") as f:
-        f.write("$ " + " ".join(cmd) + "\n")
-        f.flush()
-        code = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=f).returncode
-    if code != 0:
-        raise RuntimeError(f"{' '.join(cmd[1:3])} ... failed (exit {code}); see {log}")
-    return time.time() - t0
 
 
 def train(seed, folder):
