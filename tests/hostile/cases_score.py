@@ -1,11 +1,11 @@
 """Hostile cases of calculate_score.py: arrays, the manifest (every field), damaged checkpoints, folders without a
 manifest, every numeric flag, and --mode influence's test arrays and flags."""
 import os
-import shutil
 
 import numpy as np
 
-from .common import NAN, NON_POSITIVE_INT, file_cases, flag_cases, image_mutations, label_mutations, with_flag
+from .common import (NAN, NON_POSITIVE_INT, entry, file_cases, flag_cases, image_mutations, label_mutations,
+                     params_elsewhere, with_flag)
 from .harness import ANY, BAD, OK, Case
 from .mutate import (as_float_with, chain, edit_array, edit_json, empty, h5_data, h5_reshape, overwrite, remove,
                      truncate, write_text)
@@ -37,17 +37,6 @@ def array_cases():
     return out
 
 
-def entry(which, **fields):
-    def fn(m):
-        next(c for c in m["checkpoints"] if c["epoch"] == which).update(fields)
-    return fn
-
-
-def copy_params_elsewhere(work):
-    os.makedirs(os.path.join(work, "elsewhere"))
-    shutil.copy(os.path.join(work, "ckpt", "params_2.h5"), os.path.join(work, "elsewhere", "params_2.h5"))
-
-
 def manifest_cases():
     nan, inf = float("nan"), float("inf")
     edits = [
@@ -74,9 +63,9 @@ def manifest_cases():
     out = [Case(f"score-manifest-{n}", "calculate_score.py", SCORE, NEEDS, edit_json(MF, fn), BAD, names)
            for n, fn in edits]
     out += [Case("score-manifest-params_outside_folder", "calculate_score.py", SCORE, NEEDS,
-                 chain(copy_params_elsewhere, edit_json(MF, entry(2, params="../elsewhere/params_2.h5"))), BAD, names),
+                 chain(params_elsewhere("ckpt", 2), edit_json(MF, entry(2, params="../elsewhere/params_2.h5"))), BAD, names),
             Case("score-manifest-params_absolute_path", "calculate_score.py", SCORE, NEEDS,
-                 chain(copy_params_elsewhere, lambda w: edit_json(MF, entry(
+                 chain(params_elsewhere("ckpt", 2), lambda w: edit_json(MF, entry(
                      2, params=os.path.join(w, "elsewhere", "params_2.h5")))(w)), BAD, names),
             Case("score-manifest-empty", "calculate_score.py", SCORE, NEEDS, empty(MF), BAD, names),
             Case("score-manifest-truncated", "calculate_score.py", SCORE, NEEDS, truncate(MF), BAD, names),

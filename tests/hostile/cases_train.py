@@ -1,9 +1,9 @@
 """Hostile cases of train.py: its --input arrays, every numeric flag, and the checkpoint folder of --resume."""
 import json
 import os
-import shutil
 
-from .common import NON_POSITIVE_INT, file_cases, flag_cases, image_mutations, label_mutations
+from .common import (NON_POSITIVE_INT, entry, file_cases, flag_cases, image_mutations, label_mutations,
+                     params_elsewhere)
 from .harness import ANY, BAD, OK, Case
 from .mutate import chain, edit_array, edit_json, empty, h5_data, overwrite, truncate, write_text
 from .pipeline import TRAIN_FLAGS
@@ -69,19 +69,6 @@ def manifest(fn):
     return edit_json("resume/checkpoints.json", fn)
 
 
-def entry(which, **fields):
-    """Set fields of the manifest entry of `epoch`."""
-    def fn(m):
-        next(c for c in m["checkpoints"] if c["epoch"] == which).update(fields)
-    return fn
-
-
-def params_elsewhere(work):
-    """A complete params_1.h5 outside the checkpoint folder, which the manifest then names."""
-    os.makedirs(os.path.join(work, "elsewhere"))
-    shutil.copy(os.path.join(work, "resume", "params_1.h5"), os.path.join(work, "elsewhere", "params_1.h5"))
-
-
 def resume_cases():
     R = ("data", "resume")
     mf = ("checkpoints.json",)
@@ -106,7 +93,7 @@ def resume_cases():
                 may_change=("resume/checkpoints.json",))]
     out += [Case(f"resume-manifest-{n}", "train.py", RESUME, R, manifest(fn), BAD, mf) for n, fn in edits]
     out += [Case("resume-manifest-params_outside_folder", "train.py", RESUME, R,
-                 chain(params_elsewhere, manifest(entry(1, params="../elsewhere/params_1.h5"))), BAD, mf),
+                 chain(params_elsewhere("resume", 1), manifest(entry(1, params="../elsewhere/params_1.h5"))), BAD, mf),
             Case("resume-manifest-empty", "train.py", RESUME, R, empty("resume/checkpoints.json"), BAD, mf),
             Case("resume-manifest-not_json", "train.py", RESUME, R, write_text("resume/checkpoints.json", "{\"fo"),
                  BAD, mf)]

@@ -1,4 +1,7 @@
 """Mutation sets shared by the three scripts' cases: what can go wrong with an image array and a label array."""
+import os
+import shutil
+
 import numpy as np
 
 from .harness import ANY, BAD, OK, Case
@@ -82,3 +85,19 @@ def flag_cases(prefix, script, args, needs, flag, values, expect=BAD, names=None
 
 
 NON_POSITIVE_INT = ("0", "-1", "nan", "inf", "x")
+
+
+def entry(which, **fields):
+    """A manifest edit: set fields of the checkpoint entry of epoch `which`."""
+    def fn(m):
+        next(c for c in m["checkpoints"] if c["epoch"] == which).update(fields)
+    return fn
+
+
+def params_elsewhere(folder, epoch):
+    """A mutation: a complete params_{epoch}.h5 of `folder` copied outside it (for a manifest that then names it)."""
+    def fn(work):
+        os.makedirs(os.path.join(work, "elsewhere"))
+        name = f"params_{epoch}.h5"
+        shutil.copy(os.path.join(work, folder, name), os.path.join(work, "elsewhere", name))
+    return fn
