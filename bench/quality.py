@@ -228,15 +228,22 @@ def bench_run(cell, seed, args):
 # ------------------------------------------------------------------------------------------------------ report
 
 def summarise(results):
-    """{cell: {ranking: {metric: [mean, std]}}} over the seeds of each cell (sample std; 0 for one seed)."""
+    """{cell: {ranking: {metric: [mean, std], "n": seeds}}} over the seeds of each cell that have the ranking
+    (sample std; 0 for one seed)."""
     table = {}
     for cell in dict.fromkeys(r["cell"] for r in results):
         runs = [r for r in results if r["cell"] == cell]
-        names = [n for n in runs[0]["metrics"] if all(n in r["metrics"] for r in runs)]
-        table[cell] = {n: {m: [float(np.mean([r["metrics"][n][m] for r in runs])),
-                               float(np.std([r["metrics"][n][m] for r in runs], ddof=1)) if len(runs) > 1 else 0.0]
-                           for m in ("auroc", "recall_k", "ap")} for n in names}
+        names = list(dict.fromkeys(n for r in runs for n in r["metrics"]))
+        table[cell] = {n: _stats([r["metrics"][n] for r in runs if n in r["metrics"]]) for n in names}
     return table
+
+
+def _stats(rows):
+    """{metric: [mean, sample std]} of one ranking over the seeds that have it, and "n": how many."""
+    out = {m: [float(np.mean([r[m] for r in rows])), float(np.std([r[m] for r in rows], ddof=1)) if len(rows) > 1
+               else 0.0] for m in ("auroc", "recall_k", "ap")}
+    out["n"] = len(rows)
+    return out
 
 
 def goal(cell, rows):
@@ -263,7 +270,10 @@ def cell_markdown(cell, runs, rows):
     lines = [desc, "", "| ranking | AUROC | recall@k | AP |", "|---|---|---|---|"]
     for name, m in sorted(rows.items(), key=lambda kv: -kv[1]["auroc"][0]):
         cells = " | ".join(f"{m[k][0]:.4f} ± {m[k][1]:.4f}" for k in ("auroc", "recall_k", "ap"))
-        lines.append(f"| {'**' + name + '**' if name == DEFAULT else name} | {cells} |")
+        label = f"**{name}**" if name == DEFAULT else name
+        if m["n"] < len(runs):
+            label += f" ({m['n']} of {len(runs)} seeds)"
+        lines.append(f"| {label} | {cells} |")
     checks = goal(cell, rows)
     train_s = [r["seconds"].get("train_s") for r in runs if r["seconds"].get("train_s")]
     lines += ["", "Goal (defaults at least every baseline; AUROC ≥ 0.99 on digits): "
