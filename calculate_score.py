@@ -1,6 +1,7 @@
 """TracInCP self-influence of every training sample (see tracin/maths.py and tracin/job_self.py).
 
     python calculate_score.py --input out/data --checkpoint out/ckpt [--output out/data] [-c cudnn]
+    python calculate_score.py --input out/data --checkpoint run1/ckpt,run2/ckpt,run3/ckpt   (an ensemble)
 
 Reads x_train.npy and y_shuffle_train.npy (the noisy labels training saw) from --input and the checkpoints, their
 learning rates and the model from --checkpoint (checkpoints.json). Writes into --output (layouts: tracin/formats.py):
@@ -9,6 +10,9 @@ learning rates and the model from --checkpoint (checkpoints.json). Writes into -
   loss_last_epoch.npy       (N,) per-sample loss at the last selected checkpoint (a baseline ranking)
   probabilities.npy         (N, classes) eta-weighted mean softmax probabilities over the selected checkpoints
   scores.json               checkpoints, eta, layers, method, speed, versions
+An ensemble: --checkpoint A,B,C names several train.py runs on the same arrays (differing in --seed; their
+manifests' data fingerprints must agree). The score is the sum of the runs' self-influence; influence_run{r}.npy
+keeps run r's score, loss_last_epoch.npy and probabilities.npy are means over the runs, scores.json lists the runs.
 Work is cached per (checkpoint, shard of samples) under --output/tracin_cache: a killed run continues where it
 stopped when rerun with the same settings.
 
@@ -30,17 +34,34 @@ import sys
 import numpy as np
 
 from tracin import checkpoints, datasets, formats, normalize
-from tracin.api import load_checkpoints
+from tracin.api import CheckpointEnsemble, load_checkpoints
 from tracin.cli import CliError, parse_score_args, run_mpi_cli
 from tracin.context import quiet_nnabla, set_context
 from tracin.io import check_writable, ensure_dir, remove_temporaries, save_json, save_npy
-from tracin.runs import InfluenceRun, SelfInfluenceRun
+from tracin.runs import EnsembleSelfInfluenceRun, InfluenceRun, SelfInfluenceRun
 
 INFLUENCE_ONLY = ("test_input", "test_indices", "test_label", "top_k", "save_matrix", "projection_dim",
                   "test_chunk", "max_memory_gb", "normalize")
 
 
+def checkpoint_folders(value):
+    """--checkpoint as a list of folders: one, or several separated by commas (an ensemble)."""
+    if os.path.isdir(value) or "," not in value:
+        return [value]
+    return [f for f in value.split(",") if f]
+
+
 def check_flags(args):
+    args.checkpoints = checkpoint_folders(args.checkpoint)
+    if len(args.checkpoints) > 1:
+        if args.mode == "influence":
+            raise CliError("--mode influence takes one --checkpoint folder; several (an ensemble) are for --mode self")
+        if args.save_every_epoch:
+            raise CliError("--save_every_epoch True takes one --checkpoint folder: score a run alone for its "
+                           "per-checkpoint terms")
+        if args.model:
+            raise CliError("--model is for one folder of the original example; an ensemble's folders need "
+                           f"train.py's {formats.MANIFEST}")
     if args.mode == "self":
         given = [f"--{n}" for n in INFLUENCE_ONLY if getattr(args, n) is not None]
         if given:
@@ -56,6 +77,9 @@ def resolve_checkpoints(args, x):
     """(the selected checkpoints, warnings to print once everything is validated); a folder of the original
     example (no manifest) needs --model."""
     from tracin import models
+    if len(args.checkpoints) > 1:
+        ensemble = load_checkpoints(args.checkpoints, args.checkpoint_epochs, args.checkpoint_interval)
+        return ensemble, same_seed_warnings(ensemble)
     legacy_cfg = models.model_config(args.model, 10, x.shape[1:], args.nmaps) if args.model else None
     folder = args.checkpoint
     if os.path.isfile(folder):
@@ -76,6 +100,15 @@ def resolve_checkpoints(args, x):
     return ckpts, warnings
 
 
+def same_seed_warnings(ensemble):
+    """Runs trained with the same seed on the same data are the same run: summing them only repeats it."""
+    seeds = {}
+    for folder in ensemble.folders:
+        seeds.setdefault(checkpoints.read_manifest(folder)["train"]["seed"], []).append(folder)
+    return [f"{', '.join(fs)} were trained with the same --seed {s}: the ensemble counts that run {len(fs)} times"
+            for s, fs in seeds.items() if len(fs) > 1]
+
+
 def load_training_data(args):
     data = datasets.load_arrays(args.input, need=(formats.X_TRAIN, formats.Y_NOISY))
     x, y = data["x_train"], data["y_shuffle_train"][:, 0]
@@ -93,8 +126,8 @@ def plan_run(args, ckpts, x, y):
     try:
         if args.mode == "influence":
             return prepare_influence(args, ckpts, x, y)
-        return {"run": SelfInfluenceRun(ckpts, x, y, args.layers, args.method, args.lr_weight, args.batch_size,
-                                        context=None)}
+        kind = EnsembleSelfInfluenceRun if isinstance(ckpts, CheckpointEnsemble) else SelfInfluenceRun
+        return {"run": kind(ckpts, x, y, args.layers, args.method, args.lr_weight, args.batch_size, context=None)}
     except checkpoints.ModelMismatchError as e:
         if ckpts.has_manifest:
             raise
@@ -125,13 +158,18 @@ def main(argv=None, comm=None):
         return 0
     record = {"input": os.path.abspath(args.input), "checkpoint": os.path.abspath(args.checkpoint),
               "model": ckpts.model, "layers": args.layers, "method": args.method, "lr_weight": bool(args.lr_weight),
-              "checkpoints": [{"epoch": c.epoch, "lr": c.lr, "eta": e, "params": os.path.basename(c.path)}
-                              for c, e in zip(ckpts, result.etas)],
               "batch_size": args.batch_size, "context": ctx.backend[0].split(":")[0],
               "type_config": args.type_config, "ranks": world}
+    if isinstance(ckpts, CheckpointEnsemble):
+        return write_ensemble(args, ckpts, run, result, record, output)
+    record["checkpoints"] = checkpoint_list(ckpts, result.etas)
     if args.mode == "influence":
         return write_influence(args, plan, result, record, output)
     return write_self(args, run, result, record, output)
+
+
+def checkpoint_list(ckpts, etas):
+    return [{"epoch": c.epoch, "lr": c.lr, "eta": e, "params": os.path.basename(c.path)} for c, e in zip(ckpts, etas)]
 
 
 def progress_bar(args, run, n_train, rank, world):
@@ -175,6 +213,33 @@ def write_self(args, run, result, record, output):
     rate = f", {done / secs:.0f} samples/s" if done and secs > 0 else " (all from cache)"
     print(f"scored {n} samples x {len(result.epochs)} checkpoints (layers {args.layers}, {args.method}{rate}); "
           f"wrote {os.path.join(output, formats.SCORES)}", file=sys.stderr)
+    return 0
+
+
+def write_ensemble(args, ensemble, run, result, record, output):
+    """The sum of the runs' self-influence, each run's score (influence_run{r}.npy), the mean loss and
+    probabilities, and scores.json listing the runs."""
+    runs = []
+    for r, (ckpts, res) in enumerate(zip(ensemble.runs, result.runs), start=1):
+        save_npy(os.path.join(output, formats.run_scores_name(r)), res.scores)
+        runs.append({"checkpoint": os.path.abspath(ckpts.folder), "scores": formats.run_scores_name(r),
+                     "seed": checkpoints.read_manifest(ckpts.folder)["train"]["seed"],
+                     "checkpoints": checkpoint_list(ckpts, res.etas)})
+    save_npy(os.path.join(output, formats.LOSS), result.loss)
+    save_npy(os.path.join(output, formats.PROBABILITIES), result.probabilities)
+    save_npy(os.path.join(output, formats.SCORES), result.scores)
+    done, secs, n = result.computed, result.seconds, len(result.scores)
+    record["checkpoint"] = [run["checkpoint"] for run in runs]
+    save_json(os.path.join(output, formats.SCORES_JSON), dict(
+        {"definition": "score(z) = sum over runs r of sum_i eta_ri * ||grad loss(w_ri, z)||^2 (TracInCP "
+                       "self-influence summed over an ensemble of training runs on the same data)", "n_train": n},
+        **record, runs=runs, loss="mean over the runs of the loss at each run's last selected checkpoint",
+        probabilities=formats.PROBABILITIES, n_parameters=run.n_params,
+        parameters=result.runs[0].parameters, samples_computed=done, seconds=round(secs, 3),
+        samples_per_second=round(done / secs, 2) if done and secs > 0 else None, versions=versions()))
+    rate = f", {done / secs:.0f} samples/s" if done and secs > 0 else " (all from cache)"
+    print(f"scored {n} samples x {len(runs)} runs ({sum(len(c) for c in ensemble.runs)} checkpoints, layers "
+          f"{args.layers}, {args.method}{rate}); wrote {os.path.join(output, formats.SCORES)}", file=sys.stderr)
     return 0
 
 

@@ -236,3 +236,24 @@ def load_solver(path, solver, sha1=None):
         if not all(np.isfinite(v.d).all() for v in state.pstate.values()):
             raise InputError(f"{path} holds NaN/inf in the state of {name}: it is damaged; resume from an earlier "
                              "epoch")
+
+
+def check_same_data(folders, manifests):
+    """Runs summed into one score must come from train.py on the same arrays (the manifests' data fingerprints of
+    x_train and y_shuffle_train agree) with models of the same input and classes; an InputError names the first
+    folder that differs from the first one."""
+    if any(m is None for m in manifests):
+        bad = folders[manifests.index(None)]
+        raise InputError(f"'{bad}' has no {MANIFEST}: an ensemble needs train.py's manifest in every folder, to check "
+                         "that the runs trained on the same data")
+    ref, ref_print = folders[0], manifests[0]["train"]["data_fingerprint"]
+    ref_model = manifests[0]["model"]
+    for folder, m in zip(folders[1:], manifests[1:]):
+        if m["train"]["data_fingerprint"] != ref_print:
+            raise InputError(f"'{folder}' was trained on other arrays than '{ref}' (data fingerprint "
+                             f"{m['train']['data_fingerprint']} vs {ref_print}): an ensemble sums runs on the same "
+                             "x_train and y_shuffle_train; leave it out or retrain it on those arrays")
+        for key in ("input_shape", "n_classes"):
+            if list(np.atleast_1d(m["model"][key])) != list(np.atleast_1d(ref_model[key])):
+                raise InputError(f"'{folder}' holds a model with {key} {m['model'][key]}, '{ref}' one with "
+                                 f"{ref_model[key]}: an ensemble needs runs of the same data set")

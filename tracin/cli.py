@@ -221,7 +221,9 @@ def score_parser():
     p = Parser(prog="calculate_score.py", description="TracInCP self-influence of every training sample "
                                                          "(--mode self) or train -> test influence (--mode influence).")
     p.add_argument("--input", required=True, help="folder with x_train.npy and y_shuffle_train.npy")
-    p.add_argument("--checkpoint", required=True, help="folder with params_*.h5 (and checkpoints.json)")
+    p.add_argument("--checkpoint", required=True,
+                   help="folder with params_*.h5 (and checkpoints.json); A,B,C: several train.py runs on the same "
+                        "arrays (other --seed), their self-influence summed (an ensemble)")
     p.add_argument("--output", default=None, help="folder for the scores (default: --input)")
     p.add_argument("--model", default=None, choices=sorted(MODELS),
                    help="only for checkpoint folders without checkpoints.json (the original example's)")

@@ -10,6 +10,8 @@ Self-influence (calculate_score.py), float64:
   loss_last_epoch.npy       (N,) cross-entropy of the given label at the last selected checkpoint
   probabilities.npy         (N, classes) eta-weighted mean softmax probabilities over the selected checkpoints
   scores.json               what was computed: checkpoints, eta, layers, method, speed, versions
+  influence_run{r}.npy      (N,) of an ensemble (several checkpoint folders): run r's score (r = 1, 2, ...); the
+                            score is their sum, loss and probabilities their means over the runs
 Train -> test influence (calculate_score.py --mode influence):
   influence_topk.npz        see TOPK_ARRAYS; influence.json; influence_matrix.npy (n_test, n_train), optional
 Work units of both: tracin_cache/<settings>/... (tracin.engine). Analysis (mislabel_analysis.py): metrics.json,
@@ -81,6 +83,11 @@ EPOCH_SCORES_RE = re.compile(r"^(\d+)_influence\.npy$")
 
 def epoch_scores_name(epoch):
     return f"{epoch}_influence.npy"
+
+
+def run_scores_name(run):
+    """An ensemble member's self-influence (run = 1, 2, ... in the order the checkpoint folders were given)."""
+    return f"influence_run{run}.npy"
 
 
 # ---------------------------------------------------------------------------------------- train -> test influence

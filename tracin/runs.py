@@ -137,6 +137,46 @@ class SelfInfluenceRun(_Run):
             parameters=self.names, computed=int(done), seconds=seconds)
 
 
+@dataclass
+class EnsembleResult:
+    """Self-influence of an ensemble of training runs: scores (n,) = the runs' scores summed in run order;
+    runs: each run's SelfInfluenceResult; loss (n,) and probabilities (n, classes): their means over the runs."""
+    scores: np.ndarray
+    runs: List[SelfInfluenceResult]
+    loss: np.ndarray
+    probabilities: np.ndarray
+    computed: int = 0
+    seconds: float = 0.0
+
+
+class EnsembleSelfInfluenceRun:
+    """The sum of the self-influence of several training runs on the same samples (a CheckpointEnsemble): one
+    SelfInfluenceRun per run, every one validated and loaded up front. The runs share one cache folder: a unit's
+    name holds its checkpoint file's digest, so the runs' units never collide and a rerun resumes each of them."""
+
+    def __init__(self, ensemble, x, y, layers="last_bias", method="batched", lr_weight=True, batch_size=64,
+                 context="cpu"):
+        self.members = [SelfInfluenceRun(c, x, y, layers, method, lr_weight, batch_size, context if i == 0 else None)
+                        for i, c in enumerate(ensemble.runs)]
+        self.ckpts = [c for m in self.members for c in m.ckpts]
+        self.names, self.n_params = self.members[0].names, self.members[0].n_params
+
+    def work(self, rank=0, world=1):
+        return sum(m.work(rank, world) for m in self.members)
+
+    def run(self, cache_dir=None, comm=None, progress=None):
+        results = [m.run(cache_dir, comm, progress) for m in self.members]
+        if results[0] is None:
+            return None
+        total = results[0].scores.copy()
+        for r in results[1:]:  # in run order: the same floating-point sum as adding the single runs' scores
+            total += r.scores
+        return EnsembleResult(
+            scores=total, runs=results, loss=np.mean([r.loss for r in results], axis=0),
+            probabilities=np.mean([r.probabilities for r in results], axis=0),
+            computed=sum(r.computed for r in results), seconds=sum(r.seconds for r in results))
+
+
 class InfluenceRun(_Run):
     """TracIn of test samples against training samples; see tracin.api.influence."""
 
