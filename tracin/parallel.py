@@ -9,10 +9,18 @@ to the shared cache folder, and rank 0 assembles the same files a single process
 the number of ranks, so the result is bitwise that of one process (on CPU), and a rerun with any number of ranks
 skips the finished units.
 
+Training (train.py under a launcher) uses the same Comm: data-parallel micro-batches exchanged with
+allgather_array, a buffer-based Allgather of numpy rows (no pickling in the hot loop).
+
 Failures: a rank that fails (a bad input, an exception) tells the others at their next collective call, so no
 rank waits forever; only rank 0 prints (other ranks print only an error of their own that rank 0 did not have).
+Every collective starts with a one-byte Allgather of each rank's health, whatever follows it (pickled values or
+numpy buffers): a failing rank only has to take part in that first step, so it can release peers blocked in any
+collective, of any size.
 """
 import os
+
+import numpy as np
 
 from .errors import InputError
 
@@ -36,8 +44,9 @@ class PeerFailed(Exception):
 
 
 class Comm:
-    """mpi4py's COMM_WORLD with the few collective calls the scorer needs. Every collective is an allgather that
-    also carries each rank's health, so a rank that failed releases the others instead of leaving them blocked."""
+    """mpi4py's COMM_WORLD with the few collective calls the scorer and the trainer need. Every collective opens
+    with an exchange of each rank's health, so a rank that failed releases the others instead of leaving them
+    blocked."""
 
     def __init__(self, mpi, comm):
         self.comm = comm
@@ -48,17 +57,34 @@ class Comm:
         local.Free()
         self.settled = False  # a collective has already told every rank about a failure
 
-    def _exchange(self, status, value):
-        got = self.comm.allgather((status, value))
-        failures = [(r, v) for r, (s, v) in enumerate(got) if s == "failed"]
-        if failures:
-            self.settled = True
+    def _check(self, failure=None):
+        """The health step that opens every collective. With every rank healthy, returns []. Otherwise every rank
+        learns every failure [(rank, (message, exit code))]: a healthy rank raises PeerFailed, a failing one (which
+        passes its (message, code)) gets the list back."""
+        flags = np.empty(self.size, dtype=np.uint8)
+        self.comm.Allgather(np.array([failure is None], dtype=np.uint8), flags)
+        if flags.all():
+            return []
+        self.settled = True
+        got = self.comm.allgather(failure)
+        failures = [(r, v) for r, v in enumerate(got) if v is not None]
+        if failure is None:
             raise PeerFailed(failures)
-        return [v for _, v in got]
+        return failures
 
     def allgather(self, value):
         """Every rank's value, in rank order; raises PeerFailed on every rank if any rank has failed."""
-        return self._exchange("ok", value)
+        self._check()
+        return self.comm.allgather(value)
+
+    def allgather_array(self, rows):
+        """Every rank's float array `rows` (the same shape and dtype on every rank), stacked in rank order:
+        shape (size,) + rows.shape. A buffer Allgather, no pickling; raises PeerFailed like allgather."""
+        self._check()
+        rows = np.ascontiguousarray(rows)
+        out = np.empty((self.size,) + rows.shape, dtype=rows.dtype)
+        self.comm.Allgather(rows, out)
+        return out
 
     def allreduce(self, value):
         return sum(self.allgather(value))
@@ -70,9 +96,7 @@ class Comm:
         """Called by a failing rank in place of its next collective: every rank's failure [(rank, (msg, code))]."""
         if self.settled:
             return []
-        self.settled = True
-        got = self.comm.allgather(("failed", (message, code)))
-        return [(r, v) for r, (s, v) in enumerate(got) if s == "failed"]
+        return self._check((message, code))
 
 
 def world():
