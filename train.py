@@ -2,10 +2,13 @@
 
     python train.py --output out/data --model_save_path out/ckpt -c cpu                  # CIFAR-10, as the original
     python train.py --dataset digits --output out/data --model_save_path out/ckpt -c cpu  # 8x8 digits, offline
+    OMP_NUM_THREADS=1 .venv/bin/mpiexec -n 4 .venv/bin/python train.py --dataset digits ... --micro_batches 4
 
 Writes the arrays of the original layout into --output, checkpoints plus their manifest (checkpoints.json, see
 tracin/checkpoints.py) into --model_save_path, and nnabla Monitor series into --monitor-path. `--resume` continues
 from the newest complete checkpoint; on CPU the result is bit-identical to an uninterrupted run with the same seed.
+Under mpiexec every rank trains its share of each batch's micro-batches (tracin/dataparallel.py, docs/mpi.md); the
+weights depend on --micro_batches, not on the number of ranks, and rank 0 alone writes files and prints.
 """
 import math
 import os
@@ -14,7 +17,8 @@ import sys
 import numpy as np
 
 from tracin import checkpoints, datasets, formats, imagefolder, models
-from tracin.cli import CliError, run_cli, train_parser
+from tracin.cli import CliError, run_mpi_cli, train_parser
+from tracin.dataparallel import Shards
 from tracin.context import quiet_nnabla, set_context
 from tracin.errors import MissingInputError
 from tracin.io import check_writable, ensure_dir, remove_temporaries, writes_to
@@ -201,30 +205,43 @@ def fresh_state(args, ckpt_dir):
 
 
 def start(trainer, manifest, entry, ckpt_dir, recipe, model_cfg, x_train):
-    """(first epoch, manifest): the resumed checkpoint loaded, or the initialisation saved as checkpoint 0.
-    Stale temporaries of a killed run are removed once the checkpoint to resume from has loaded."""
+    """(first epoch, manifest): the resumed checkpoint loaded (by every rank), or the initialisation saved as
+    checkpoint 0. Stale temporaries of a killed run are removed once the checkpoint to resume from has loaded."""
     if manifest is not None:
         checkpoints.load_into(os.path.join(ckpt_dir, entry["params"]), trainer.params, entry.get("params_sha1"))
         checkpoints.load_solver(os.path.join(ckpt_dir, entry["solver"]), trainer.solver, entry.get("solver_sha1"))
-    remove_temporaries(ckpt_dir)
+    if trainer.shards.rank == 0:
+        remove_temporaries(ckpt_dir)
     if manifest is None:
         manifest = checkpoints.new_manifest(model_cfg, recipe)
         if recipe.get("precise_bn"):
             trainer.recalibrate_bn(x_train)
-        return 0, checkpoints.save_checkpoint(ckpt_dir, 0, checkpoint_lr(0, recipe), trainer.solver, manifest)
+        return 0, save(trainer, ckpt_dir, 0, recipe, manifest)
     manifest["checkpoints"] = [c for c in manifest["checkpoints"] if c["epoch"] <= entry["epoch"]]
     return entry["epoch"], manifest
+
+
+def save(trainer, ckpt_dir, epoch, recipe, manifest):
+    """Checkpoint `epoch`, written by rank 0 (atomic files, manifest last) while the other ranks wait for it."""
+    if trainer.shards.rank == 0:
+        manifest = checkpoints.save_checkpoint(ckpt_dir, epoch, checkpoint_lr(epoch, recipe), trainer.solver,
+                                               manifest)
+    if trainer.shards.comm is not None:
+        trainer.shards.comm.barrier()  # a rank 0 that failed to write releases the others here
+    return manifest
 
 
 def run_epochs(trainer, recipe, manifest, ckpt_dir, start_epoch, args, data):
     """Train from start_epoch to the end, saving checkpoints; returns (validation loss, error) of the last epoch."""
     x_train, y_train, x_val, y_val = data
-    with writes_to(args.monitor_path):
-        mon = open_monitors(args.monitor_path, start_epoch)
+    rank0 = trainer.shards.rank == 0
+    if rank0:
+        with writes_to(args.monitor_path):
+            mon = open_monitors(args.monitor_path, start_epoch)
     epochs, interval = recipe["train_epochs"], args.model_save_interval
     from tqdm import tqdm
     bar = tqdm(total=(epochs - start_epoch) * math.ceil(len(x_train) / recipe["train_batch_size"]), desc="train",
-               unit="batch", dynamic_ncols=True, disable=None)  # None: drawn on a terminal only
+               unit="batch", dynamic_ncols=True, disable=None if rank0 else True)  # None: on a terminal only
     last_good = start_epoch
     try:
         for epoch in range(start_epoch, epochs):
@@ -237,18 +254,18 @@ def run_epochs(trainer, recipe, manifest, ckpt_dir, start_epoch, args, data):
                 raise CliError(f"training diverged: {what} in epoch {epoch + 1}; the last good checkpoint is "
                                f"{os.path.join(ckpt_dir, formats.params_name(last_good))}; lower --learning_rate "
                                "and rerun")
-            save = (epoch + 1) % interval == 0 or epoch + 1 == epochs
-            if save and recipe.get("precise_bn"):
+            due = (epoch + 1) % interval == 0 or epoch + 1 == epochs
+            if due and recipe.get("precise_bn"):
                 trainer.recalibrate_bn(x_train)
             vloss, verr = trainer.evaluate(x_val, y_val)
-            with writes_to(args.monitor_path):  # nnabla's monitors name no file when the disk fails
-                for name, v in zip(formats.MONITOR_SERIES, (loss, err, vloss, verr)):
-                    mon[name].add(epoch + 1, v)
-                mon["time"].add(epoch + 1)
+            if rank0:
+                with writes_to(args.monitor_path):  # nnabla's monitors name no file when the disk fails
+                    for name, v in zip(formats.MONITOR_SERIES, (loss, err, vloss, verr)):
+                        mon[name].add(epoch + 1, v)
+                    mon["time"].add(epoch + 1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.3f}", val_err=f"{verr:.3f}")
-            if save:
-                manifest = checkpoints.save_checkpoint(ckpt_dir, epoch + 1, checkpoint_lr(epoch + 1, recipe),
-                                                       trainer.solver, manifest)
+            if due:
+                manifest = save(trainer, ckpt_dir, epoch + 1, recipe, manifest)
                 last_good = epoch + 1
     finally:
         bar.close()
@@ -262,15 +279,44 @@ def check_dataset_flags(args):
     for flag, value in (("--image_size", args.image_size), ("--val_fraction", args.val_fraction)):
         if value is not None and not own:
             raise CliError(f"{flag} applies to --dataset imagefolder only (an image import)")
+    for flag, value in (("--noise", args.noise), ("--shuffle_rate", args.shuffle_rate),
+                        ("--shuffle_label", args.shuffle_label)):
+        if value is not None and args.input:
+            raise CliError(f"{flag} does not apply to --input: its labels (y_shuffle_train.npy) are trained on as "
+                           f"given; drop {flag}, or make new noisy arrays with --dataset instead of --input")
     args.val_fraction = 0.1 if args.val_fraction is None else args.val_fraction
+    args.noise = args.noise or "uniform"
+    args.shuffle_rate = 0.1 if args.shuffle_rate is None else args.shuffle_rate
     if args.shuffle_label is None:
         args.shuffle_label = not own
 
 
-def main(argv=None):
+def set_micro_batches(args, recipe, ranks, resumed):
+    """Record in the recipe the micro-batches per batch (M: --micro_batches, by default the number of ranks; on
+    resume the recorded one) and the ranks of this run, after checking that M splits the batch for these ranks."""
+    if resumed:
+        m = recipe.get("micro_batches", 1)  # manifests of runs before micro-batches: unsplit batches
+        if args.micro_batches not in (None, m):
+            raise CliError(f"--micro_batches {args.micro_batches}: the run being resumed splits its batches into "
+                           f"{m}; drop --micro_batches (--resume keeps the recorded split)")
+    else:
+        m = args.micro_batches or ranks
+    bs = recipe["train_batch_size"]
+    what = f"--micro_batches {m}" + ("" if args.micro_batches or resumed else f" (the number of ranks, {ranks})")
+    if bs % m or bs // m < 2:
+        raise CliError(f"{what} does not split --train_batch_size {bs} into equal micro-batches of at least 2 "
+                       "samples (batch norm needs 2): pass --micro_batches dividing it, at most half of it")
+    if ranks > m:
+        raise CliError(f"{ranks} MPI ranks for {m} micro-batches per batch: start at most {m} ranks "
+                       f"(mpiexec -n {m}), or pass --micro_batches {ranks} (a different training)")
+    recipe.update(micro_batches=m, ranks=ranks)
+
+
+def main(argv=None, comm=None):
     args = train_parser().parse_args(argv)
     check_dataset_flags(args)
     quiet_nnabla()
+    shards = Shards(comm)
     args.model_save_path = args.model_save_path or args.monitor_path
     manifest, entry, ckpt_dir = resume_point(args, args.model_save_path)
     made = manifest is None and not args.input  # arrays made from --dataset, written to --output
@@ -280,25 +326,29 @@ def main(argv=None):
             check_writable(folder, flag)
     set_context(args.context, args.device_id, args.type_config)
     recipe, model_cfg, arrays = resumed_state(manifest) if manifest is not None else fresh_state(args, ckpt_dir)
+    set_micro_batches(args, recipe, shards.size, manifest is not None)
     if manifest is not None and entry["epoch"] >= recipe["train_epochs"]:
-        print(f"nothing to do: training already finished ({entry['epoch']} of {recipe['train_epochs']} epochs; "
-              f"{entry['params']} in {ckpt_dir})", file=sys.stderr)
+        if shards.rank == 0:
+            print(f"nothing to do: training already finished ({entry['epoch']} of {recipe['train_epochs']} "
+                  f"epochs; {entry['params']} in {ckpt_dir})", file=sys.stderr)
         return 0
     data = (arrays["x_train"].astype(np.float32), arrays["y_shuffle_train"], arrays["x_val"].astype(np.float32),
             arrays["y_val"])
-    # only now: a mistake found above leaves nothing behind, not even an empty folder
-    if made:
-        save_made_arrays(args, arrays, recipe["array_dir"])
-    ensure_dir(ckpt_dir, "--model_save_path")
-    trainer = Trainer(model_cfg, recipe, min(args.val_batch_size, len(data[2])))
+    # only now, and by rank 0 only: a mistake found above (by every rank alike) leaves nothing behind
+    if shards.rank == 0:
+        if made:
+            save_made_arrays(args, arrays, recipe["array_dir"])
+        ensure_dir(ckpt_dir, "--model_save_path")
+    trainer = Trainer(model_cfg, recipe, min(args.val_batch_size, len(data[2])), shards)
     start_epoch, manifest = start(trainer, manifest, entry, ckpt_dir, recipe, model_cfg, data[0])
-    if start_epoch:
+    if start_epoch and shards.rank == 0:
         print(f"resuming from epoch {start_epoch} ({entry['params']})", file=sys.stderr)
     vloss, verr = run_epochs(trainer, recipe, manifest, ckpt_dir, start_epoch, args, data)
-    print(f"done: {recipe['train_epochs']} epochs, validation error {verr:.4f} (loss {vloss:.4f}); checkpoints "
-          f"and {formats.MANIFEST} in {ckpt_dir}", file=sys.stderr)
+    if shards.rank == 0:
+        print(f"done: {recipe['train_epochs']} epochs, validation error {verr:.4f} (loss {vloss:.4f}); "
+              f"checkpoints and {formats.MANIFEST} in {ckpt_dir}", file=sys.stderr)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main, resume_hint="add --resume to the same command to continue"))
+    sys.exit(run_mpi_cli(main, resume_hint="add --resume to the same command to continue"))

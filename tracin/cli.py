@@ -188,9 +188,12 @@ def train_parser():
     p.add_argument("--nmaps", type=width, default=None, help="resnet23 width (default per data set)")
     p.add_argument("--shuffle_label", type=str2bool, default=None,
                    help="shuffle --shuffle_rate of each class (default: True, except for imagefolder)")
-    p.add_argument("--shuffle_rate", type=rate, default=0.1, help="fraction of each class given another label")
-    p.add_argument("--noise", default="uniform", choices=NOISE_MODELS,
-                   help="which labels change and to what: uniform (default, the original's shuffling: random "
+    p.add_argument("--shuffle_rate", type=rate, default=None,
+                   help="fraction of each class given another label (default 0.1; not with --input, whose labels "
+                        "are taken as given)")
+    p.add_argument("--noise", default=None, choices=NOISE_MODELS,
+                   help="which labels change and to what (not with --input): uniform (default, the original's "
+                        "shuffling: random "
                         "samples, wrong labels spread over the other classes), pair (random samples, each class "
                         "to its one most confusable class), instance (the samples a seeded logistic regression "
                         "finds most ambiguous, to their most plausible wrong class)")
@@ -204,6 +207,10 @@ def train_parser():
     p.add_argument("--resume", nargs="?", const=True, default=False, type=resume_value,
                    help="continue from the newest complete checkpoint in --model_save_path (or the epoch given)")
     p.add_argument("--train_batch_size", type=train_batch, default=None)
+    p.add_argument("--micro_batches", type=positive_int, default=None,
+                   help="split every batch into M equal micro-batches, each normalised by batch norm on its own "
+                        "and dealt to the MPI ranks; the weights depend on M, not on the number of ranks (default: "
+                        "the number of ranks, 1 without mpiexec; --resume keeps the recorded M)")
     p.add_argument("--val_batch_size", type=positive_int, default=100)
     p.add_argument("--train_epochs", type=positive_int, default=None)
     p.add_argument("--learning_rate", type=positive_float, default=None, help="peak learning rate")
@@ -328,7 +335,7 @@ def analysis_parser():
     return p
 
 
-def run_mpi_cli(main_fn, argv=None, prog=None):
+def run_mpi_cli(main_fn, argv=None, prog=None, resume_hint="rerun the same command to continue"):
     """run_cli for a script that may run under MPI (tracin.parallel): main_fn(argv, comm=...) on every rank.
 
     Exit codes are those of run_cli on every rank (2 for a bad input). Only rank 0 prints an error, except an error
@@ -341,7 +348,7 @@ def run_mpi_cli(main_fn, argv=None, prog=None):
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     if comm is None:
-        return run_cli(main_fn, argv, prog)
+        return run_cli(main_fn, argv, prog, resume_hint)
 
     def report(message, code):
         # rank 0 prints; another rank prints only when rank 0 failed with a different message (when rank 0 did
