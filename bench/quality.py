@@ -12,7 +12,10 @@ class given a wrong label). Every (cell, seed) is one run, done as a user with t
     calculate_score.py --input data --checkpoint ckpt --output scores/NAME --save_every_epoch True [variant flags]
 and ranks the training samples by the scorer's defaults and variants (VARIANTS), the loss at the last checkpoint,
 AUM and confident learning (bench/baselines.py). With --ensemble K, K-1 more trainings on the same noisy labels
-with training seeds S + 1000 j are scored with the defaults and summed into one more TracIn ranking.
+with training seeds S + 1000 j (members/mj/ckpt) and the run's own are scored as one ensemble, as a user would:
+    calculate_score.py --input data --checkpoint ckpt,members/m1/ckpt,... --output scores/ensembleK
+which sums the runs' default self-influence into one ranking; the sum of the first 3 runs' scores (its
+influence_run{r}.npy) gives the K = 3 row from the same trainings.
 Metrics: AUROC, recall at k (k = the number of mislabeled samples) and average precision.
 
 Resumable: each step's output is kept under --work (default output/bench/quality) and reused when present (a
@@ -54,6 +57,8 @@ VARIANTS = {
     "TracIn --layers last": ("last", ["--layers", "last"]),
     "TracIn --layers all": ("all", ["--layers", "all"]),
 }
+MEMBER = "TracIn (defaults), ensemble training"  # one run of an ensemble alone: the training-seed spread
+MEMBER_ROW = "TracIn (defaults), any one training of the ensembles"  # mean ± std over every training and seed
 BASELINES = ("loss (last checkpoint)", "AUM", "confident learning, logistic regression",
              "confident learning, our network")
 
@@ -189,14 +194,32 @@ def run_rankings(cell, seed, args, folder, times):
         times["cl_net_s"] = time.time() - t0 if todo else None
         out["confident learning, our network"] = baselines.cleanlab_scores(y, probs)
     if args.ensemble > 1:
-        total = out[DEFAULT].copy()
-        for j in range(1, args.ensemble):
-            member = os.path.join(folder, "members", f"m{j}")
-            m_ckpt, times[f"train_m{j}_s"] = train(data, member, seed + 1000 * j, log)
-            times[f"score_m{j}_s"] = score(data, m_ckpt, os.path.join(member, "scores"), [], log)
-            total += np.load(os.path.join(member, "scores", "influence_all_epoch.npy"))
-        out[f"TracIn (defaults), sum of {args.ensemble} trainings"] = total
+        out.update(ensemble_rankings(data, folder, ckpt, seed, args.ensemble, log, times))
     return out, arrays
+
+
+def ensemble_name(k):
+    return f"TracIn (defaults), sum of {k} trainings"
+
+
+def ensemble_rankings(data, folder, ckpt, seed, k, log, times):
+    """{name: scores} of the ensembles of this run's training and k - 1 more (training seeds seed + 1000 j):
+    calculate_score.py --checkpoint with the k folders, and the sum of its first 3 runs' scores when k > 3."""
+    ckpts = [ckpt]
+    for j in range(1, k):
+        member_ckpt, times[f"train_m{j}_s"] = train(data, os.path.join(folder, "members", f"m{j}"), seed + 1000 * j,
+                                                    log)
+        ckpts.append(member_ckpt)
+    out_dir = os.path.join(folder, "scores", f"ensemble{k}")
+    if not os.path.isfile(os.path.join(out_dir, "scores.json")):
+        times[f"score_ensemble{k}_s"] = log_run(script("calculate_score.py") + [
+            "--input", data, "--checkpoint", ",".join(ckpts), "--output", out_dir, "-c", "cpu"], log)
+    runs = [np.load(os.path.join(out_dir, f"influence_run{r}.npy")) for r in range(1, k + 1)]
+    out = {ensemble_name(k): np.load(os.path.join(out_dir, "influence_all_epoch.npy"))}
+    if k > 3:
+        out[ensemble_name(3)] = runs[0] + runs[1] + runs[2]
+    out.update({f"{MEMBER} {r}": s for r, s in enumerate(runs, start=1)})
+    return out
 
 
 def bench_run(cell, seed, args):
@@ -212,14 +235,19 @@ def bench_run(cell, seed, args):
     mislabeled = arrays["y_shuffle_train"][:, 0] != arrays["y_train"][:, 0]
     result_path = os.path.join(folder, "result.json")
     # rankings of earlier invocations (another --ensemble or --network_cl) are kept beside this one's
-    metrics = json.load(open(result_path))["metrics"] if os.path.isfile(result_path) else {}
-    metrics.update({name: baselines.metrics(s, mislabeled) for name, s in rankings.items()})
+    before = json.load(open(result_path)) if os.path.isfile(result_path) else {}
+    metrics = before.get("metrics", {})
+    metrics.update({name: baselines.metrics(s, mislabeled) for name, s in rankings.items()
+                    if not name.startswith(MEMBER)})
+    # each training of the largest ensemble scored alone: the spread that training seeds alone cause
+    members = [baselines.metrics(s, mislabeled) for name, s in rankings.items() if name.startswith(MEMBER)]
+    members = members if len(members) >= len(before.get("members", [])) else before["members"]
     val_err = open(os.path.join(folder, "monitor", "Test-error.series.txt")).read().split()[-1]
     result = {"cell": cell, "seed": seed, "n_train": int(len(mislabeled)), "n_mislabeled": int(mislabeled.sum()),
               "noise": json.load(open(os.path.join(folder, "data", "noise.json"))),
               "val_error": float(val_err), "seconds": times,
               "recipe": json.load(open(os.path.join(folder, "ckpt", "checkpoints.json")))["train"],
-              "metrics": metrics}
+              "metrics": metrics, "members": members}
     with open(result_path, "w") as f:
         json.dump(result, f, indent=1)
     return result
@@ -235,6 +263,9 @@ def summarise(results):
         runs = [r for r in results if r["cell"] == cell]
         names = list(dict.fromkeys(n for r in runs for n in r["metrics"]))
         table[cell] = {n: _stats([r["metrics"][n] for r in runs if n in r["metrics"]]) for n in names}
+        members = [m for r in runs for m in r.get("members", [])]
+        if members:
+            table[cell][MEMBER_ROW] = _stats(members)
     return table
 
 
@@ -243,13 +274,14 @@ def _stats(rows):
     out = {m: [float(np.mean([r[m] for r in rows])), float(np.std([r[m] for r in rows], ddof=1)) if len(rows) > 1
                else 0.0] for m in ("auroc", "recall_k", "ap")}
     out["n"] = len(rows)
+    out["auroc_range"] = [float(min(r["auroc"] for r in rows)), float(max(r["auroc"] for r in rows))]
     return out
 
 
-def goal(cell, rows):
-    """The default against every baseline present, in mean AUROC and mean recall at k (and AUROC >= 0.99 on
-    digits): {check: bool}."""
-    d = rows[DEFAULT]
+def goal(cell, rows, name=DEFAULT):
+    """A ranking (the default) against every baseline present, in mean AUROC and mean recall at k (and
+    AUROC >= 0.99 on digits): {check: bool}."""
+    d = rows[name]
     out = {f"AUROC >= {b}": d["auroc"][0] >= rows[b]["auroc"][0] for b in BASELINES if b in rows}
     out.update({f"recall@k >= {b}": d["recall_k"][0] >= rows[b]["recall_k"][0] for b in BASELINES if b in rows})
     if cell.startswith("digits"):
@@ -271,14 +303,23 @@ def cell_markdown(cell, runs, rows):
     for name, m in sorted(rows.items(), key=lambda kv: -kv[1]["auroc"][0]):
         cells = " | ".join(f"{m[k][0]:.4f} ± {m[k][1]:.4f}" for k in ("auroc", "recall_k", "ap"))
         label = f"**{name}**" if name == DEFAULT else name
-        if m["n"] < len(runs):
+        if name == MEMBER_ROW:
+            label += f" ({m['n']} trainings; AUROC {m['auroc_range'][0]:.4f}-{m['auroc_range'][1]:.4f})"
+        elif m["n"] < len(runs):
             label += f" ({m['n']} of {len(runs)} seeds)"
         lines.append(f"| {label} | {cells} |")
     checks = goal(cell, rows)
     train_s = [r["seconds"].get("train_s") for r in runs if r["seconds"].get("train_s")]
     lines += ["", "Goal (defaults at least every baseline; AUROC ≥ 0.99 on digits): "
               + ("met" if all(checks.values()) else "NOT met: " + ", ".join(k for k, v in checks.items() if not v))
-              + "." + (f" Training: {np.mean(train_s):.0f} s per run." if train_s else ""), ""]
+              + "." + (f" Training: {np.mean(train_s):.0f} s per run." if train_s else "")]
+    for k in (3, 5):
+        if ensemble_name(k) in rows:
+            checks = goal(cell, rows, ensemble_name(k))
+            lines.append(f"Sum of {k} trainings ({k}x the training cost): " + (
+                "meets the goal" if all(checks.values()) else
+                "NOT met: " + ", ".join(k for k, v in checks.items() if not v)) + ".")
+    lines.append("")
     return "\n".join(lines)
 
 
