@@ -21,7 +21,7 @@ Metrics: AUROC, recall at k (k = the number of mislabeled samples) and average p
 Resumable: each step's output is kept under --work (default output/bench/quality) and reused when present (a
 killed training continues with train.py --resume); delete a run's folder to redo it. Writes one markdown table
 per cell (mean ± sample std over the seeds) to OUT/quality.md, every number to OUT/quality.json and the matrix
-at a glance to OUT/quality.png. Held-out seeds: 10 and up; seeds 0-2 were used for tuning (TUNING_SEEDS).
+at a glance to OUT/quality.png. Held-out seeds: 10 and up; seeds 0-2 were used for tuning (quality_report.TUNING_SEEDS).
 """
 import argparse
 import json
@@ -34,10 +34,10 @@ import numpy as np
 
 from bench import baselines
 from bench.mnist import mnist_arrays, write_arrays
+from bench.quality_report import DEFAULT, MEMBER, ensemble_name, write_report
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_CLASSES = 10
-TUNING_SEEDS = (0, 1, 2)
 CELLS = {  # name -> (data set, noise model, rate)
     "digits-uniform10": ("digits", "uniform", 0.1),
     "digits-uniform40": ("digits", "uniform", 0.4),
@@ -50,17 +50,12 @@ CELLS = {  # name -> (data set, noise model, rate)
 # CIFAR-10's 270-epoch recipe: a user with 28x28 handwritten digits names the closest data set.
 TRAIN_FLAGS = ["--dataset", "digits"]
 QUICK_CELLS = ("digits-pair20", "digits-instance20")
-DEFAULT = "TracIn (defaults)"
 # calculate_score.py variants: ranking name -> (folder under scores/, flags)
 VARIANTS = {
     DEFAULT: ("default", []),
     "TracIn --layers last": ("last", ["--layers", "last"]),
     "TracIn --layers all": ("all", ["--layers", "all"]),
 }
-MEMBER = "TracIn (defaults), ensemble training"  # one run of an ensemble alone: the training-seed spread
-MEMBER_ROW = "TracIn (defaults), any one training of the ensembles"  # mean ± std over every training and seed
-BASELINES = ("loss (last checkpoint)", "AUM", "confident learning, logistic regression",
-             "confident learning, our network")
 
 
 def log_run(cmd, log):
@@ -198,10 +193,6 @@ def run_rankings(cell, seed, args, folder, times):
     return out, arrays
 
 
-def ensemble_name(k):
-    return f"TracIn (defaults), sum of {k} trainings"
-
-
 def ensemble_rankings(data, folder, ckpt, seed, k, log, times):
     """{name: scores} of the ensembles of this run's training and k - 1 more (training seeds seed + 1000 j):
     calculate_score.py --checkpoint with the k folders, and the sum of its first 3 runs' scores when k > 3."""
@@ -251,122 +242,6 @@ def bench_run(cell, seed, args):
     with open(result_path, "w") as f:
         json.dump(result, f, indent=1)
     return result
-
-
-# ------------------------------------------------------------------------------------------------------ report
-
-def summarise(results):
-    """{cell: {ranking: {metric: [mean, std], "n": seeds}}} over the seeds of each cell that have the ranking
-    (sample std; 0 for one seed)."""
-    table = {}
-    for cell in dict.fromkeys(r["cell"] for r in results):
-        runs = [r for r in results if r["cell"] == cell]
-        names = list(dict.fromkeys(n for r in runs for n in r["metrics"]))
-        table[cell] = {n: _stats([r["metrics"][n] for r in runs if n in r["metrics"]]) for n in names}
-        members = [m for r in runs for m in r.get("members", [])]
-        if members:
-            table[cell][MEMBER_ROW] = _stats(members)
-    return table
-
-
-def _stats(rows):
-    """{metric: [mean, sample std]} of one ranking over the seeds that have it, and "n": how many."""
-    out = {m: [float(np.mean([r[m] for r in rows])), float(np.std([r[m] for r in rows], ddof=1)) if len(rows) > 1
-               else 0.0] for m in ("auroc", "recall_k", "ap")}
-    out["n"] = len(rows)
-    out["auroc_range"] = [float(min(r["auroc"] for r in rows)), float(max(r["auroc"] for r in rows))]
-    return out
-
-
-def goal(cell, rows, name=DEFAULT):
-    """A ranking (the default) against every baseline present, in mean AUROC and mean recall at k (and
-    AUROC >= 0.99 on digits): {check: bool}."""
-    d = rows[name]
-    out = {f"AUROC >= {b}": d["auroc"][0] >= rows[b]["auroc"][0] for b in BASELINES if b in rows}
-    out.update({f"recall@k >= {b}": d["recall_k"][0] >= rows[b]["recall_k"][0] for b in BASELINES if b in rows})
-    if cell.startswith("digits"):
-        out["AUROC >= 0.99"] = d["auroc"][0] >= 0.99
-    return out
-
-
-def cell_markdown(cell, runs, rows):
-    r0 = runs[0]
-    noise = r0["noise"]
-    seeds = [r["seed"] for r in runs]
-    tuned = [s for s in seeds if s in TUNING_SEEDS]
-    desc = (f"### {cell}\n\n{CELLS[cell][0]}, {r0['n_train']} training images, {noise['model']} noise at "
-            f"{noise['rate']:.0%} per class ({', '.join(str(r['n_mislabeled']) for r in runs)} mislabeled)"
-            + (f", map {noise['map']}" if "map" in noise else "") + f"; seeds {', '.join(map(str, seeds))} ("
-            + (f"{tuned} used for tuning" if tuned else "held out") + f"); validation error of the network "
-            + ", ".join(f"{r['val_error']:.3f}" for r in runs) + ".")
-    lines = [desc, "", "| ranking | AUROC | recall@k | AP |", "|---|---|---|---|"]
-    for name, m in sorted(rows.items(), key=lambda kv: -kv[1]["auroc"][0]):
-        cells = " | ".join(f"{m[k][0]:.4f} ± {m[k][1]:.4f}" for k in ("auroc", "recall_k", "ap"))
-        label = f"**{name}**" if name == DEFAULT else name
-        if name == MEMBER_ROW:
-            label += f" ({m['n']} trainings; AUROC {m['auroc_range'][0]:.4f}-{m['auroc_range'][1]:.4f})"
-        elif m["n"] < len(runs):
-            label += f" ({m['n']} of {len(runs)} seeds)"
-        lines.append(f"| {label} | {cells} |")
-    checks = goal(cell, rows)
-    train_s = [r["seconds"].get("train_s") for r in runs if r["seconds"].get("train_s")]
-    lines += ["", "Goal (defaults at least every baseline; AUROC ≥ 0.99 on digits): "
-              + ("met" if all(checks.values()) else "NOT met: " + ", ".join(k for k, v in checks.items() if not v))
-              + "." + (f" Training: {np.mean(train_s):.0f} s per run." if train_s else "")]
-    for k in (3, 5):
-        if ensemble_name(k) in rows:
-            checks = goal(cell, rows, ensemble_name(k))
-            lines.append(f"Sum of {k} trainings ({k}x the training cost): " + (
-                "meets the goal" if all(checks.values()) else
-                "NOT met: " + ", ".join(k for k, v in checks.items() if not v)) + ".")
-    lines.append("")
-    return "\n".join(lines)
-
-
-def plot(table, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    cells = list(table)
-    names = list(dict.fromkeys(n for c in cells for n in table[c]))
-    fig = Figure(figsize=(5 + 1.9 * len(cells), 1.2 + 0.42 * len(names)), dpi=110)
-    FigureCanvasAgg(fig)
-    for i, (metric, title) in enumerate((("auroc", "AUROC"), ("recall_k", "recall at k (k = number mislabeled)"))):
-        ax = fig.add_subplot(1, 2, i + 1)
-        grid = np.array([[table[c][n][metric][0] if n in table[c] else np.nan for c in cells] for n in names])
-        best = np.nanmax(grid, axis=0)
-        ax.imshow(grid - best, cmap="RdYlGn", vmin=-0.1 if metric == "auroc" else -0.3, vmax=0, aspect="auto")
-        for (r, c), v in np.ndenumerate(grid):
-            if not np.isnan(v):
-                std = table[cells[c]][names[r]][metric][1]
-                ax.text(c, r, f"{v:.3f}\n±{std:.3f}", ha="center", va="center", fontsize=6.5,
-                        fontweight="bold" if v == best[c] else "normal")
-        ax.set_xticks(range(len(cells)), [c.replace("-", "\n") for c in cells], fontsize=8)
-        ax.set_yticks(range(len(names)), names if i == 0 else [""] * len(names), fontsize=7.5)
-        ax.set_title(f"{title}\n(colour: gap to the best ranking of the cell)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-
-
-def write_report(results, out, suffix, wall):
-    table = summarise(results)
-    parts = ["# Detection quality matrix\n",
-             f"Mean ± sample std over seeds; rows sorted by mean AUROC. `python -m bench.quality "
-             f"{' '.join(sys.argv[1:])}`, {wall / 60:.0f} min wall time for this invocation (cached runs reused).\n"]
-    for cell in table:
-        parts.append(cell_markdown(cell, [r for r in results if r["cell"] == cell], table[cell]))
-    os.makedirs(out, exist_ok=True)
-    paths = [os.path.join(out, f"quality{suffix}.{ext}") for ext in ("md", "json", "png")]
-    for path, write in ((paths[0], lambda f: f.write("\n".join(parts))),
-                        (paths[1], lambda f: json.dump({"table": table, "goals": {c: goal(c, table[c]) for c in table},
-                                                        "runs": results}, f, indent=1))):
-        with open(path + ".tmp", "w") as f:
-            write(f)
-        os.replace(path + ".tmp", path)
-    plot(table, paths[2] + ".tmp.png")
-    os.replace(paths[2] + ".tmp.png", paths[2])
-    return paths
 
 
 def parse(argv):
