@@ -255,7 +255,8 @@ def run_epochs(trainer, recipe, manifest, ckpt_dir, start_epoch, args, data):
                                f"{os.path.join(ckpt_dir, formats.params_name(last_good))}; lower --learning_rate "
                                "and rerun")
             due = (epoch + 1) % interval == 0 or epoch + 1 == epochs
-            if due and recipe.get("precise_bn"):
+            # split batches do not track running statistics (Trainer.stats_in_rows): precise ones before validation
+            if recipe.get("precise_bn") and (due or not trainer.in_place):
                 trainer.recalibrate_bn(x_train)
             vloss, verr = trainer.evaluate(x_val, y_val)
             if rank0:
@@ -308,7 +309,8 @@ def set_micro_batches(args, recipe, ranks, resumed):
                        "samples (batch norm needs 2): pass --micro_batches dividing it, at most half of it")
     if ranks > m:
         raise CliError(f"{ranks} MPI ranks for {m} micro-batches per batch: start at most {m} ranks "
-                       f"(mpiexec -n {m}), or pass --micro_batches {ranks} (a different training)")
+                       f"(mpiexec -n {m}), or pass a --micro_batches of at least {ranks} dividing {bs} (a different "
+                       "training)")
     recipe.update(micro_batches=m, ranks=ranks)
 
 

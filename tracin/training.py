@@ -50,6 +50,18 @@ def augment_seed(seed, epoch, k):
     return int(np.random.SeedSequence([seed, epoch, 1, k]).generate_state(1)[0] % (2 ** 31 - 1))
 
 
+def skip_failed_imports():
+    """Every read or write of an nnabla Variable's .d / .g runs imports of module names that do not exist
+    (Cython's relative-then-absolute import of nnabla_ext, gc, nnabla), each a file-system search that fails:
+    ~40 of the ~60 microseconds an access costs, and training exchanges ~150 arrays per micro-batch. A None entry
+    in sys.modules makes such an import fail at once; names that exist are left alone."""
+    import importlib.util
+    import sys
+    for name in ("nnabla.nnabla_ext", "nnabla.nnabla", "nnabla.gc"):
+        if name not in sys.modules and importlib.util.find_spec(name) is None:
+            sys.modules[name] = None
+
+
 class Trainer:
     """The graphs and solver of one run. Training graphs are rebuilt per epoch (cheap) so that the in-graph
     augmentation is seeded by (seed, epoch, micro-batch position), which makes --resume exact. shards: a
@@ -74,6 +86,14 @@ class Trainer:
         self.stats = [v for k, v in self.params.items() if k.endswith("bn/mean") or k.endswith("bn/var")]
         self.shards = shards or Shards()
         self.micro_batches = recipe.get("micro_batches", 1)
+        # unsplit batches (so one process): the gradients and the running statistics stay where the forward and
+        # backward passes put them, as in plain SGD
+        self.in_place = self.micro_batches == 1
+        # split batches: the running statistics a training forward pass leaves depend on which micro-batches a rank
+        # ran, so they are either overwritten by precise batch norm before any use (recalibrate_bn, every epoch) or
+        # made the mean over micro-batches (_micro_batches)
+        self.stats_in_rows = not self.in_place and not recipe.get("precise_bn")
+        skip_failed_imports()
         self._graphs = {}
 
     def _train_graph(self, batch_size, epoch, k):
@@ -117,15 +137,16 @@ class Trainer:
 
     def _micro_batches(self, epoch, idx, x_train, y_train):
         """(M, 2 + gradients + BN statistics) float32, row k = micro-batch k's (loss, errors, gradient, running
-        statistics after its forward pass), every rank's rows gathered. Each micro-batch's forward starts from the
-        same running statistics, so their update depends on the micro-batch alone."""
+        statistics after its forward pass if stats_in_rows), every rank's rows gathered. Each micro-batch's forward
+        starts from the same running statistics, so their update depends on the micro-batch alone."""
         m = self.micro_batches
         mb = len(idx) // m
-        start = [v.d.copy() for v in self.stats]
+        stats = self.stats if self.stats_in_rows else []
+        start = [v.d.copy() for v in stats]
         rows = {}
         for k in self.shards.mine(m):
             x, y, logits, loss = self._train_graph(mb, epoch, k)
-            for v, r in zip(self.stats, start):
+            for v, r in zip(stats, start):
                 v.d = r
             x.d, y.d = x_train[idx[k * mb:(k + 1) * mb]], y_train[idx[k * mb:(k + 1) * mb]]
             loss.forward(clear_no_need_grad=True)
@@ -133,25 +154,30 @@ class Trainer:
             errors = int((logits.d.argmax(1) != y.d[:, 0]).sum())
             self.solver.zero_grad()
             loss.backward(clear_buffer=True)
-            rows[k] = np.concatenate([np.array([float(loss.d), errors], dtype=np.float32)]
-                                     + [v.g.ravel() for v in self.grads] + [v.d.ravel() for v in self.stats])
-        width = 2 + sum(v.size for v in self.grads) + sum(v.size for v in self.stats)
+            rows[k] = np.concatenate([np.array([float(loss.d), errors], dtype=np.float32)] + (
+                [] if self.in_place else [v.g.ravel() for v in self.grads] + [v.d.ravel() for v in stats]))
+        width = 2 + (0 if self.in_place else sum(v.size for v in self.grads) + sum(v.size for v in stats))
         return self.shards.gather(rows, m, width, np.float32)
 
     def _update(self, rows):
-        """The mean of the micro-batches' gradients and running statistics (summed in micro-batch order), then
-        weight decay and the momentum step: the same on every rank."""
+        """The mean of the micro-batches' gradients, then weight decay and the momentum step: the same on every
+        rank."""
+        if not self.in_place:
+            self._set_mean(rows)
+        if self.recipe["weight_decay"]:
+            self.solver.weight_decay(self.recipe["weight_decay"])
+        self.solver.update()
+
+    def _set_mean(self, rows):
+        """Gradients (and running statistics if stats_in_rows) := the rows' mean, summed in micro-batch order."""
         total = ordered_sum(rows)
         if self.micro_batches > 1:
             total /= self.micro_batches
         at = 0
-        for variables, field in ((self.grads, "g"), (self.stats, "d")):
+        for variables, field in ((self.grads, "g"), (self.stats if self.stats_in_rows else [], "d")):
             for v in variables:
                 setattr(v, field, total[at:at + v.size].reshape(v.shape))
                 at += v.size
-        if self.recipe["weight_decay"]:
-            self.solver.weight_decay(self.recipe["weight_decay"])
-        self.solver.update()
 
     def nonfinite(self):
         """Name of the first parameter (or batch-norm statistic) holding NaN or inf, else None."""
