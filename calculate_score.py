@@ -229,11 +229,11 @@ def write_ensemble(args, ensemble, run, result, record, output):
     save_npy(os.path.join(output, formats.PROBABILITIES), result.probabilities)
     save_npy(os.path.join(output, formats.SCORES), result.scores)
     done, secs, n = result.computed, result.seconds, len(result.scores)
-    record["checkpoint"] = [run["checkpoint"] for run in runs]
+    record["checkpoint"] = [entry["checkpoint"] for entry in runs]
     save_json(os.path.join(output, formats.SCORES_JSON), dict(
         {"definition": "score(z) = sum over runs r of sum_i eta_ri * ||grad loss(w_ri, z)||^2 (TracInCP "
                        "self-influence summed over an ensemble of training runs on the same data)", "n_train": n},
-        **record, runs=runs, loss="mean over the runs of the loss at each run's last selected checkpoint",
+        **record, runs=runs, loss_checkpoint="the last selected of each run (the loss is their mean)",
         probabilities=formats.PROBABILITIES, n_parameters=run.n_params,
         parameters=result.runs[0].parameters, samples_computed=done, seconds=round(secs, 3),
         samples_per_second=round(done / secs, 2) if done and secs > 0 else None, versions=versions()))
