@@ -6,7 +6,7 @@ BOOT := .bootstrap
 STAMP := $(VENV)/.installed
 DEMO := output/demo
 
-.PHONY: venv demo test bench bench-quality bench-explanations mpi clean
+.PHONY: venv demo test bench bench-scaling bench-quality bench-explanations mpi clean
 
 venv: $(STAMP)
 
@@ -28,13 +28,27 @@ $(STAMP): requirements.txt requirements-dev.txt
 	touch $@
 
 # The whole pipeline with the scripts' defaults for digits; the extra flags only ask for more output files.
+# Every core: training and scoring run as MPI ranks (one thread each, so they do not compete) when `make mpi`
+# installs, else as one process. Training splits each batch into a fixed DEMO_MICRO micro-batches, so the weights
+# and the printed metrics are the same on every machine whatever its core count; it uses min(cores, DEMO_MICRO)
+# ranks, scoring every core (bitwise the result of one process).
+DEMO_MICRO := 4
+CORES := $(shell nproc 2>/dev/null || echo 1)
+DEMO_ENV := OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
 demo: $(STAMP)
-	$(PY) train.py --dataset digits --output $(DEMO)/data --model_save_path $(DEMO)/checkpoints \
-	    --monitor-path $(DEMO)/monitor -c cpu
-	$(PY) calculate_score.py --input $(DEMO)/data --checkpoint $(DEMO)/checkpoints --output $(DEMO)/data -c cpu \
-	    --save_every_epoch True
-	$(PY) calculate_score.py --input $(DEMO)/data --checkpoint $(DEMO)/checkpoints --output $(DEMO)/influence \
-	    -c cpu --mode influence --test_indices 0,1,2 --top_k 8
+	@set -e; mpi=1; \
+	$(MAKE) --no-print-directory mpi >/dev/null 2>&1 && $(PY) -c 'import mpi4py.MPI' 2>/dev/null || { mpi=0; \
+	  echo "notice: the MPI runtime (make mpi) did not install: the demo runs as one process (same results)"; }; \
+	run() { n=$$1; shift; launch=""; [ $$mpi = 1 ] && [ $$n -gt 1 ] && launch="$(VENV)/bin/mpiexec -n $$n"; \
+	  echo "$$launch $(PY) $$*"; $(DEMO_ENV) $$launch $(PY) "$$@"; }; \
+	cores=$(CORES); train=$$(( cores < $(DEMO_MICRO) ? cores : $(DEMO_MICRO) )); \
+	[ $$mpi = 1 ] && echo "demo: training on $$train and scoring on $$cores processes ($$cores cores)"; \
+	run $$train train.py --dataset digits --output $(DEMO)/data --model_save_path $(DEMO)/checkpoints \
+	    --monitor-path $(DEMO)/monitor -c cpu --micro_batches $(DEMO_MICRO); \
+	run $$cores calculate_score.py --input $(DEMO)/data --checkpoint $(DEMO)/checkpoints --output $(DEMO)/data \
+	    -c cpu --save_every_epoch True; \
+	run $$cores calculate_score.py --input $(DEMO)/data --checkpoint $(DEMO)/checkpoints \
+	    --output $(DEMO)/influence -c cpu --mode influence --test_indices 0,1,2 --top_k 8
 	$(PY) mislabel_analysis.py --input $(DEMO)/data --output $(DEMO)/figures --ckpt_analysis True \
 	    --save_extracted True --influence $(DEMO)/influence/influence_topk.npz
 
@@ -45,6 +59,11 @@ test: $(STAMP)
 # Throughput of the scorer against the model's own forward / forward+backward.
 bench: $(STAMP)
 	$(PY) -m bench.throughput
+
+# Training and scoring throughput on 1..N processes (N: every core), side by side: bench/results/scaling.md + .png.
+bench-scaling: $(STAMP)
+	@$(MAKE) --no-print-directory mpi
+	$(PY) -m bench.scaling
 
 # Detection quality over the noise matrix (data sets x noise models x seeds) against loss, AUM and confident
 # learning; resumable (finished runs in output/bench/quality are reused). Needs bench/requirements.txt.
