@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_main, write_subset
+from tests.test_mpi import needs_mpi, score as mpi_score
 
 TRAIN = ("--nmaps", 8, "--train_epochs", 2, "--train_batch_size", 32, "-c", "cpu")
 
@@ -94,3 +95,11 @@ def test_refused_in_one_line(ens, case):
     code, _, err = score(ens["data"], ckpts, out, *flags, check=False)
     assert code == 2 and expect in err and len(err.strip().splitlines()) == 1, err
     assert not os.path.exists(out)
+
+
+@needs_mpi
+def test_two_mpi_ranks_give_the_same_sum(ens):
+    out = ens["root"] / "mpi"
+    mpi_score(2, "--input", ens["data"], "--checkpoint", ",".join(map(str, ens["runs"])), "--output", out, "-c", "cpu")
+    assert np.array_equal(np.load(out / "influence_all_epoch.npy"), sum(ens["singles"][1:], ens["singles"][0]))
+    assert json.loads((out / "scores.json").read_text())["ranks"] == 2
