@@ -31,6 +31,7 @@ import sys
 import time
 
 import numpy as np
+from scipy.special import logsumexp
 
 from bench import baselines
 from bench.mnist import mnist_arrays, write_arrays
@@ -172,13 +173,7 @@ def run_rankings(cell, seed, args, folder, times):
         out[name] = np.load(os.path.join(folder, "scores", sub, "influence_all_epoch.npy"))
     out.update(checkpoint_variants(os.path.join(folder, "scores", "default")))
     out["loss (last checkpoint)"] = np.load(os.path.join(folder, "scores", "default", "loss_last_epoch.npy"))
-    t0 = time.time()
-    logits_path = os.path.join(folder, "logits.npz")
-    if not os.path.isfile(logits_path):
-        epochs, logits, feat_sq = baselines.checkpoint_logits(ckpt, arrays["x_train"])
-        np.savez(logits_path, epochs=epochs, logits=logits, feat_sq=feat_sq)
-        times["logits_s"] = time.time() - t0
-    out["AUM"] = baselines.aum_scores(np.load(logits_path)["logits"], y)
+    out["AUM"] = baselines.aum_scores(run_logits(ckpt, folder, arrays["x_train"], times, "logits_s"), y)
     probs = cached(os.path.join(folder, "cl_lr_probs.npy"),
                    lambda: baselines.logistic_oof(arrays["x_train"], y, seed, N_CLASSES))
     out["confident learning, logistic regression"] = baselines.cleanlab_scores(y, probs)
@@ -190,7 +185,34 @@ def run_rankings(cell, seed, args, folder, times):
         out["confident learning, our network"] = baselines.cleanlab_scores(y, probs)
     if args.ensemble > 1:
         out.update(ensemble_rankings(data, folder, ckpt, seed, args.ensemble, log, times))
+        out.update(ensemble_baselines(folder, ckpt, arrays["x_train"], y, args.ensemble, times))
     return out, arrays
+
+
+def run_logits(ckpt, folder, x, times, key):
+    """The checkpoints' logits (K, N, classes), cached in folder/logits.npz (also feat_sq, epochs)."""
+    t0, path = time.time(), os.path.join(folder, "logits.npz")
+    if not os.path.isfile(path):
+        epochs, logits, feat_sq = baselines.checkpoint_logits(ckpt, x)
+        np.savez(path, epochs=epochs, logits=logits, feat_sq=feat_sq)
+        times[key] = time.time() - t0
+    return np.load(path)["logits"]
+
+
+def ensemble_baselines(folder, ckpt, x, y, k, times):
+    """The baselines that read a training's logits, averaged over the same trainings as the ensembles: AUM
+    (the mean margin over every checkpoint of the k runs) and the loss at each run's last checkpoint; a fair
+    opponent for a k-fold training cost."""
+    logits = [run_logits(ckpt, folder, x, times, "logits_s")]
+    logits += [run_logits(os.path.join(folder, "members", f"m{j}", "ckpt"), os.path.join(folder, "members", f"m{j}"),
+                          x, times, f"logits_m{j}_s") for j in range(1, k)]
+    aum = [baselines.aum_scores(z, y) for z in logits]
+    loss = [logsumexp(z[-1], axis=1) - z[-1][np.arange(len(y)), y] for z in logits]  # cross-entropy, stable
+    out = {}
+    for n in sorted({3, k}):
+        out[f"AUM, mean over {n} trainings"] = np.mean(aum[:n], axis=0)
+        out[f"loss, mean over {n} trainings"] = np.mean(loss[:n], axis=0)
+    return out
 
 
 def ensemble_rankings(data, folder, ckpt, seed, k, log, times):

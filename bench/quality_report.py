@@ -41,12 +41,18 @@ def _stats(rows):
     return out
 
 
-def goal(cell, rows, name=DEFAULT):
-    """A ranking (the default) against every baseline present, in mean AUROC and mean recall at k (and
-    AUROC >= 0.99 on digits): {check: bool}."""
+def ensembled_baselines(k):
+    return (f"AUM, mean over {k} trainings", f"loss, mean over {k} trainings")
+
+
+def goal(cell, rows, name=DEFAULT, k=1):
+    """A ranking (the default; or the sum over k trainings) against every baseline present (and the baselines
+    averaged over the same k trainings), in mean AUROC and mean recall at k (and AUROC >= 0.99 on digits):
+    {check: bool}."""
     d = rows[name]
-    out = {f"AUROC >= {b}": d["auroc"][0] >= rows[b]["auroc"][0] for b in BASELINES if b in rows}
-    out.update({f"recall@k >= {b}": d["recall_k"][0] >= rows[b]["recall_k"][0] for b in BASELINES if b in rows})
+    opponents = [b for b in BASELINES + (ensembled_baselines(k) if k > 1 else ()) if b in rows]
+    out = {f"AUROC >= {b}": d["auroc"][0] >= rows[b]["auroc"][0] for b in opponents}
+    out.update({f"recall@k >= {b}": d["recall_k"][0] >= rows[b]["recall_k"][0] for b in opponents})
     if cell.startswith("digits"):
         out["AUROC >= 0.99"] = d["auroc"][0] >= 0.99
     return out
@@ -78,10 +84,10 @@ def cell_markdown(cell, runs, rows):
               + "." + (f" Training: {np.mean(train_s):.0f} s per run." if train_s else "")]
     for k in (3, 5):
         if ensemble_name(k) in rows:
-            checks = goal(cell, rows, ensemble_name(k))
-            lines.append(f"Sum of {k} trainings ({k}x the training cost): " + (
-                "meets the goal" if all(checks.values()) else
-                "NOT met: " + ", ".join(k for k, v in checks.items() if not v)) + ".")
+            checks = goal(cell, rows, ensemble_name(k), k)
+            lines.append(f"Sum of {k} trainings ({k}x the training cost; also against the baselines averaged over "
+                         "the same trainings): " + ("meets the goal" if all(checks.values()) else
+                                                   "NOT met: " + ", ".join(c for c, v in checks.items() if not v)) + ".")
     lines.append("")
     return "\n".join(lines)
 
