@@ -31,8 +31,9 @@ $(STAMP): requirements.txt requirements-dev.txt
 # Every core: training and scoring run as MPI ranks (one thread each, so they do not compete) when `make mpi`
 # installs, else as one process. Training splits each batch into a fixed DEMO_MICRO micro-batches, so the weights
 # and the printed metrics are the same on every machine whatever its core count; it uses min(cores, DEMO_MICRO)
-# ranks, scoring every core (bitwise the result of one process).
-DEMO_MICRO := 4
+# ranks (batch norm normalises each micro-batch: a finer split lowers detection quality, docs/mpi.md), scoring
+# every core (bitwise the result of one process).
+DEMO_MICRO := 2
 CORES := $(shell nproc 2>/dev/null || echo 1)
 DEMO_ENV := OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
 demo: $(STAMP)
