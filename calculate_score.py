@@ -22,7 +22,8 @@ x_val.npy, labels y_val.npy or --test_label predicted) against every training sa
 --save_matrix True, influence_matrix.npy (n_test, n_train). Cached per (test chunk, training shard) unit the same way.
 --normalize (tracin/normalize.py) chooses the scores: cosine (the default) = sum_i eta_i cos(g_i(z), g_i(z')), which
 picks training samples that resemble the test sample; none = raw TracIn, where a few large-gradient (often mislabeled)
-samples top every list; renorm and total_cosine divide by the training gradient's norm.
+samples top every list; renorm and total_cosine divide by the training gradient's norm. --layers defaults to
+last_block there: the last residual unit and the final affine layer (docs/explanations.md).
 
 Under an MPI launcher (mpiexec -n N ...; see tracin/parallel.py) the units are spread over the ranks and rank 0
 writes the same files as one process.

@@ -8,11 +8,16 @@ import pytest
 
 import tracin
 from tracin import formats, normalize
+from tracin.cli import DEFAULT_LAYERS
 from tracin.errors import InputError
+from tracin.graphs import make_graph, select_params
+from tracin.models import model_config
 from conftest import run_main
 from test_mpi import data300, needs_mpi, same_files, score as mpi_score  # noqa: F401 (data300: a fixture)
 
 NORMS = normalize.NORMALIZATIONS
+LAYERS = ("last", "last_block", "all")  # the closed form, influence mode's default, every parameter
+GRAD_RTOL = {"last": 1e-9, "last_block": 1e-4, "all": 1e-4}  # float32 per-sample gradients off the closed form
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +41,7 @@ def reference(tiny):
     """Per layers: eta_i (k,), raw per-checkpoint dot products D (k, T, n) from single-checkpoint unweighted runs, and
     squared gradient norms of the test (k, T) and training (k, n) samples from self-influence (another code path)."""
     out = {}
-    for layers in ("last", "all"):
+    for layers in LAYERS:
         dots, sq_test, sq_train = [], [], []
         for c in tiny["ck"]:
             one = tracin.load_checkpoints(tiny["ck"].folder, epochs=[c.epoch])
@@ -72,19 +77,19 @@ def assert_topk_is_full_sort(r):
         np.testing.assert_array_equal(r.opponent_scores[t], row[opp])
 
 
-@pytest.mark.parametrize("layers", ["last", "all"])
+@pytest.mark.parametrize("layers", LAYERS)
 @pytest.mark.parametrize("how", NORMS)
 def test_matches_brute_force_and_topk_is_a_full_sort(tiny, reference, layers, how):
     r = matrix(tiny, layers, how)
     want = brute_force(reference[layers], how)
-    np.testing.assert_allclose(r.matrix, want, rtol=1e-4 if layers == "all" else 1e-9,
+    np.testing.assert_allclose(r.matrix, want, rtol=GRAD_RTOL[layers],
                                atol=1e-6 * np.abs(want).max())
     assert_topk_is_full_sort(r)
     # the test samples' self-influence stays raw TracIn, whatever the normalisation
     np.testing.assert_allclose(r.self_influence, reference[layers]["eta"] @ reference[layers]["st"], rtol=1e-5)
 
 
-@pytest.mark.parametrize("layers", ["last", "all"])
+@pytest.mark.parametrize("layers", LAYERS)
 def test_bounds_and_documented_diagonal(tiny, reference, layers):
     """Training samples as their own test samples (the labels training saw): cosine within +-sum eta with
     sum eta on the diagonal; total_cosine within [-1, 1] with 1 on the diagonal; renorm rows bounded by their
@@ -98,19 +103,19 @@ def test_bounds_and_documented_diagonal(tiny, reference, layers):
     assert np.abs(total).max() <= 1.0 and (total < 0).any()
     np.testing.assert_allclose(np.diag(total), 1.0, rtol=1e-12)
     norms = eta @ np.sqrt(reference[layers]["sn"])  # sum_i eta_i ||g_i(z)||
-    np.testing.assert_allclose(np.diag(ren), norms, rtol=1e-4 if layers == "all" else 1e-9)
+    np.testing.assert_allclose(np.diag(ren), norms, rtol=GRAD_RTOL[layers])
     assert np.all(np.abs(ren) <= np.diag(ren)[:, None] * (1 + 1e-9))
 
 
 def test_loop_reference_and_streaming_in_other_units(tiny):
     """Batched == the batch-size-1 backprop loop; other test chunks and batch sizes give the same scores (up to
     float32 rounding of the gradients, which batches of another size round differently)."""
-    for how in ("cosine", "total_cosine"):
-        batched = matrix(tiny, "all", how)
+    for layers, how in (("all", "cosine"), ("all", "total_cosine"), ("last_block", "cosine")):
+        batched = matrix(tiny, layers, how)
         tol = dict(rtol=1e-4, atol=1e-5 * np.abs(batched.matrix).max())
-        loop = matrix(tiny, "all", how, method="loop")
+        loop = matrix(tiny, layers, how, method="loop")
         np.testing.assert_allclose(loop.matrix, batched.matrix, **tol)
-        small = matrix(tiny, "all", how, test_chunk=5, batch_size=7)
+        small = matrix(tiny, layers, how, test_chunk=5, batch_size=7)
         np.testing.assert_allclose(small.matrix, batched.matrix, **tol)
         assert_topk_is_full_sort(small)
 
@@ -127,6 +132,13 @@ def test_patterns_and_projection(tiny):
     np.testing.assert_allclose(np.diag(proj), eta, rtol=1e-12)
     exact = matrix(tiny, "all", "cosine", xt=tiny["x"][:20], yt=tiny["y"][:20]).matrix
     assert 0 < np.abs(proj - exact).mean() < 0.5 * eta
+
+
+@pytest.mark.parametrize("model, unit", [("resnet23", "conv8"), ("resnet56", "64_conv10")])
+def test_last_block_is_the_last_residual_unit_and_the_affine_layer(model, unit):
+    names = make_graph(model_config(model, 10, (1, 8, 8), nmaps=8)).trainable
+    want = [n for n in names if n.startswith(unit + "/")] + ["affine/W", "affine/b"]
+    assert len(want) > 2 and select_params(names, "last_block") == want
 
 
 def test_pure_functions():
@@ -159,14 +171,15 @@ def test_cli_flag_round_trip(tiny, tmp_path):
     mislabel_analysis draws the file; a self-influence run or an unknown name is one line, exit 2."""
     common = ("--mode", "influence", "--test_indices", "0,1,2,3,4,5,6,7,8,9,10,11", "--top_k", 5, "--save_matrix",
               "True")
-    cli(tiny, tmp_path / "tc", *common, "--normalize", "total_cosine")
+    cli(tiny, tmp_path / "tc", *common, "--normalize", "total_cosine", "--layers", "last")
     cli(tiny, tmp_path / "default", *common)
-    for name, how in (("tc", "total_cosine"), ("default", normalize.DEFAULT)):
+    default_layers = DEFAULT_LAYERS["influence"]
+    for name, layers, how in (("tc", "last", "total_cosine"), ("default", default_layers, normalize.DEFAULT)):
         z = formats.read_topk(str(tmp_path / name / formats.TOPK))
         meta = json.loads((tmp_path / name / formats.INFLUENCE_JSON).read_text())
-        assert z["normalize"] == how and meta["normalize"] == how
+        assert z["normalize"] == how and meta["normalize"] == how and meta["layers"] == layers
         assert meta["definition"].startswith(normalize.DEFINITIONS[how])
-        np.testing.assert_allclose(np.load(tmp_path / name / formats.MATRIX), matrix(tiny, "last", how).matrix,
+        np.testing.assert_allclose(np.load(tmp_path / name / formats.MATRIX), matrix(tiny, layers, how).matrix,
                                    rtol=1e-12, atol=1e-15)
     run_main("mislabel_analysis.py", "--influence", tmp_path / "tc" / formats.TOPK, "--output", tmp_path / "fig")
     assert (tmp_path / "fig" / formats.INFLUENCE_PNG).stat().st_size > 1000

@@ -241,9 +241,10 @@ def score_parser():
                         "30 gives the original's params_29, 59, ..., 269)")
     p.add_argument("--layers", default=None,
                    help="last_bias (the final affine layer's bias b: ||p - y||^2; default of --mode self, the best "
-                        "detector in bench/detection.py), last (final affine W and b, the original's; default of "
-                        "--mode influence), all (every trainable parameter), or comma-separated parameter-name "
-                        "patterns (fnmatch, e.g. 'affine/*,conv8/*')")
+                        "detector in bench/detection.py), last (final affine W and b, the original's), last_block "
+                        "(the last residual unit and the final affine layer; default of --mode influence), all "
+                        "(every trainable parameter), or comma-separated parameter-name patterns (fnmatch, e.g. "
+                        "'affine/*,conv8/*')")
     p.add_argument("--method", default="batched", choices=["batched", "loop"],
                    help="batched per-sample gradients, or the original's batch-size-1 backprop loop (reference)")
     p.add_argument("--lr_weight", type=str2bool, default=True,
@@ -286,9 +287,10 @@ def score_parser():
 
 # --layers when not given. Self-influence: the bias alone detects mislabeled samples best, because the weight
 # gradient multiplies the label-dependent error p - y by the label-agnostic feature norm ||h||^2 + 1 (README,
-# "Detection quality"). Train -> test influence: W and b, so that a proponent must also share the test sample's
-# features (h . h'), not only its error direction.
-DEFAULT_LAYERS = {"self": "last_bias", "influence": "last"}
+# "Detection quality"). Train -> test influence: the last residual unit and the affine layer, so that a proponent
+# must share the test sample's features, not only its error direction; with the cosine, its top-1 proponent is a
+# clean example of the predicted class on every seed benchmarked, which W and b alone miss (docs/explanations.md).
+DEFAULT_LAYERS = {"self": "last_bias", "influence": "last_block"}
 
 
 def parse_score_args(argv=None):

@@ -25,11 +25,15 @@ SUPPORTED = ("Convolution", "Affine", "BatchNormalization")
 
 def select_params(names, spec):
     """Parameter names selected by `spec`: 'last' (the final affine layer, as the original: names containing
-    'affine'), 'last_bias' (its bias only), 'all' (every trainable parameter), or comma-separated fnmatch
-    patterns / name prefixes."""
+    'affine'), 'last_bias' (its bias only), 'last_block' (the final affine layer and the last top-level scope
+    before it: the last residual unit, whatever the model calls it), 'all' (every trainable parameter), or
+    comma-separated fnmatch patterns / name prefixes."""
     names = list(names)
     if spec == "last":
         chosen = [n for n in names if "affine" in n]
+    elif spec == "last_block":  # names are in creation order, so the last non-affine scope is the last unit
+        body = [n.split("/")[0] for n in names if "affine" not in n]
+        chosen = [n for n in names if "affine" in n or (body and n.split("/")[0] == body[-1])]
     elif spec == "last_bias":
         chosen = [n for n in names if "affine" in n and n.endswith("/b")]
     elif spec == "all":
@@ -39,8 +43,8 @@ def select_params(names, spec):
         chosen = [n for n in names if any(fnmatch.fnmatchcase(n, p) or n.startswith(p.rstrip("/") + "/") or n == p
                                           for p in pats)]
     if not chosen:
-        raise InputError(f"layers '{spec}' selects no trainable parameter; use last_bias, last, all, or patterns "
-                         f"such as 'affine/*' (names look like {names[0]}, {names[-1]})")
+        raise InputError(f"layers '{spec}' selects no trainable parameter; use last_bias, last, last_block, all, "
+                         f"or patterns such as 'affine/*' (names look like {names[0]}, {names[-1]})")
     return chosen
 
 
