@@ -137,8 +137,8 @@ def plot(args, summary, path):
     fig, ax = plt.subplots(figsize=(5, 4))
     ax.plot(n, n, "k:", label="ideal (N)")
     for what, col, marker in (("train", 0, "o"), ("score", 1, "s")):
-        ax.plot(n, [summary[k][col] for k in args.procs], marker=marker, label=f"{what} speed-up")
-        ax.plot(n, GOALS[what] * n, "--", alpha=0.5, label=f"{what} goal ({GOALS[what]} N)")
+        line, = ax.plot(n, [summary[k][col] for k in args.procs], marker=marker, label=f"{what} speed-up")
+        ax.plot(n, GOALS[what] * n, "--", color=line.get_color(), alpha=0.5, label=f"{what} goal ({GOALS[what]} N)")
     ax.set_xlabel("MPI processes N")
     ax.set_ylabel("throughput / one process")
     ax.set_title(f"digits, --micro_batches {args.micro_batches}, --layers {args.layers}")
@@ -155,7 +155,7 @@ def parse(argv):
     p.add_argument("--micro_batches", type=int, default=None,
                    help="M for every training run (default: the smallest power of two >= the largest N)")
     p.add_argument("--layers", default="all", help="calculate_score.py --layers")
-    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--out", default=os.path.join(REPO, "output", "bench", "scaling"))
     p.add_argument("--results", default=os.path.join(REPO, "bench", "results"))
     args = p.parse_args(argv)
