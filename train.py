@@ -326,7 +326,8 @@ def main(argv=None, comm=None):
                          ("--output", args.output if made else None)):
         if folder:
             check_writable(folder, flag)
-    set_context(args.context, args.device_id, args.type_config)
+    # under MPI, one GPU per rank: the rank's number on its node (as the scorer)
+    set_context(args.context, str(comm.local_rank) if comm is not None else args.device_id, args.type_config)
     recipe, model_cfg, arrays = resumed_state(manifest) if manifest is not None else fresh_state(args, ckpt_dir)
     set_micro_batches(args, recipe, shards.size, manifest is not None)
     if manifest is not None and entry["epoch"] >= recipe["train_epochs"]:
