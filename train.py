@@ -297,6 +297,9 @@ def set_micro_batches(args, recipe, ranks, resumed):
     resume the recorded one) and the ranks of this run, after checking that M splits the batch for these ranks."""
     if resumed:
         m = recipe.get("micro_batches", 1)  # manifests of runs before micro-batches: unsplit batches
+        if type(m) is not int or m < 1:
+            raise CliError(f"cannot resume: the manifest's train.micro_batches {m!r} is not a whole number >= 1; "
+                           f"restore the {formats.MANIFEST} train.py wrote, or retrain")
         if args.micro_batches not in (None, m):
             raise CliError(f"--micro_batches {args.micro_batches}: the run being resumed splits its batches into "
                            f"{m}; drop --micro_batches (--resume keeps the recorded split)")
@@ -327,7 +330,7 @@ def main(argv=None, comm=None):
         if folder:
             check_writable(folder, flag)
     # under MPI, one GPU per rank: the rank's number on its node (as the scorer)
-    set_context(args.context, str(comm.local_rank) if comm is not None else args.device_id, args.type_config)
+    set_context(args.context, str(comm.local_rank) if shards.size > 1 else args.device_id, args.type_config)
     recipe, model_cfg, arrays = resumed_state(manifest) if manifest is not None else fresh_state(args, ckpt_dir)
     set_micro_batches(args, recipe, shards.size, manifest is not None)
     if manifest is not None and entry["epoch"] >= recipe["train_epochs"]:
