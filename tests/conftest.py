@@ -80,7 +80,7 @@ def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_run")
     data, ckpt = root / "data", root / "ckpt"
     write_subset(data)
-    run_script("train.py", "--input", data, "--model_save_path", ckpt, "--monitor-path", root / "monitor",
+    run_main("train.py", "--input", data, "--model_save_path", ckpt, "--monitor-path", root / "monitor",
                "--nmaps", 8, "--train_epochs", 3, "--train_batch_size", 32, "-c", "cpu", cwd=root)
     return {"root": root, "data": data, "ckpt": ckpt}
 

@@ -193,8 +193,8 @@ CASES = [
 def other_params(tiny_run, tmp_path_factory):
     """params_1.h5 of the same data trained with another width (--nmaps 4; the tiny run has 8)."""
     root = tmp_path_factory.mktemp("other_model")
-    run_script("train.py", "--input", tiny_run["data"], "--model_save_path", root / "ckpt", "--monitor-path",
-               root / "mon", "--nmaps", 4, "--train_epochs", 1, "--train_batch_size", 32, "-c", "cpu", cwd=root)
+    run_main("train.py", "--input", tiny_run["data"], "--model_save_path", root / "ckpt", "--monitor-path",
+             root / "mon", "--nmaps", 4, "--train_epochs", 1, "--train_batch_size", 32, "-c", "cpu", cwd=root)
     return str(root / "ckpt" / "params_1.h5")
 
 

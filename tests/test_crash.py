@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, run_script, write_subset
+from conftest import REPO, run_main, run_script, write_subset
 
 EPOCHS = 6
 TRAIN = ("--nmaps", 4, "--train_epochs", EPOCHS, "--train_batch_size", 16, "--model_save_interval", 1,
@@ -131,9 +131,9 @@ def reference(tmp_path_factory):
     """An uninterrupted training run and an uninterrupted scoring run of it."""
     root = tmp_path_factory.mktemp("crash_reference")
     write_subset(root / "data", n_train=64, n_val=16)
-    run_script("train.py", "--input", root / "data", "--model_save_path", root / "ckpt", "--monitor-path",
+    run_main("train.py", "--input", root / "data", "--model_save_path", root / "ckpt", "--monitor-path",
                root / "mon", *TRAIN, cwd=root)
-    run_script("calculate_score.py", "--input", root / "data", "--checkpoint", root / "ckpt", "--output",
+    run_main("calculate_score.py", "--input", root / "data", "--checkpoint", root / "ckpt", "--output",
                root / "scores", *SCORE, cwd=root)
     return root
 
@@ -164,7 +164,7 @@ def test_training_killed_and_resumed_is_bit_exact(reference, tmp_path, seed):
             load_final(os.path.join(ckpt, f"params_{c}.h5"))
             load_final(os.path.join(ckpt, f"solver_{c}.h5"))
     assert kills >= 1
-    run_script("train.py", *args, "--resume", cwd=tmp_path)
+    run_main("train.py", *args, "--resume", cwd=tmp_path)
     files.check()
     same_training(reference / "ckpt", ckpt)
     assert not [n for n in os.listdir(ckpt) if n.startswith(".")], "temporaries of the killed runs left behind"
@@ -179,22 +179,22 @@ def test_resume_from_epoch_and_checkpoint_path(reference, tmp_path):
     for name in os.listdir(ckpt):
         if name.startswith(("params_", "solver_")) and int(name.split("_")[1].split(".")[0]) > 3:
             os.remove(ckpt / name)  # the later epochs must be retrained
-    p = run_script("train.py", "--resume", 3, "--model_save_path", ckpt, "--monitor-path", mon, "-c", "cpu",
-                   cwd=tmp_path)
-    assert "resuming from epoch 3" in p.stderr
+    _, _, err = run_main("train.py", "--resume", 3, "--model_save_path", ckpt, "--monitor-path", mon, "-c", "cpu",
+                         cwd=tmp_path)
+    assert "resuming from epoch 3" in err
     same_training(reference / "ckpt", ckpt)
     series = "Training-loss.series.txt"
     with open(reference / "mon" / series) as f, open(mon / series) as g:
         assert f.read() == g.read()
 
     os.remove(ckpt / "params_6.h5")
-    run_script("train.py", "--checkpoint", ckpt / "params_2.h5", "--monitor-path", mon, "-c", "cpu", cwd=tmp_path)
+    run_main("train.py", "--checkpoint", ckpt / "params_2.h5", "--monitor-path", mon, "-c", "cpu", cwd=tmp_path)
     same_training(reference / "ckpt", ckpt)
 
     before = {n: os.stat(ckpt / n).st_mtime_ns for n in os.listdir(ckpt)}
-    p = run_script("train.py", "--resume", "--model_save_path", ckpt, "--monitor-path", mon, "-c", "cpu",
-                   cwd=tmp_path)
-    assert "nothing to do" in p.stderr and "Traceback" not in p.stderr
+    _, _, err = run_main("train.py", "--resume", "--model_save_path", ckpt, "--monitor-path", mon, "-c", "cpu",
+                         cwd=tmp_path)
+    assert "nothing to do" in err and "Traceback" not in err
     assert before == {n: os.stat(ckpt / n).st_mtime_ns for n in os.listdir(ckpt)}
 
 
@@ -211,7 +211,7 @@ def test_scoring_killed_and_rerun_is_bit_exact(reference, tmp_path, seed):
     cached = {os.path.join(d, n): os.stat(os.path.join(d, n)).st_mtime_ns
               for d, _, names in os.walk(out) for n in names if n.endswith(".npz") and not n.startswith(".")}
     assert cached
-    run_script("calculate_score.py", *args, cwd=tmp_path)
+    run_main("calculate_score.py", *args, cwd=tmp_path)
     files.check()
     for path, mtime in cached.items():  # the rerun continued: finished units were reused, not recomputed
         assert os.stat(path).st_mtime_ns == mtime, path

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tracin import parallel
-from conftest import REPO, write_subset
+from conftest import REPO, run_main, write_subset
 
 BIN = os.path.dirname(sys.executable)
 MPIEXEC = os.path.join(BIN, "mpiexec")
@@ -32,8 +32,10 @@ CLEAN_ENV = {k: v for k, v in os.environ.items() if k not in parallel.LAUNCH_VAR
 
 
 def score(ranks, *args, check=True, cwd=None):
-    cmd = ([MPIEXEC, "-n", str(ranks)] if ranks else []) + \
-        [sys.executable, os.path.join(REPO, "calculate_score.py")] + [str(a) for a in args]
+    """calculate_score.py on `ranks` MPI ranks (a subprocess under mpiexec), or in this process when ranks is 0."""
+    if not ranks:
+        return run_main("calculate_score.py", *args, cwd=cwd, check=check)
+    cmd = [MPIEXEC, "-n", str(ranks), sys.executable, os.path.join(REPO, "calculate_score.py")] + [str(a) for a in args]
     env = dict(CLEAN_ENV, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=cwd)
     if check and p.returncode != 0:

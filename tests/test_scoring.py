@@ -13,7 +13,7 @@ import pytest
 import tracin
 from tracin import checkpoints, formats, maths, models
 from tracin.graphs import LoopGraph, ScoringGraph, select_params
-from conftest import checkpoint_logits, run_main, run_script, write_subset
+from conftest import checkpoint_logits, run_main, write_subset
 
 
 # ------------------------------------------------------------------------------- hand-computed two-layer net
@@ -140,8 +140,8 @@ def small_run(tiny_run, tmp_path_factory):
 def resnet56_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("r56")
     arrays = write_subset(root / "data", n_train=16, n_val=8)
-    run_script("train.py", "--input", root / "data", "--model", "resnet56", "--model_save_path", root / "ckpt",
-               "--monitor-path", root / "mon", "--train_epochs", 1, "--train_batch_size", 8, "-c", "cpu", cwd=root)
+    run_main("train.py", "--input", root / "data", "--model", "resnet56", "--model_save_path", root / "ckpt",
+             "--monitor-path", root / "mon", "--train_epochs", 1, "--train_batch_size", 8, "-c", "cpu", cwd=root)
     return {"root": root, "data": root / "data", "ckpt": root / "ckpt", "x": arrays["x_train"],
             "y": arrays["y_shuffle_train"][:, 0]}
 
