@@ -38,10 +38,9 @@ def runs(tiny_run):
     out = {"ckpts": ckpts, "x": x, "y": y, "x_val": a["x_val"], "y_val": a["y_val"][:, 0]}
     for layers in ("last", "all"):
         out[f"self_{layers}"] = tracin.self_influence(ckpts, x, y, layers=layers)
-        # the training samples, with the labels training saw, as "test" samples; `last` is influence's default.
-        # These tests are of raw TracIn (normalize none); tests/test_explanations.py covers the normalisations.
-        kw = {} if layers == "last" else {"layers": layers}
-        out[f"diag_{layers}"] = tracin.influence(ckpts, x, y, x, y, top_k=5, full_matrix=True, **kw, **RAW)
+        # the training samples, with the labels training saw, as "test" samples. These tests are of raw TracIn
+        # (normalize none); tests/test_explanations.py covers the normalisations and the default layers.
+        out[f"diag_{layers}"] = tracin.influence(ckpts, x, y, x, y, top_k=5, full_matrix=True, layers=layers, **RAW)
     out["val_all"] = tracin.influence(ckpts, x, y, a["x_val"], out["y_val"], layers="all", top_k=7, full_matrix=True,
                                       **RAW)
     return out
@@ -162,7 +161,7 @@ def test_lr_weighting_is_applied(runs, tiny_run):
     for e in epochs:
         ckpts = tracin.load_checkpoints(str(tiny_run["ckpt"]), epochs=[e])
         single[e] = tracin.influence(ckpts, runs["x"], runs["y"], runs["x"], runs["y"], lr_weight=False,
-                                     full_matrix=True, **RAW).matrix
+                                     layers="last", full_matrix=True, **RAW).matrix
         total += lrs[e] * single[e]
     np.testing.assert_allclose(weighted, total, rtol=1e-10, atol=1e-12 * np.abs(total).max())
     assert not np.allclose(weighted, single[epochs[0]] * len(epochs) * lrs[epochs[0]])

@@ -21,7 +21,7 @@ import os
 
 from .checkpoints import check_same_data, discover, select
 from .errors import InputError
-from .normalize import DEFAULT as DEFAULT_NORMALIZE
+from .normalize import DEFAULT as DEFAULT_NORMALIZE, DEFAULT_LAYERS as DEFAULT_INFLUENCE_LAYERS
 from .runs import (EnsembleResult, EnsembleSelfInfluenceRun, InfluenceResult, InfluenceRun,  # noqa: F401
                    SelfInfluenceResult, SelfInfluenceRun)
 
@@ -156,17 +156,18 @@ def self_influence(checkpoints, x, y, layers="last_bias", method="batched", lr_w
     return result if details or result is None else result.scores
 
 
-def influence(checkpoints, x_train, y_train, x_test, y_test=None, top_k=10, layers="last", method="batched",
-              lr_weight=True, batch_size=64, projection_dim=None, seed=0, full_matrix=False, test_chunk=None,
-              context="cpu", cache_dir=None, comm=None, progress=None, normalize=DEFAULT_NORMALIZE):
+def influence(checkpoints, x_train, y_train, x_test, y_test=None, top_k=10, layers=DEFAULT_INFLUENCE_LAYERS,
+              method="batched", lr_weight=True, batch_size=64, projection_dim=None, seed=0, full_matrix=False,
+              test_chunk=None, context="cpu", cache_dir=None, comm=None, progress=None, normalize=DEFAULT_NORMALIZE):
     """TracIn(z, z') = sum_i eta_i grad loss(w_i, z) . grad loss(w_i, z') of test samples z' against every
     training sample z, normalised by `normalize`: proponents (most positive) and opponents (most negative) per
     test sample.
 
     Args:
         checkpoints, layers, method, lr_weight, batch_size, context, cache_dir, comm, progress: as in
-            self_influence (layers defaults to 'last', W and b: a proponent must share the test sample's
-            features, not only its error direction).
+            self_influence (layers defaults to 'last_block', the last residual unit and the final affine
+            layer: a proponent must share the test sample's features, not only its error direction;
+            docs/explanations.md).
         x_train (n, C, H, W), y_train (n,): the training samples and the labels training saw.
         x_test (T, C, H, W); y_test (T,) labels, or None for the class the last checkpoint predicts.
         top_k: proponents and opponents kept per test sample (at most n).

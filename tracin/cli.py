@@ -13,7 +13,7 @@ from .errors import InputError
 from .imagefolder import parse_image_size
 from .models import MODELS
 from .noise import MODELS as NOISE_MODELS
-from .normalize import DEFAULT as DEFAULT_NORMALIZE, NORMALIZATIONS
+from .normalize import DEFAULT as DEFAULT_NORMALIZE, DEFAULT_LAYERS as DEFAULT_INFLUENCE_LAYERS, NORMALIZATIONS
 
 DATASETS = ("cifar10", "digits", "imagefolder")
 
@@ -290,7 +290,7 @@ def score_parser():
 # "Detection quality"). Train -> test influence: the last residual unit and the affine layer, so that a proponent
 # must share the test sample's features, not only its error direction; with the cosine, its top-1 proponent is a
 # clean example of the predicted class on every seed benchmarked, which W and b alone miss (docs/explanations.md).
-DEFAULT_LAYERS = {"self": "last_bias", "influence": "last_block"}
+DEFAULT_LAYERS = {"self": "last_bias", "influence": DEFAULT_INFLUENCE_LAYERS}
 
 
 def parse_score_args(argv=None):

@@ -14,7 +14,7 @@ from .errors import InputError
 from .graphs import make_graph, predict, select_params
 from .job_influence import InfluenceFeatures, InfluenceJob, influence_shard, test_chunk_size
 from .job_self import SHARD, SelfInfluenceJob, scoring_kind
-from .normalize import DEFAULT as DEFAULT_NORMALIZE, NORMALIZATIONS
+from .normalize import DEFAULT as DEFAULT_NORMALIZE, DEFAULT_LAYERS as DEFAULT_INFLUENCE_LAYERS, NORMALIZATIONS
 
 CACHE_FORMAT = 2  # bumped when a unit file's content changes, so older caches are never mixed in
 
@@ -180,7 +180,7 @@ class EnsembleSelfInfluenceRun:
 class InfluenceRun(_Run):
     """TracIn of test samples against training samples; see tracin.api.influence."""
 
-    def __init__(self, checkpoints, x_train, y_train, x_test, y_test=None, top_k=10, layers="last",
+    def __init__(self, checkpoints, x_train, y_train, x_test, y_test=None, top_k=10, layers=DEFAULT_INFLUENCE_LAYERS,
                  method="batched", lr_weight=True, batch_size=64, projection_dim=None, seed=0, full_matrix=False,
                  test_chunk=None, context="cpu", normalize=DEFAULT_NORMALIZE):
         model = checkpoints.model
