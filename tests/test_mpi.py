@@ -73,10 +73,10 @@ def test_two_ranks_self_influence_is_bitwise_single_process(tiny_run, data300, t
 
 @needs_mpi
 def test_two_ranks_influence_is_bitwise_single_process_and_resumes(tiny_run, data300, tmp_path):
-    # the default layers (last): units, their order and their merge are what MPI changes; the gradient path's
-    # bitwise equality under MPI is the self-influence test's
+    # layers last (the closed form): units, their order and their merge are what MPI changes; the gradient path's
+    # bitwise equality under MPI is the self-influence test's (and tests/test_explanations.py's)
     common = ("--input", data300, "--checkpoint", tiny_run["ckpt"], "-c", "cpu", "--mode", "influence",
-              "--save_matrix", "True", "--top_k", 6, "--test_chunk", 16)
+              "--layers", "last", "--save_matrix", "True", "--top_k", 6, "--test_chunk", 16)
     score(0, *common, "--output", tmp_path / "one")
     score(2, *common, "--output", tmp_path / "two")
     same_files(tmp_path / "one", tmp_path / "two", ["influence_topk.npz", "influence_matrix.npy"])
