@@ -1,6 +1,7 @@
 """Do train -> test explanations explain? The identical-class test of every influence normalisation.
 
-    python -m bench.explanations [--seeds 10,11,12] [--held_out 13,14,15] [--all_test N] [--report_only]
+    python -m bench.explanations [--seeds 10,11,12] [--held_out 13,14,15] [--held_out_layers last,last_block]
+                                 [--held_out_normalize none,cosine] [--all_test N] [--report_only]
                                  [--work DIR] [--out DIR]
 
 For each seed S, as a user would (one process at a time):
@@ -222,8 +223,7 @@ def goal_lines(table):
 
 
 def errors_line(rows):
-    per_seed = sorted({(r["seed"], r["metrics"]["n_wrong"], r["metrics"]["n_test"]) for r in rows
-                       if r["layers"] == "last"})
+    per_seed = sorted({(r["seed"], r["metrics"]["n_wrong"], r["metrics"]["n_test"]) for r in rows})
     return ("Misclassified validation samples per seed: "
             + ", ".join(f"seed {s}: {w} of {n}" for s, w, n in per_seed) + ".")
 
