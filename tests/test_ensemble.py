@@ -2,6 +2,7 @@
 arrays; the API's load_checkpoints([A, B, C]) / self_influence do the same in process."""
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -103,3 +104,13 @@ def test_two_mpi_ranks_give_the_same_sum(ens):
     mpi_score(2, "--input", ens["data"], "--checkpoint", ",".join(map(str, ens["runs"])), "--output", out, "-c", "cpu")
     assert np.array_equal(np.load(out / "influence_all_epoch.npy"), sum(ens["singles"][1:], ens["singles"][0]))
     assert json.loads((out / "scores.json").read_text())["ranks"] == 2
+
+
+def test_a_copied_run_is_counted_twice_with_a_warning(ens):
+    copy = ens["root"] / "copy_of_seed1"
+    if not copy.exists():
+        shutil.copytree(ens["runs"][0], copy)
+    out = ens["root"] / "copied"
+    _, _, err = score(ens["data"], [ens["runs"][0], copy], out)
+    assert "were trained with the same --seed 1" in err
+    assert np.array_equal(np.load(out / "influence_all_epoch.npy"), ens["singles"][0] * 2)
