@@ -72,8 +72,8 @@ bench-quality: $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
 	$(PY) -m bench.quality
 
-# Train -> test explanations: the identical-class test of every --normalize, --layers last and all, digits seeds
-# 10-12 (docs/explanations.md). Cached under output/bench/explanations; writes bench/results/explanations.md/json.
+# Train -> test explanations: the identical-class test of every --normalize, --layers last, last_block and all,
+# digits seeds 10-12 for tuning and 13-15 held out (docs/explanations.md). Cached under output/bench/explanations; writes bench/results/explanations.md/json.
 bench-explanations: $(STAMP)
 	$(PY) -m bench.explanations
 
