@@ -163,6 +163,14 @@ def add_context_args(p):
 def train_parser():
     p = Parser(prog="train.py", description="Train a ResNet on labels with a shuffled fraction, "
                                             "saving the arrays and a checkpoint every epoch.")
+    _add_train_data_args(p)
+    _add_train_run_args(p)
+    add_context_args(p)
+    return p
+
+
+def _add_train_data_args(p):
+    """The data, the output folders, the model and the label noise."""
     p.add_argument("--dataset", default="cifar10", choices=DATASETS,
                    help="cifar10 (default, as the original): the official archive, downloaded once; digits: "
                         "scikit-learn's bundled 8x8 digits (offline, seconds); imagefolder: your own images in "
@@ -197,6 +205,12 @@ def train_parser():
                         "samples, wrong labels spread over the other classes), pair (random samples, each class "
                         "to its one most confusable class), instance (the samples a seeded logistic regression "
                         "finds most ambiguous, to their most plausible wrong class)")
+    p.add_argument("--seed", "-s", type=seed, default=0,
+                   help="seeds label shuffling, initialisation, data order and augmentation")
+
+
+def _add_train_run_args(p):
+    """The training recipe and resuming."""
     p.add_argument("--augmentation", type=str2bool, default=True, help="data augmentation in the training graph")
     p.add_argument("--precise_bn", type=str2bool, default=True,
                    help="before every checkpoint, set the batch-norm running statistics to the average batch "
@@ -218,10 +232,6 @@ def train_parser():
                    help="step: the original's warm-up then x0.1 at 1/3, 2/3, 8/9 of training; cosine: warm-up then "
                         "cosine decay")
     p.add_argument("--weight_decay", type=non_negative_float, default=None)
-    p.add_argument("--seed", "-s", type=seed, default=0,
-                   help="seeds label shuffling, initialisation, data order and augmentation")
-    add_context_args(p)
-    return p
 
 
 def score_parser():
