@@ -3,6 +3,7 @@
     import tracin
     ckpts = tracin.load_checkpoints("output/demo/checkpoints")
     scores = tracin.self_influence(ckpts, x_train, y_noisy)                       # (n,)
+    runs = tracin.load_checkpoints(["runs/s1", "runs/s2", "runs/s3"])             # an ensemble: scores summed
     result = tracin.influence(ckpts, x_train, y_train, x_test, y_test, top_k=8)   # proponents / opponents
 
 See tracin.api for the arguments. Errors are ValueError / FileNotFoundError (tracin.errors), never an exit.
@@ -14,9 +15,9 @@ import logging
 if logging.getLogger("nnabla").level == logging.NOTSET:
     logging.getLogger("nnabla").setLevel(logging.WARNING)
 
-from .api import (Checkpoint, Checkpoints, InfluenceResult, SelfInfluenceResult, influence,  # noqa: E402,F401
-                  load_checkpoints, self_influence)
+from .api import (Checkpoint, CheckpointEnsemble, Checkpoints, EnsembleResult, InfluenceResult,  # noqa: E402,F401
+                  SelfInfluenceResult, influence, load_checkpoints, self_influence)
 from .errors import InputError, MissingInputError  # noqa: E402,F401
 
-__all__ = ["load_checkpoints", "self_influence", "influence", "Checkpoint", "Checkpoints", "SelfInfluenceResult",
-           "InfluenceResult", "InputError", "MissingInputError"]
+__all__ = ["load_checkpoints", "self_influence", "influence", "Checkpoint", "Checkpoints", "CheckpointEnsemble",
+           "SelfInfluenceResult", "EnsembleResult", "InfluenceResult", "InputError", "MissingInputError"]
