@@ -1,6 +1,6 @@
 """Training and scoring throughput on 1..N MPI processes, side by side in one run (`make bench-scaling`).
 
-    python -m bench.scaling [--procs 1,2,4] [--epochs 4] [--micro_batches 4] [--layers all] [--repeats 1]
+    python -m bench.scaling [--procs 1,2,4] [--epochs 7] [--micro_batches 4] [--layers all] [--repeats 1]
 
 Data: the bundled digits (1,438 training images, 8x8), the demo's recipe (resnet23, nmaps 16, batch 64, precise
 batch norm). For every N (default 1..os.cpu_count()), one thread per process (OMP_NUM_THREADS=1 ...):
@@ -151,7 +151,9 @@ def parse(argv):
     p = argparse.ArgumentParser(prog="python -m bench.scaling", description=__doc__.splitlines()[0])
     cores = os.cpu_count() or 1
     p.add_argument("--procs", default=",".join(map(str, range(1, cores + 1))), help="process counts, e.g. 1,2,4")
-    p.add_argument("--epochs", type=int, default=4, help="training epochs per run (the first is not timed)")
+    # 7 epochs = 8 checkpoints: scoring's work units (one per checkpoint here) divide evenly over 1, 2, 4 or 8
+    # ranks; with 5 checkpoints, 2 ranks would get 3 and 2 units and the slower one would set the time
+    p.add_argument("--epochs", type=int, default=7, help="training epochs per run (the first is not timed)")
     p.add_argument("--micro_batches", type=int, default=None,
                    help="M for every training run (default: the smallest power of two >= the largest N)")
     p.add_argument("--layers", default="all", help="calculate_score.py --layers")
