@@ -19,11 +19,8 @@ images) on one CPU core.
 """
 import argparse
 import hashlib
-import io
 import os
-import pickle
 import sys
-import tarfile
 import time
 
 import numpy as np
@@ -41,15 +38,10 @@ def write_archive(path, per_batch, seed=0):
     from tracin import datasets
     rng = np.random.RandomState(seed)
     labels = [i % 10 for i in range(per_batch)]
-    with tarfile.open(path, "w:gz") as tar:
-        def add(name, obj):
-            raw = pickle.dumps(obj, protocol=2)
-            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
-            info.size = len(raw)
-            tar.addfile(info, io.BytesIO(raw))
-        add("batches.meta", {b"label_names": [c.encode() for c in datasets.CIFAR10_CLASSES]})
-        for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-            add(name, {b"data": rng.randint(0, 256, (per_batch, 3072)).astype(np.uint8), b"labels": labels})
+    members = [("batches.meta", {b"label_names": [c.encode() for c in datasets.CIFAR10_CLASSES]})]
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        members.append((name, {b"data": rng.randint(0, 256, (per_batch, 3072)).astype(np.uint8), b"labels": labels}))
+    datasets.write_cifar10_archive(path, members)
     with open(path, "rb") as f:
         return hashlib.md5(f.read()).hexdigest()
 

@@ -1,8 +1,5 @@
 """Data: seeded label shuffling, the CIFAR-10 archive reader and checksum, digits, array folders."""
-import io
 import os
-import pickle
-import tarfile
 
 import numpy as np
 import pytest
@@ -86,24 +83,20 @@ def _tiny_cifar_archive(path, n_per_batch=4, seed=0):
     """An archive in the exact official layout (cifar-10-batches-py/data_batch_1..5, test_batch, batches.meta),
     with tiny batches."""
     rng = np.random.RandomState(seed)
-    expect = {"train_x": [], "train_y": []}
-    with tarfile.open(path, "w:gz") as tar:
-        def add(name, obj):
-            raw = pickle.dumps(obj, protocol=2)
-            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
-            info.size = len(raw)
-            tar.addfile(info, io.BytesIO(raw))
-        add("batches.meta", {b"label_names": [c.encode() for c in datasets.CIFAR10_CLASSES]})
-        # written out of order on purpose: the reader must order data_batch_1..5
-        for i in [3, 1, 5, 2, 4]:
-            x = rng.randint(0, 256, size=(n_per_batch, 3072), dtype=np.uint8)
-            y = list(rng.randint(0, 10, size=n_per_batch))
-            add(f"data_batch_{i}", {b"batch_label": b"training batch", b"data": x, b"labels": y,
-                                    b"filenames": [b"f"] * n_per_batch})
-            expect[i] = (x, y)
-        xt = rng.randint(0, 256, size=(n_per_batch, 3072), dtype=np.uint8)
-        yt = list(rng.randint(0, 10, size=n_per_batch))
-        add("test_batch", {b"batch_label": b"testing batch", b"data": xt, b"labels": yt, b"filenames": [b"f"] * n_per_batch})
+    expect = {}
+    members = [("batches.meta", {b"label_names": [c.encode() for c in datasets.CIFAR10_CLASSES]})]
+    # written out of order on purpose: the reader must order data_batch_1..5
+    for i in [3, 1, 5, 2, 4]:
+        x = rng.randint(0, 256, size=(n_per_batch, 3072), dtype=np.uint8)
+        y = list(rng.randint(0, 10, size=n_per_batch))
+        members.append((f"data_batch_{i}", {b"batch_label": b"training batch", b"data": x, b"labels": y,
+                                            b"filenames": [b"f"] * n_per_batch}))
+        expect[i] = (x, y)
+    xt = rng.randint(0, 256, size=(n_per_batch, 3072), dtype=np.uint8)
+    yt = list(rng.randint(0, 10, size=n_per_batch))
+    members.append(("test_batch", {b"batch_label": b"testing batch", b"data": xt, b"labels": yt,
+                                   b"filenames": [b"f"] * n_per_batch}))
+    datasets.write_cifar10_archive(path, members)
     x_train = np.concatenate([expect[i][0] for i in range(1, 6)]).reshape(-1, 3, 32, 32)
     y_train = np.concatenate([expect[i][1] for i in range(1, 6)]).reshape(-1, 1)
     return x_train, y_train, xt.reshape(-1, 3, 32, 32), np.array(yt).reshape(-1, 1)

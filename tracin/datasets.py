@@ -4,6 +4,7 @@ array folder layout of the original example (x_train.npy, y_train.npy, y_shuffle
 Images are stored as uint8 pixel values (0-255) in NCHW order and fed to the graph as stored, as the original does.
 """
 import hashlib
+import io
 import os
 import pickle
 import tarfile
@@ -139,6 +140,17 @@ def read_cifar10_archive(path):
         raise InputError(f"{path} lacks data_batch_* or test_batch: it is not the CIFAR-10 python archive")
     keys = sorted(train_x)  # data_batch_1 .. data_batch_5, in order
     return (np.concatenate([train_x[k] for k in keys]), np.concatenate([train_y[k] for k in keys]), test_x, test_y)
+
+
+def write_cifar10_archive(path, members):
+    """Write members [(file name, dict)], in the given order, as the official archive does: pickled (protocol 2)
+    under cifar-10-batches-py/. The inverse of read_cifar10_archive, for tests and offline benchmarks."""
+    with tarfile.open(path, "w:gz") as tar:
+        for name, obj in members:
+            raw = pickle.dumps(obj, protocol=2)
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(raw)
+            tar.addfile(info, io.BytesIO(raw))
 
 
 def load_cifar10(data_dir=None):
