@@ -62,6 +62,16 @@ def skip_failed_imports():
             sys.modules[name] = None
 
 
+def _unflatten(flat, variables, field):
+    """Set each variable's `field` ("d" or "g") from consecutive slices of the 1-D array `flat`, in order;
+    returns how many values were used."""
+    at = 0
+    for v in variables:
+        setattr(v, field, flat[at:at + v.size].reshape(v.shape))
+        at += v.size
+    return at
+
+
 class Trainer:
     """The graphs and solver of one run. Training graphs are rebuilt per epoch (cheap) so that the in-graph
     augmentation is seeded by (seed, epoch, micro-batch position), which makes --resume exact. shards: a
@@ -173,11 +183,9 @@ class Trainer:
         total = ordered_sum(rows)
         if self.micro_batches > 1:
             total /= self.micro_batches
-        at = 0
-        for variables, field in ((self.grads, "g"), (self.stats if self.stats_in_rows else [], "d")):
-            for v in variables:
-                setattr(v, field, total[at:at + v.size].reshape(v.shape))
-                at += v.size
+        at = _unflatten(total, self.grads, "g")
+        if self.stats_in_rows:
+            _unflatten(total[at:], self.stats, "d")
 
     def nonfinite(self):
         """Name of the first parameter (or batch-norm statistic) holding NaN or inf, else None."""
@@ -222,10 +230,7 @@ class Trainer:
         width = sum(v.size for v in self.stats)
         rows = self.shards.gather(rows, n_batches, width, np.float64)
         total = ordered_sum(rows, start=np.zeros(width)) / (n_batches * (1.0 - decay))
-        at = 0
-        for v in self.stats:
-            v.d = total[at:at + v.size].reshape(v.shape).astype(np.float32)
-            at += v.size
+        _unflatten(total.astype(np.float32), self.stats, "d")
 
     def evaluate(self, x_val, y_val):
         """Inference-mode (running batch-norm statistics) loss and error over every validation sample; the
