@@ -151,8 +151,7 @@ def parse(argv):
     p = argparse.ArgumentParser(prog="python -m bench.scaling", description=__doc__.splitlines()[0])
     cores = os.cpu_count() or 1
     p.add_argument("--procs", default=",".join(map(str, range(1, cores + 1))), help="process counts, e.g. 1,2,4")
-    # 7 epochs = 8 checkpoints: scoring's work units (one per checkpoint here) divide evenly over 1, 2, 4 or 8
-    # ranks; with 5 checkpoints, 2 ranks would get 3 and 2 units and the slower one would set the time
+    # scoring reads the checkpoints after epoch 0 (7 here): 42 units of <= 256 samples, dealt evenly
     p.add_argument("--epochs", type=int, default=7, help="training epochs per run (the first is not timed)")
     p.add_argument("--micro_batches", type=int, default=None,
                    help="M for every training run (default: the smallest power of two >= the largest N)")

@@ -125,3 +125,30 @@ def test_launcher_without_mpi4py_is_a_one_line_error(tiny_run, tmp_path):
                        capture_output=True, text=True, env=env, timeout=120)
     assert p.returncode == 2 and "mpi4py is not installed" in p.stderr, p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
+
+
+class _Units:
+    def __init__(self, costs):
+        self.units = list(range(len(costs)))
+        self._costs = costs
+
+    def cost(self, unit):
+        return self._costs[unit]
+
+
+@pytest.mark.parametrize("costs", [[1438] * 7, [256] * 5 + [158], [4096, 4096, 3, 4096, 1, 1, 1, 2000], [7]])
+@pytest.mark.parametrize("world", [1, 2, 3, 8])
+def test_units_go_to_ranks_in_contiguous_runs_of_even_cost(costs, world):
+    from tracin import engine
+    job = _Units(costs)
+    owners = engine.owners(job, world)
+    assert owners == sorted(owners) and set(owners) <= set(range(world))  # contiguous runs, valid ranks
+    loads = [engine.work(job, r, world) for r in range(world)]
+    assert sum(loads) == sum(costs)
+    assert max(loads) <= sum(costs) / world + max(costs)  # an even share plus at most one unit
+
+
+def test_shards_of_self_influence_spread_one_checkpoint_over_ranks():
+    from tracin import engine
+    assert engine.shard_size(1438) == 256 and engine.shard_size(50000) == 782 and engine.shard_size(10 ** 6) == 4096
+    assert engine.shards(1438, engine.shard_size(1438))[-1] == (1280, 1438)

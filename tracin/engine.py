@@ -1,8 +1,8 @@
 """The unit engine shared by self-influence and train -> test influence: caching, resumption and MPI sharding.
 
 A job splits its work into units whose list depends only on the job's settings (never on the number of ranks or
-the machine). Rank r of w computes the units u with u % w == r that the store does not hold yet, and stores each as
-soon as it is done (a DirStore writes it atomically), so a killed run loses at most the units in flight and a rerun
+the machine). Ranks take contiguous runs of units of about equal cost (`owners`); rank r computes those of its run
+that the store does not hold yet, and stores each as soon as it is done (a DirStore writes it atomically), so a killed run loses at most the units in flight and a rerun
 with any number of ranks skips finished ones. Rank 0 then merges every unit in a fixed order: the result is the
 same, bit for bit, whatever the number of ranks.
 
@@ -17,6 +17,16 @@ import numpy as np
 
 from .errors import InputError
 from .io import npz_bytes, remove_temporaries, write_bytes
+
+
+SHARD_BOUNDS = (256, 4096)  # samples per shard: at least 256 (per-unit overhead), at most 4096 (small unit files)
+
+
+def shard_size(n):
+    """Samples per shard of a set of n: about n / 64 within SHARD_BOUNDS, so a job has enough units to spread
+    evenly over many ranks. A function of n only: units never depend on the number of ranks."""
+    lo, hi = SHARD_BOUNDS
+    return int(min(hi, max(lo, -(-n // 64))))
 
 
 def shards(n, shard):
@@ -82,17 +92,29 @@ class MemoryStore:
         pass
 
 
+def owners(job, world):
+    """The rank of every unit: contiguous runs of about total/world cost each (a unit goes to the rank whose share
+    holds the middle of its cost), so the slowest rank has at most one unit more work than an even split, and a
+    rank's units share checkpoints and test chunks. Depends only on the units and `world`."""
+    costs = np.array([job.cost(unit) for unit in job.units], dtype=np.float64)
+    total = costs.sum()
+    if world <= 1 or total <= 0:
+        return [0] * len(costs)
+    middle = np.cumsum(costs) - costs / 2
+    return [min(world - 1, int(m * world // total)) for m in middle]
+
+
 def work(job, rank=0, world=1):
     """Total cost of the units of rank `rank` of `world` (the length of its progress bar)."""
-    return sum(job.cost(unit) for u, unit in enumerate(job.units) if u % world == rank)
+    return sum(job.cost(unit) for unit, r in zip(job.units, owners(job, world)) if r == rank)
 
 
 def run_units(job, store, rank=0, world=1, progress=None):
     """Compute and store every unit of this rank that `store` lacks; returns the cost of the units computed.
     progress(count, label), if given, is called as work is done (cached units count at once)."""
     done = 0
-    for u, unit in enumerate(job.units):
-        if u % world != rank:
+    for unit, owner in zip(job.units, owners(job, world)):
+        if owner != rank:
             continue
         name = job.name(unit)
         if store.has(name):

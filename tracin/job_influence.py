@@ -14,24 +14,15 @@ every checkpoint of its training shard once and its block is final (normalised) 
 """
 import numpy as np
 
-from .engine import shards
+from .engine import shard_size, shards
 from .maths import (gradient_dots, last_layer_dots, last_layer_features, last_layer_sq_norms, projection_matrix,
                     softmax)
 from .normalize import checkpoint_term, finish
 from .topk import KEYS, RunningTopK
 
-INFLUENCE_SHARD = (256, 4096)  # training samples per influence work unit: n_train / 64 within these bounds
 TEST_FEATURE_BUDGET = 512 << 20  # bytes of cached test features (all checkpoints) per test chunk
 MAX_TEST_CHUNK = 4096
 PARAM_CACHE_BUDGET = 2 << 30  # bytes of checkpoint weights kept in memory between units
-
-
-def influence_shard(n_train):
-    """Training samples per influence unit: about 64 units per test chunk (enough to spread over many ranks),
-    at least 256 (per-unit overhead) and at most 4096 (the per-unit top-k files stay small next to the work).
-    A function of n_train only: units never depend on the number of ranks."""
-    lo, hi = INFLUENCE_SHARD
-    return int(min(hi, max(lo, -(-n_train // 64))))
 
 
 def test_chunk_size(n_test, width, n_ckpts, budget=TEST_FEATURE_BUDGET):
@@ -127,7 +118,7 @@ class InfluenceJob:
         self.k, self.keep_block = k, keep_block
         n_test, n_train = len(x_test), len(x_train)
         self.units = [(t0, min(t0 + chunk, n_test), s, e) for t0 in range(0, n_test, chunk)
-                      for (s, e) in shards(n_train, influence_shard(n_train))]
+                      for (s, e) in shards(n_train, shard_size(n_train))]
         self._chunk, self._test_cache = None, {}  # the current test chunk's features per checkpoint
 
     def name(self, unit):

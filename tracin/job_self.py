@@ -1,14 +1,13 @@
 """Self-influence as a job of the unit engine: score(z) = sum_i eta_i ||grad_theta loss(w_i, z)||^2.
 
-Units are (checkpoint, shard of SHARD training samples). A unit stores, per sample at that checkpoint, the squared
+Units are (checkpoint, shard of engine.shard_size(n) training samples). A unit stores, per sample at that checkpoint, the squared
 gradient norm of the selected parameters, the loss and the softmax probabilities, all from the same forward pass.
 """
 import numpy as np
 
-from .engine import shards
+from .engine import shard_size, shards
 from .maths import last_bias_sq_norms, last_layer_sq_norms, softmax, softmax_xent
 
-SHARD = 4096  # samples per work unit: the unit of resumption and of MPI sharding; independent of the rank count
 CLOSED_FORMS = ("last", "last_bias")  # layer selections scored from one forward pass, no backward
 
 
@@ -49,7 +48,7 @@ class SelfInfluenceJob:
         self.graph, self.kind, self.names = graph, kind, list(names)
         self.ckpts, self.etas = ckpts, list(etas)
         self.x, self.y, self.batch_size = x, y, batch_size
-        self.units = [(i, s, e) for i in range(len(ckpts)) for (s, e) in shards(len(x), SHARD)]
+        self.units = [(i, s, e) for i in range(len(ckpts)) for (s, e) in shards(len(x), shard_size(len(x)))]
         self._loaded = None
 
     def name(self, unit):

@@ -12,8 +12,8 @@ from . import datasets, engine
 from .context import set_context
 from .errors import InputError
 from .graphs import make_graph, predict, select_params
-from .job_influence import InfluenceFeatures, InfluenceJob, influence_shard, test_chunk_size
-from .job_self import SHARD, SelfInfluenceJob, scoring_kind
+from .job_influence import InfluenceFeatures, InfluenceJob, test_chunk_size
+from .job_self import SelfInfluenceJob, scoring_kind
 from .normalize import DEFAULT as DEFAULT_NORMALIZE, DEFAULT_LAYERS as DEFAULT_INFLUENCE_LAYERS, NORMALIZATIONS
 
 CACHE_FORMAT = 2  # bumped when a unit file's content changes, so older caches are never mixed in
@@ -122,8 +122,8 @@ class SelfInfluenceRun(_Run):
         super().__init__(checkpoints, layers, method, lr_weight, batch_size, x, context)
         self.kind = scoring_kind(layers, method)
         self.key = engine.settings_key(format=CACHE_FORMAT, data=datasets.fingerprint(x, y), names=self.names,
-                                       method=method, batch=batch_size, shard=SHARD, ctx=self._backend(),
-                                       kind=self.kind)
+                                       method=method, batch=batch_size, shard=engine.shard_size(len(x)),
+                                       ctx=self._backend(), kind=self.kind)
         self.job = SelfInfluenceJob(self.graph, self.kind, self.names, self.ckpts, self.etas, x, y,
                                     min(batch_size, len(x)))
 
@@ -213,7 +213,7 @@ class InfluenceRun(_Run):
         self.key = engine.settings_key(
             format=CACHE_FORMAT, mode="influence", data=datasets.fingerprint(x_train, y_train),
             test=datasets.fingerprint(x_test, self.y_test), names=self.names, method=method, kind=self.kind,
-            batch=self.featurizer.batch_size, shard=influence_shard(n_train), chunk=chunk, k=self.k,
+            batch=self.featurizer.batch_size, shard=engine.shard_size(n_train), chunk=chunk, k=self.k,
             matrix=bool(full_matrix), projection=[projection_dim, seed] if projection_dim else None,
             normalize=normalize,
             ckpts=[[c["epoch"], c["digest"], e] for c, e in zip(self.ckpts, self.etas)], ctx=self._backend())
