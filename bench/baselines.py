@@ -100,6 +100,12 @@ def aum_scores(logits, y):
     return -margins(logits, y).mean(axis=0)
 
 
+def aum_probability_scores(logits, y):
+    """AUM with the margin taken on softmax probabilities instead of logits (bounded, like TracIn's last-layer
+    gradient p - y): an ablation that shows how much of AUM comes from the logits' unbounded scale."""
+    return -margins(softmax(np.asarray(logits, dtype=np.float64)), y).mean(axis=0)
+
+
 # ------------------------------------------------------------------------------------------ confident learning
 
 def folds(y, seed, n_folds=N_FOLDS):
@@ -112,6 +118,20 @@ def cleanlab_scores(y, probs):
     """1 - cleanlab's label quality (self-confidence, its default): higher = more likely mislabeled."""
     from cleanlab.rank import get_label_quality_scores
     return 1.0 - get_label_quality_scores(y, probs)
+
+
+def knn_oof(x, y, seed, n_classes, k=10):
+    """Out-of-fold probabilities of a distance-weighted k-nearest-neighbour vote on pixels / max, with the folds
+    of noise.reference_probabilities: a reference model for instance noise of another family than the
+    logistic regression of confident learning."""
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.neighbors import KNeighborsClassifier
+    flat = x.reshape(len(x), -1).astype(np.float64) / max(float(x.max()), 1.0)
+    probs = np.zeros((len(y), n_classes))
+    for train_idx, test_idx in StratifiedKFold(5, shuffle=True, random_state=seed).split(flat, y):
+        clf = KNeighborsClassifier(n_neighbors=k, weights="distance").fit(flat[train_idx], y[train_idx])
+        probs[np.ix_(test_idx, clf.classes_)] = clf.predict_proba(flat[test_idx])
+    return probs
 
 
 def logistic_oof(x, y, seed, n_classes):
