@@ -67,12 +67,14 @@ bench-scaling: $(STAMP)
 	$(PY) -m bench.scaling
 
 # Detection quality over the noise matrix (data sets x noise models x seeds) against loss, AUM and confident
-# learning; resumable (finished runs in output/bench/quality are reused), then which gaps are resolved (bench.paired).
+# learning; resumable (finished runs in output/bench/quality are reused), then which gaps are resolved (bench.paired)
+# and the per-class effects (bench.per_class).
 # Needs bench/requirements.txt.
 bench-quality: $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
 	$(PY) -m bench.quality
 	$(PY) -m bench.paired
+	$(PY) -m bench.per_class
 
 # Train -> test explanations: the identical-class test of every --normalize, --layers last, last_block and all,
 # digits seeds 10-12 for tuning and 13-15 held out (docs/explanations.md). Cached under output/bench/explanations; writes bench/results/explanations.md/json.

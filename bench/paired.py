@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import sys
+import zlib
 
 import numpy as np
 from scipy.special import logsumexp
@@ -110,7 +111,6 @@ def main(argv=None):
     p.add_argument("--work", default=os.path.join(REPO, "output", "bench", "quality"))
     p.add_argument("--out", default=os.path.join(REPO, "bench", "results"))
     args = p.parse_args(argv)
-    rng = np.random.RandomState(0)
     rows, out = [], {}
     for cell in [c for c in args.cells.split(",") if c]:
         runs = [stored_rankings(os.path.join(args.work, cell, f"seed{s}")) for s in args.seeds.split(",")]
@@ -119,6 +119,7 @@ def main(argv=None):
             have = [r for r in runs if a in r[0] and b in r[0]]
             if not have:
                 continue
+            rng = np.random.RandomState(zlib.crc32(f"{cell}|{a}|{b}".encode()))  # same draws whatever else runs
             r = out.setdefault(cell, {})[f"{a} - {b}"] = paired(have, a, b, args.boot, rng)
             rows.append(f"| {cell} | {a} | {b} | {r['seeds']} | " + " | ".join(
                 f"{r['mean'][j]:+.4f} [{r['lo'][j]:+.4f}, {r['hi'][j]:+.4f}] {r['ahead'][j]}/{r['seeds']} "

@@ -1,7 +1,7 @@
 """Detection quality over a matrix of data sets and label-noise models (`make bench-quality`).
 
     python -m bench.quality [--quick] [--seeds 10,11,12] [--cells digits-pair20,...] [--ensemble K]
-                            [--network_cl digits|all|none] [--all_layers_mnist] [--report_only]
+                            [--network_cl digits|all|none] [--all_layers_mnist] [--train_flags F] [--report_only]
                             [--work DIR] [--out DIR]
 
 Cells (CELLS): scikit-learn's digits (1438 training images, 8x8) and MNIST-5k (bench/mnist.py: 4000 training
@@ -108,15 +108,15 @@ def make_data(cell, seed, folder):
     return {k: np.load(os.path.join(folder, k + ".npy")) for k in ("x_train", "y_train", "y_shuffle_train")}
 
 
-def train(data, folder, seed, log):
-    """train.py --input with its defaults into folder/ckpt; continued with --resume if it was killed."""
+def train(data, folder, seed, log, flags=TRAIN_FLAGS):
+    """train.py --input with its defaults (and `flags`) into folder/ckpt; continued with --resume if killed."""
     ckpt = os.path.join(folder, "ckpt")
     manifest = os.path.join(ckpt, "checkpoints.json")
     if os.path.isfile(manifest):
         m = json.load(open(manifest))
         if m["checkpoints"] and m["checkpoints"][-1]["epoch"] >= m["train"]["train_epochs"]:
             return ckpt, None
-    cmd = script("train.py") + ["--input", data] + TRAIN_FLAGS + ["--seed", str(seed), "--model_save_path", ckpt,
+    cmd = script("train.py") + ["--input", data] + flags + ["--seed", str(seed), "--model_save_path", ckpt,
                                 "--monitor-path", os.path.join(folder, "monitor"), "-c", "cpu"]
     return ckpt, log_run(cmd + (["--resume"] if os.path.isfile(manifest) else []), log)
 
@@ -149,7 +149,7 @@ def cached(path, compute):
     return np.load(path)
 
 
-def network_oof(arrays, y_noisy, seed, folder, log):
+def network_oof(arrays, y_noisy, seed, folder, log, flags):
     """Out-of-fold softmax of our network: train.py (defaults) on four folds, last checkpoint on the fifth."""
     probs = np.zeros((len(y_noisy), N_CLASSES))
     for k, (train_idx, test_idx) in enumerate(baselines.folds(y_noisy, seed)):
@@ -159,7 +159,7 @@ def network_oof(arrays, y_noisy, seed, folder, log):
             sub = {name: arrays[name][train_idx] for name in ("x_train", "y_train", "y_shuffle_train")}
             data = os.path.join(fold, "data")
             write_arrays(data, dict(sub, x_val=arrays["x_val"], y_val=arrays["y_val"]))
-            ckpt, _ = train(data, fold, seed, log)
+            ckpt, _ = train(data, fold, seed, log, flags)
             last = json.load(open(os.path.join(ckpt, "checkpoints.json")))["checkpoints"][-1]["epoch"]
             return baselines.softmax(baselines.checkpoint_logits(ckpt, arrays["x_train"][test_idx], [last])[1][0])
         os.makedirs(fold, exist_ok=True)
@@ -174,7 +174,8 @@ def run_rankings(cell, seed, args, folder, times):
     arrays = make_data(cell, seed, data)
     arrays.update({k: np.load(os.path.join(data, k + ".npy")) for k in ("x_val", "y_val")})
     y = arrays["y_shuffle_train"][:, 0]
-    ckpt, times["train_s"] = train(data, folder, seed, log)
+    flags = TRAIN_FLAGS + args.train_flags.split()
+    ckpt, times["train_s"] = train(data, folder, seed, log, flags)
     out = {}
     for name, (sub, flags) in VARIANTS.items():
         if name == "TracIn --layers all" and dataset == "mnist" and not args.all_layers_mnist:
@@ -190,11 +191,11 @@ def run_rankings(cell, seed, args, folder, times):
     if args.network_cl == "all" or args.network_cl == dataset:
         t0, cl_dir = time.time(), os.path.join(folder, "cl_net")
         todo = not os.path.isfile(os.path.join(cl_dir, f"fold{baselines.N_FOLDS - 1}", "probs.npy"))
-        probs = network_oof(arrays, y, seed, cl_dir, log)
+        probs = network_oof(arrays, y, seed, cl_dir, log, flags)
         times["cl_net_s"] = time.time() - t0 if todo else None
         out["confident learning, our network"] = baselines.cleanlab_scores(y, probs)
     if args.ensemble > 1:
-        out.update(ensemble_rankings(data, folder, ckpt, seed, args.ensemble, log, times))
+        out.update(ensemble_rankings(data, folder, ckpt, seed, args.ensemble, log, times, flags))
         out.update(ensemble_baselines(folder, ckpt, arrays["x_train"], y, args.ensemble, times))
     return out, arrays
 
@@ -225,13 +226,13 @@ def ensemble_baselines(folder, ckpt, x, y, k, times):
     return out
 
 
-def ensemble_rankings(data, folder, ckpt, seed, k, log, times):
+def ensemble_rankings(data, folder, ckpt, seed, k, log, times, flags):
     """{name: scores} of the ensembles of this run's training and k - 1 more (training seeds seed + 1000 j):
     calculate_score.py --checkpoint with the k folders, and the sum of its first 3 runs' scores when k > 3."""
     ckpts = [ckpt]
     for j in range(1, k):
         member_ckpt, times[f"train_m{j}_s"] = train(data, os.path.join(folder, "members", f"m{j}"), seed + 1000 * j,
-                                                    log)
+                                                    log, flags)
         ckpts.append(member_ckpt)
     out_dir = os.path.join(folder, "scores", f"ensemble{k}")
     if not os.path.isfile(os.path.join(out_dir, "scores.json")):
@@ -285,6 +286,8 @@ def parse(argv):
     p.add_argument("--network_cl", default="digits", choices=["digits", "mnist", "all", "none"],
                    help="where to run confident learning with our network (5 trainings per run)")
     p.add_argument("--all_layers_mnist", action="store_true", help="also --layers all on MNIST (~7 min per run)")
+    p.add_argument("--train_flags", default="",
+                   help="more train.py flags for a recipe study, e.g. '--weight_decay 0.002' (use another --work)")
     p.add_argument("--report_only", action="store_true",
                    help="only tabulate the finished runs of --cells x --seeds (never trains)")
     p.add_argument("--work", default=os.path.join(REPO, "output", "bench", "quality"))
