@@ -1,7 +1,8 @@
 """Self-influence as a job of the unit engine: score(z) = sum_i eta_i ||grad_theta loss(w_i, z)||^2.
 
-Units are (checkpoint, shard of engine.shard_size(n) training samples). A unit stores, per sample at that checkpoint, the squared
-gradient norm of the selected parameters, the loss and the softmax probabilities, all from the same forward pass.
+Units are (checkpoint, shard of engine.shard_size(n) training samples). A unit stores, per sample at that
+checkpoint, the squared gradient norm of the selected parameters, the loss and the softmax probabilities, all from
+the same forward pass.
 """
 import numpy as np
 

@@ -6,8 +6,8 @@ Without an MPI launcher nothing here imports mpi4py and the scripts run as one p
 runs the same command: work units (self mode: (checkpoint, shard of training samples); influence mode: (chunk of
 test samples, shard of training samples)) are dealt in contiguous runs of equal cost (engine.owners), each rank
 writes its finished units to the shared cache folder, and rank 0 assembles the same files a single process
-writes. Units do not depend on the number of ranks, so the result is bitwise that of one process (on CPU), and a rerun with any number of ranks
-skips the finished units.
+writes. Units do not depend on the number of ranks, so the result is bitwise that of one process (on CPU), and
+a rerun with any number of ranks skips the finished units.
 
 Training (train.py under a launcher) uses the same Comm: data-parallel micro-batches exchanged with
 allgather_array, a buffer-based Allgather of numpy rows (no pickling in the hot loop).
