@@ -103,6 +103,16 @@ def verdict(r, j):
     return "not resolved"
 
 
+def write_results(folder, name, lines, data):
+    """folder/name.md (the lines, also printed) and folder/name.json (data)."""
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, name + ".md"), "w") as f:
+        f.write("\n".join(lines))
+    with open(os.path.join(folder, name + ".json"), "w") as f:
+        json.dump(data, f, indent=1)
+    print("\n".join(lines))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m bench.paired", description=__doc__.splitlines()[0])
     p.add_argument("--cells", default=",".join(CELLS), help="comma-separated cells of bench.quality")
@@ -132,12 +142,7 @@ def main(argv=None):
             "are not resampled], seeds on which A is ahead or level, and whether the interval excludes 0.", "",
             "| cell | ranking A | ranking B | seeds | AUROC difference A - B | recall-at-k difference A - B |",
             "|---|---|---|---|---|---|"] + rows + [""]
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "paired.md"), "w") as f:
-        f.write("\n".join(text))
-    with open(os.path.join(args.out, "paired.json"), "w") as f:
-        json.dump(out, f, indent=1)
-    print("\n".join(text))
+    write_results(args.out, "paired", text, out)
 
 
 if __name__ == "__main__":

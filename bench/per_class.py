@@ -12,7 +12,6 @@ Reads the finished runs (never trains). Per cell, means over the seeds of:
 Writes OUT/per_class.md and OUT/per_class.json.
 """
 import argparse
-import json
 import os
 import sys
 import warnings
@@ -20,7 +19,7 @@ import warnings
 import numpy as np
 from scipy.stats import rankdata
 
-from bench.paired import auroc, recall_k, stored_rankings
+from bench.paired import auroc, recall_k, stored_rankings, write_results
 from bench.quality import CELLS, N_CLASSES, REPO
 
 DEFAULT = "TracIn (defaults)"
@@ -104,12 +103,7 @@ def main(argv=None):
             text += markdown(cell, out[cell])
     if not out:
         sys.exit("bench.per_class: no finished bench.quality runs under " + args.work)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "per_class.md"), "w") as f:
-        f.write("\n".join(text))
-    with open(os.path.join(args.out, "per_class.json"), "w") as f:
-        json.dump(out, f, indent=1)
-    print("\n".join(text))
+    write_results(args.out, "per_class", text, out)
 
 
 if __name__ == "__main__":
