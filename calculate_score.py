@@ -34,12 +34,21 @@ import sys
 
 import numpy as np
 
-from tracin import checkpoints, datasets, formats, normalize
+import datasets
+from args import CliError, parse_score_args
+from tracin import checkpoints, formats, normalize
 from tracin.api import CheckpointEnsemble, load_checkpoints
-from tracin.cli import CliError, parse_score_args, run_mpi_cli
-from tracin.context import quiet_nnabla, set_context
-from tracin.io import check_writable, ensure_dir, remove_temporaries, save_json, save_npy
+from tracin.arrays import check_labels
+from tracin.context import set_context
+from tracin.io import (
+    check_writable,
+    ensure_dir,
+    remove_temporaries,
+    save_json,
+    save_npy,
+)
 from tracin.runs import EnsembleSelfInfluenceRun, InfluenceRun, SelfInfluenceRun
+from utils import run_mpi_cli
 
 INFLUENCE_ONLY = ("test_input", "test_indices", "test_label", "top_k", "save_matrix", "projection_dim",
                   "test_chunk", "max_memory_gb", "normalize")
@@ -77,7 +86,7 @@ def check_flags(args):
 def resolve_checkpoints(args, x):
     """(the selected checkpoints, warnings to print once everything is validated); a folder of the original
     example (no manifest) needs --model."""
-    from tracin import models
+    import models
     if len(args.checkpoints) > 1:
         ensemble = load_checkpoints(args.checkpoints, args.checkpoint_epochs, args.checkpoint_interval)
         return ensemble, same_seed_warnings(ensemble)
@@ -118,7 +127,7 @@ def load_training_data(args):
     if tuple(x.shape[1:]) != tuple(model["input_shape"]):
         raise CliError(f"{formats.X_TRAIN} holds images of shape {tuple(x.shape[1:])} but the checkpoints' model takes "
                        f"{tuple(model['input_shape'])}: --input and --checkpoint come from different runs")
-    datasets.check_labels(y, model["n_classes"], f"{args.input}/{formats.Y_NOISY}")
+    check_labels(y, model["n_classes"], f"{args.input}/{formats.Y_NOISY}")
     return x, y, ckpts, warnings
 
 
@@ -139,7 +148,6 @@ def plan_run(args, ckpts, x, y):
 def main(argv=None, comm=None):
     args = parse_score_args(argv)
     check_flags(args)
-    quiet_nnabla()
     rank, world = (comm.rank, comm.size) if comm is not None else (0, 1)
     output = check_writable(args.output or args.input, "--output")
     x, y, ckpts, warnings = load_training_data(args)
@@ -283,7 +291,7 @@ def load_test_samples(args, model):
                        f"samples (0..{len(xt_all) - 1})")
     yt = None
     if label_mode == "true":  # every label is checked, not only those of --test_indices: the file is damaged
-        yt = datasets.check_labels(tdata["y_val"], model["n_classes"], f"{test_dir}/{formats.Y_VAL}")[idx]
+        yt = check_labels(tdata["y_val"], model["n_classes"], f"{test_dir}/{formats.Y_VAL}")[idx]
     return test_dir, label_mode, idx, xt_all[idx], yt
 
 

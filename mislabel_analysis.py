@@ -20,13 +20,31 @@ import sys
 
 import numpy as np
 
-from tracin import datasets, formats, imagefolder, normalize, plots, review
-from tracin.cli import CliError, analysis_parser, run_cli
-from tracin.io import atomic_path, check_writable, ensure_dir, load_json, remove_temporaries, save_json
+import datasets
+import imagefolder
+from args import CliError, analysis_parser
+from tracin import formats, normalize, plots, review
+from tracin.arrays import check_labels
+from tracin.io import (
+    atomic_path,
+    check_writable,
+    ensure_dir,
+    load_json,
+    remove_temporaries,
+    save_json,
+)
 from tracin.manifest import check_model
-from tracin.metrics import (RECALL_FRACTIONS, decile_bounds, oracle_scores, random_metrics, rank_order,
-                            ranking_metrics, top_fraction_per_class)
+from tracin.metrics import (
+    RECALL_FRACTIONS,
+    decile_bounds,
+    oracle_scores,
+    random_metrics,
+    rank_order,
+    ranking_metrics,
+    top_fraction_per_class,
+)
 from tracin.report import issues_table, metrics_table, report_html
+from utils import run_cli
 
 REPORT_ROWS = 100  # report.html lists at most this many rows of label_issues.csv (the CSV has them all)
 
@@ -118,7 +136,7 @@ def load_analysis(args, input_dir, notes):
     if known_classes(info):  # labels the scored model could not have
         for name, y in ((formats.Y_TRAIN, y_true), (formats.Y_NOISY, y_given)):
             if y is not None:
-                datasets.check_labels(y, known_classes(info), os.path.join(input_dir, name))
+                check_labels(y, known_classes(info), os.path.join(input_dir, name))
     loss_path = os.path.join(folder, formats.LOSS)
     loss = formats.read_score_vector(loss_path, n, "loss file") if os.path.isfile(loss_path) else None
     ckpts = []
@@ -192,7 +210,7 @@ def load_influence(args, notes):
         labels[os.path.join(test_dir, formats.Y_VAL)] = test["y_val"][:, 0]
     n_classes = known_classes(info) or int(max(y.max() for y in labels.values())) + 1
     for where, y in labels.items():
-        datasets.check_labels(y, n_classes, where)
+        check_labels(y, n_classes, where)
     if test_labels.size and test_labels.max() >= n_classes:
         raise CliError(f"{path}: test_labels reach {int(test_labels.max())} but the model has {n_classes} classes "
                        f"(0..{n_classes - 1}): rewrite it with calculate_score.py's influence mode")

@@ -10,19 +10,25 @@ from the newest complete checkpoint; on CPU the result is bit-identical to an un
 Under mpiexec every rank trains its share of each batch's micro-batches (tracin/dataparallel.py, docs/mpi.md); the
 weights depend on --micro_batches, not on the number of ranks, and rank 0 alone writes files and prints.
 """
+import functools
 import math
 import os
 import sys
 
 import numpy as np
 
-from tracin import checkpoints, datasets, formats, imagefolder, models
-from tracin.cli import CliError, run_mpi_cli, train_parser
+import datasets
+import imagefolder
+import models
+from args import CliError, train_parser
+from tracin import checkpoints, formats
+from tracin.arrays import check_labels, fingerprint
+from tracin.context import set_context
 from tracin.dataparallel import Shards
-from tracin.context import quiet_nnabla, set_context
 from tracin.errors import MissingInputError
 from tracin.io import check_writable, ensure_dir, remove_temporaries, writes_to
 from tracin.training import Trainer, checkpoint_lr, learning_rate
+from utils import run_mpi_cli
 
 
 def infer_dataset(x):
@@ -78,7 +84,7 @@ def import_images(args):
     """(arrays, "imagefolder", noise record or None) of --data-dir's ImageFolder tree; arrays["file_list"] is its
     files.json. The folder labels are taken as given (y_shuffle_train, no y_train: clean labels unknown) unless
     --shuffle_label True asks for an experiment: then they become y_train and a shuffled copy y_shuffle_train."""
-    from tracin import noise
+    import noise
     if not args.data_dir:
         raise CliError("--dataset imagefolder needs --data-dir FOLDER: the folder holding one sub-folder of images "
                        "per class")
@@ -168,7 +174,7 @@ def resumed_state(manifest):
     """(recipe, model config, arrays) of the run being resumed: never from new flags."""
     recipe, model_cfg = manifest["train"], manifest["model"]
     arrays = load_array_folder(recipe["array_dir"])
-    if datasets.fingerprint(arrays["x_train"], arrays["y_shuffle_train"]) != recipe["data_fingerprint"]:
+    if fingerprint(arrays["x_train"], arrays["y_shuffle_train"]) != recipe["data_fingerprint"]:
         raise CliError(f"the arrays in {recipe['array_dir']} changed since training started: cannot resume")
     return recipe, model_cfg, arrays
 
@@ -188,7 +194,7 @@ def fresh_state(args, ckpt_dir):
         n_classes = datasets.SPECS[dataset].n_classes if dataset else int(max(arrays[k].max() for k in keys)) + 1
     where = args.input or "--dataset"
     for key in keys:
-        datasets.check_labels(arrays[key], n_classes, os.path.join(where, key + ".npy"))
+        check_labels(arrays[key], n_classes, os.path.join(where, key + ".npy"))
     recipe = resolve_recipe(args, dataset)
     n, bs = len(arrays["x_train"]), recipe["train_batch_size"]
     if n < 2:  # batch normalisation over one sample has no variance
@@ -199,7 +205,7 @@ def fresh_state(args, ckpt_dir):
         raise CliError(f"{os.path.join(where, formats.X_TRAIN)} holds {n} training samples, fewer than "
                        f"--train_batch_size {bs}: pass --train_batch_size {n} or less (or more data)")
     recipe.update(model=args.model, array_dir=array_dir, noise=noise_record,
-                  data_fingerprint=datasets.fingerprint(arrays["x_train"], arrays["y_shuffle_train"]))
+                  data_fingerprint=fingerprint(arrays["x_train"], arrays["y_shuffle_train"]))
     model_cfg = models.model_config(args.model, n_classes, arrays["x_train"].shape[1:], recipe["nmaps"], dataset)
     return recipe, model_cfg, arrays
 
@@ -320,7 +326,6 @@ def set_micro_batches(args, recipe, ranks, resumed):
 def main(argv=None, comm=None):
     args = train_parser().parse_args(argv)
     check_dataset_flags(args)
-    quiet_nnabla()
     shards = Shards(comm)
     args.model_save_path = args.model_save_path or args.monitor_path
     manifest, entry, ckpt_dir = resume_point(args, args.model_save_path)
@@ -345,7 +350,8 @@ def main(argv=None, comm=None):
         if made:
             save_made_arrays(args, arrays, recipe["array_dir"])
         ensure_dir(ckpt_dir, "--model_save_path")
-    trainer = Trainer(model_cfg, recipe, min(args.val_batch_size, len(data[2])), shards)
+    trainer = Trainer(model_cfg, recipe, min(args.val_batch_size, len(data[2])), functools.partial(models.build, model_cfg),
+                      shards)
     start_epoch, manifest = start(trainer, manifest, entry, ckpt_dir, recipe, model_cfg, data[0])
     if start_epoch and shards.rank == 0:
         print(f"resuming from epoch {start_epoch} ({entry['params']})", file=sys.stderr)

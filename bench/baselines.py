@@ -54,7 +54,7 @@ def checkpoint_logits(ckpt_dir, x, epochs=None, batch_size=500):
     listed in ckpt_dir/checkpoints.json (all but the initialisation, or `epochs`), with their epochs."""
     import nnabla as nn
 
-    from tracin.models import build
+    from models import build
     with open(os.path.join(ckpt_dir, "checkpoints.json")) as f:
         manifest = json.load(f)
     entries = [c for c in manifest["checkpoints"] if (c["epoch"] in epochs if epochs else c["epoch"] > 0)]

@@ -101,8 +101,8 @@ def logistic_fit_predict(x, y):
 
 def network_fit_predict(arrays, seed, folder, context, log):
     """Our network, trained by train.py with its defaults on four folds, predicting the fifth (softmax)."""
+    import datasets
     import tracin
-    from tracin import datasets
     from tracin.graphs import ScoringGraph
     from tracin.maths import softmax
 
@@ -125,7 +125,7 @@ def network_fit_predict(arrays, seed, folder, context, log):
 # ------------------------------------------------------------------------------------------------------ one seed
 
 def bench_seed(seed, args):
-    from tracin import datasets
+    import datasets
     from tracin import metrics as analysis
     folder = os.path.join(args.work, f"seed{seed}")
     data, ckpt, log = (os.path.join(folder, "data"), os.path.join(folder, "ckpt"), os.path.join(folder, "log.txt"))
@@ -303,7 +303,7 @@ def plot(results, path):
 
 
 def main():
-    from tracin.cli import str2bool
+    from args import str2bool
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", default="10,11,12,13,14,15",
                    help="comma-separated shuffle seeds (default 10-15: held out)")

@@ -37,8 +37,8 @@ import time
 
 import numpy as np
 
+from args import DEFAULT_LAYERS as MODE_LAYERS
 from bench.quality import log_run
-from tracin.cli import DEFAULT_LAYERS as MODE_LAYERS
 from tracin.normalize import DEFAULT, DEFINITIONS, NORMALIZATIONS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

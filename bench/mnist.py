@@ -63,7 +63,7 @@ def write_arrays(folder, arrays):
 
 
 def main(argv=None):
-    from tracin import noise
+    import noise
     p = argparse.ArgumentParser(description="Write MNIST-5k as train.py --input arrays, with seeded label noise.")
     p.add_argument("out", help="folder for x_train.npy, y_train.npy, y_shuffle_train.npy, x_val.npy, y_val.npy")
     p.add_argument("--noise", default="uniform", choices=noise.MODELS)

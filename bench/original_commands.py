@@ -35,7 +35,7 @@ COMMANDS = (
 
 def write_archive(path, per_batch, seed=0):
     """An archive in the official layout: cifar-10-batches-py/{batches.meta, data_batch_1..5, test_batch}."""
-    from tracin import datasets
+    import datasets
     rng = np.random.RandomState(seed)
     labels = [i % 10 for i in range(per_batch)]
     members = [("batches.meta", {b"label_names": [c.encode() for c in datasets.CIFAR10_CLASSES]})]
@@ -51,7 +51,7 @@ def run(script, argv):
     import calculate_score
     import mislabel_analysis
     import train
-    from tracin.cli import run_cli, run_mpi_cli
+    from utils import run_cli, run_mpi_cli
     runner, main = {"train.py": (run_cli, train.main), "calculate_score.py": (run_mpi_cli, calculate_score.main),
                     "mislabel_analysis.py": (run_cli, mislabel_analysis.main)}[script]
     try:
@@ -65,7 +65,7 @@ def main(argv=None):
     p.add_argument("--images_per_batch", type=int, default=20)
     p.add_argument("--work", default=os.path.join("output", "bench", "original_commands"))
     args = p.parse_args(argv)
-    from tracin import datasets
+    import datasets
     work = os.path.abspath(args.work)
     data_home = os.path.join(work, "nnabla_data")
     os.makedirs(data_home, exist_ok=True)

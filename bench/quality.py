@@ -81,7 +81,7 @@ def script(name):
 def clean_arrays(dataset):
     if dataset == "mnist":
         return mnist_arrays()
-    from tracin.datasets import load_digits_split
+    from datasets import load_digits_split
     x_train, y_train, x_val, y_val = load_digits_split()
     return {"x_train": x_train, "y_train": y_train, "y_shuffle_train": y_train.copy(), "x_val": x_val,
             "y_val": y_val}
@@ -89,7 +89,7 @@ def clean_arrays(dataset):
 
 def make_data(cell, seed, folder):
     """The run's arrays with seeded noise (written once; noise.json records the noise)."""
-    from tracin import noise
+    import noise
     if not os.path.isfile(os.path.join(folder, "noise.json")):
         dataset, model, rate = CELLS[cell]
         arrays = clean_arrays(dataset)

@@ -70,7 +70,7 @@ def cell_markdown(cell, runs, rows):
     desc = (f"### {cell}\n\n{cell.split('-')[0]}, {r0['n_train']} training images, {noise['model']} noise at "
             f"{noise['rate']:.0%} per class ({', '.join(str(r['n_mislabeled']) for r in runs)} mislabeled)"
             + (f", map {noise['map']}" if "map" in noise else "") + f"; seeds {', '.join(map(str, seeds))} ("
-            + (f"{tuned} used for tuning" if tuned else "held out") + f"); validation error of the network "
+            + (f"{tuned} used for tuning" if tuned else "held out") + "); validation error of the network "
             + ", ".join(f"{r['val_error']:.3f}" for r in runs) + ".")
     lines = [desc, "", "| ranking | AUROC | recall@k | AP |", "|---|---|---|---|"]
     for name, m in sorted(rows.items(), key=lambda kv: -kv[1]["auroc"][0]):

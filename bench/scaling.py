@@ -169,7 +169,7 @@ def parse(argv):
 
 def main(argv=None):
     args = parse(argv)
-    from tracin import datasets
+    import datasets
     data = os.path.join(args.out, "data")
     if not os.path.isfile(os.path.join(data, "x_train.npy")):
         os.makedirs(data, exist_ok=True)

@@ -79,7 +79,7 @@ class Bench:
     def __init__(self, model, size, batch_size, nmaps, context, need_loop=True):
         import numpy as np
 
-        from tracin import models
+        import models
         from tracin.context import quiet_nnabla, set_context
         from tracin.graphs import LoopGraph, ScoringGraph, select_params
         quiet_nnabla()
@@ -270,10 +270,10 @@ def main(argv=None):
         out = worker_timing(a) if a.worker == "timing" else worker_memory(a)
         print(json.dumps(out))
         return 0
+    import nnabla
     import numpy
 
     import tracin  # noqa: F401  (before nnabla: quiets its import-time INFO line)
-    import nnabla
     models_ = [m for m in a.models.split(",") if m]
     sizes = [int(s) for s in a.sizes.split(",") if s]
     print(f"# nnabla {nnabla.__version__} ({a.context}), numpy {numpy.__version__}, {os.cpu_count()} cpus, "

@@ -31,7 +31,7 @@ def run_main(script, *args, cwd=None, check=True):
     import calculate_score
     import mislabel_analysis
     import train
-    from tracin.cli import run_cli, run_mpi_cli
+    from utils import run_cli, run_mpi_cli
     mains = {"train.py": (run_cli, train.main), "calculate_score.py": (run_mpi_cli, calculate_score.main),
              "mislabel_analysis.py": (run_cli, mislabel_analysis.main)}
     runner, main = mains[script]
@@ -54,7 +54,7 @@ def run_main(script, *args, cwd=None, check=True):
 
 def write_subset(folder, n_train=96, n_val=32, seed=0):
     """A small digits array folder (original layout) with 10% shuffled labels."""
-    from tracin import datasets
+    import datasets
     arrays, _ = datasets.make_arrays("digits", shuffle_rate=0.1, seed=seed)
     arrays["x_train"], arrays["y_train"] = arrays["x_train"][:n_train], arrays["y_train"][:n_train]
     arrays["y_shuffle_train"] = arrays["y_shuffle_train"][:n_train]

@@ -4,11 +4,11 @@ import os
 
 import numpy as np
 import pytest
+from conftest import run_main, run_script, write_subset
 
 from tracin import metrics as analysis
 from tracin import plots
 from tracin.errors import InputError
-from conftest import run_main, run_script, write_subset
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -11,7 +11,6 @@ import shutil
 
 import numpy as np
 import pytest
-
 from conftest import run_main, run_script
 
 TRAIN = ("--model_save_path", "{root}/run", "--monitor-path", "{root}/mon", "--nmaps", "4", "--train_epochs", "1",

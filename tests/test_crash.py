@@ -12,7 +12,6 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import REPO, run_main, run_script, write_subset
 
 EPOCHS = 6
@@ -264,8 +263,8 @@ def test_a_failed_write_names_the_final_path_and_exits_1(tmp_path):
     line naming the file the user asked for (not the temporary), exit code 1."""
     import errno
 
-    from tracin.cli import error_exit
     from tracin.io import WriteError, atomic_path, save_json
+    from utils import error_exit
     path = tmp_path / "scores.json"
     save_json(path, {"a": 1})
     with pytest.raises(WriteError) as e:

@@ -4,9 +4,10 @@ import os
 import numpy as np
 import pytest
 
-from tracin import datasets, noise
+import datasets
+import noise
+from tracin.arrays import check_labels
 from tracin.errors import InputError
-
 
 # --------------------------------------------------------------------------------------------- shuffling
 
@@ -74,7 +75,7 @@ def test_load_arrays_rejects_mismatched_lengths(tmp_path):
 
 def test_check_labels_names_range():
     with pytest.raises(InputError, match=r"labels in \[0, 12\].*10 classes"):
-        datasets.check_labels(np.array([[0], [12]]), 10, "y.npy")
+        check_labels(np.array([[0], [12]]), 10, "y.npy")
 
 
 # ---------------------------------------------------------------------------------------------- CIFAR-10

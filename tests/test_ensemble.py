@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_main, write_subset
-from tests.test_mpi import needs_mpi, score as mpi_score
+from tests.test_mpi import needs_mpi
+from tests.test_mpi import score as mpi_score
 
 TRAIN = ("--nmaps", 8, "--train_epochs", 2, "--train_batch_size", 32, "-c", "cpu")
 

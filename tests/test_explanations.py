@@ -5,15 +5,16 @@ import json
 
 import numpy as np
 import pytest
+from conftest import run_main
+from test_mpi import data300, needs_mpi, same_files  # noqa: F401,F811 (data300: a fixture)
+from test_mpi import score as mpi_score
 
 import tracin
+from args import DEFAULT_LAYERS
+from models import model_config
 from tracin import formats, normalize
-from tracin.cli import DEFAULT_LAYERS
 from tracin.errors import InputError
 from tracin.graphs import make_graph, select_params
-from tracin.models import model_config
-from conftest import run_main
-from test_mpi import data300, needs_mpi, same_files, score as mpi_score  # noqa: F401 (data300: a fixture)
 
 NORMS = normalize.NORMALIZATIONS
 LAYERS = ("last", "last_block", "all")  # the closed form, influence mode's default, every parameter

@@ -13,8 +13,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-
-from hostile import cases_analysis, cases_disk, cases_score, cases_train, disk, harness, pipeline
+from hostile import (
+    cases_analysis,
+    cases_disk,
+    cases_score,
+    cases_train,
+    disk,
+    harness,
+    pipeline,
+)
 
 REPO = os.path.abspath(os.environ.get("HOSTILE_REPO") or os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 JOBS = int(os.environ.get("HOSTILE_JOBS", "2"))  # cases run at once (each is one single-threaded subprocess)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tracin import formats, imagefolder
+import imagefolder
+from tracin import formats
 from tracin.errors import InputError
 
 BILINEAR = Image.BILINEAR

@@ -6,14 +6,15 @@ import os
 
 import numpy as np
 import pytest
+from conftest import run_main
 
+import datasets
 import tracin
-from tracin import datasets, formats
+from tracin import formats
 from tracin.graphs import ScoringGraph, select_params
 from tracin.job_influence import InfluenceFeatures
 from tracin.maths import projection_matrix
 from tracin.topk import RunningTopK
-from conftest import run_main
 
 TOP = ("proponents", "proponent_scores", "opponents", "opponent_scores", "self_influence", "test_labels")
 RAW = {"normalize": "none"}

@@ -4,9 +4,9 @@ import os
 import nnabla as nn
 import numpy as np
 import pytest
-
-from tracin import models
 from conftest import FIXTURES
+
+import models
 
 
 def _reference(name):

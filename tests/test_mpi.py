@@ -6,11 +6,10 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
+from conftest import REPO, run_main, write_subset
 
 from tracin import parallel
-from conftest import REPO, run_main, write_subset
 
 BIN = os.path.dirname(sys.executable)
 MPIEXEC = os.path.join(BIN, "mpiexec")

@@ -10,7 +10,6 @@ import textwrap
 
 import numpy as np
 import pytest
-
 from conftest import REPO, run_main, write_subset
 from test_mpi import CLEAN_ENV, MPIEXEC, needs_mpi, same_files
 
@@ -119,7 +118,7 @@ def test_a_rank_failing_between_collectives_releases_a_peer_blocked_in_allgather
     script.write_text(textwrap.dedent("""
         import sys
         import numpy as np
-        from tracin.cli import run_mpi_cli
+        from utils import run_mpi_cli
         from tracin.errors import InputError
 
         def main(argv, comm=None):

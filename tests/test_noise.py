@@ -3,7 +3,7 @@ against a brute-force reference, and uniform = the original shuffling."""
 import numpy as np
 import pytest
 
-from tracin import noise
+import noise
 
 
 def labels(n_per_class=(30, 41, 25, 50, 7, 19, 33, 40, 28, 12), seed=0):
@@ -191,7 +191,8 @@ def test_train_applies_the_noise_model_and_records_it(tmp_path, model):
     import json
 
     from conftest import run_main
-    from tracin import datasets
+
+    import datasets
     run_main("train.py", "--dataset", "digits", "--noise", model, "--shuffle_rate", "0.2", "--seed", "4",
              "--output", tmp_path / "data", "--model_save_path", tmp_path / "ckpt", "--monitor-path", tmp_path / "m",
              "--train_epochs", "1", "--nmaps", "4", "-c", "cpu")

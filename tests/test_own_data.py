@@ -8,10 +8,10 @@ import os
 
 import numpy as np
 import pytest
+from conftest import run_main
 from PIL import Image
 
 from tracin import formats, review
-from conftest import run_main
 
 NAMES = ("apple", "leaf", "sea")
 COLOURS = ((220, 40, 40), (40, 200, 40), (40, 40, 220))

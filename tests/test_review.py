@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tracin import formats, imagefolder, review
+import imagefolder
+from tracin import formats, review
 from tracin.errors import InputError
 
 

@@ -9,12 +9,12 @@ import nnabla.functions as F
 import nnabla.parametric_functions as PF
 import numpy as np
 import pytest
-
-import tracin
-from tracin import checkpoints, formats, maths, models
-from tracin.graphs import LoopGraph, ScoringGraph, select_params
 from conftest import checkpoint_logits, run_main, write_subset
 
+import models
+import tracin
+from tracin import checkpoints, formats, maths
+from tracin.graphs import LoopGraph, ScoringGraph, select_params
 
 # ------------------------------------------------------------------------------- hand-computed two-layer net
 

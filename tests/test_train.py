@@ -6,10 +6,10 @@ import shutil
 import h5py
 import numpy as np
 import pytest
+from conftest import checkpoint_logits, run_main, run_script, write_subset
 
 from tracin import checkpoints
 from tracin.training import learning_rate
-from conftest import checkpoint_logits, run_main, run_script, write_subset
 
 
 def _h5(path):
@@ -128,7 +128,8 @@ def test_default_dataset_is_cifar10_and_offline_error_points_to_digits(tmp_path,
     import urllib.request
 
     import train
-    from tracin.cli import run_cli, train_parser
+    from args import train_parser
+    from utils import run_cli
     assert train_parser().parse_args([]).dataset == "cifar10"
 
     def offline(*args, **kwargs):

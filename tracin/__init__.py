@@ -8,16 +8,18 @@
 
 See tracin.api for the arguments. Errors are ValueError / FileNotFoundError (tracin.errors), never an exit.
 """
-import logging
-
-# nnabla logs "[nnabla][INFO]: Initializing CPU extension..." while it is imported; quiet it before any module of
-# the package imports nnabla, so that a command-line mistake is reported in exactly one line.
-if logging.getLogger("nnabla").level == logging.NOTSET:
-    logging.getLogger("nnabla").setLevel(logging.WARNING)
-
-from .api import (Checkpoint, CheckpointEnsemble, Checkpoints, EnsembleResult, InfluenceResult,  # noqa: E402,F401
-                  SelfInfluenceResult, influence, load_checkpoints, self_influence)
-from .errors import InputError, MissingInputError  # noqa: E402,F401
+from .api import (  # noqa: F401
+    Checkpoint,
+    CheckpointEnsemble,
+    Checkpoints,
+    EnsembleResult,
+    InfluenceResult,
+    SelfInfluenceResult,
+    influence,
+    load_checkpoints,
+    self_influence,
+)
+from .errors import InputError, MissingInputError  # noqa: F401
 
 __all__ = ["load_checkpoints", "self_influence", "influence", "Checkpoint", "Checkpoints", "CheckpointEnsemble",
            "SelfInfluenceResult", "EnsembleResult", "InfluenceResult", "InputError", "MissingInputError"]

@@ -15,15 +15,21 @@ Images are (N, channels, height, width) arrays as stored (uint8 0-255 for train.
 (N, 1) integers. Every bad input raises tracin.InputError (a ValueError; MissingInputError is also a
 FileNotFoundError); nothing exits or prints.
 """
-from typing import List, NamedTuple, Optional
-
 import os
+from typing import List, NamedTuple, Optional
 
 from .checkpoints import check_same_data, discover, select
 from .errors import InputError
-from .normalize import DEFAULT as DEFAULT_NORMALIZE, DEFAULT_LAYERS as DEFAULT_INFLUENCE_LAYERS
-from .runs import (EnsembleResult, EnsembleSelfInfluenceRun, InfluenceResult, InfluenceRun,  # noqa: F401
-                   SelfInfluenceResult, SelfInfluenceRun)
+from .normalize import DEFAULT as DEFAULT_NORMALIZE
+from .normalize import DEFAULT_LAYERS as DEFAULT_INFLUENCE_LAYERS
+from .runs import (  # noqa: F401
+    EnsembleResult,
+    EnsembleSelfInfluenceRun,
+    InfluenceResult,
+    InfluenceRun,
+    SelfInfluenceResult,
+    SelfInfluenceRun,
+)
 
 
 class Checkpoint(NamedTuple):
@@ -89,7 +95,7 @@ def load_checkpoints(folder, epochs=None, interval=None, model=None):
         epochs: list of epochs to take (e.g. [29, 59]); default: every checkpoint but the initialisation.
         interval: K, instead of `epochs`: epochs K-1, 2K-1, ... (the weights at the start of every K-th epoch;
             K = 30 of 270 epochs gives the original's params_29, 59, ..., 269).
-        model: model config (tracin.models.model_config(...)) for a folder without checkpoints.json; with a
+        model: model config (models.model_config(...)) for a folder without checkpoints.json; with a
             manifest, the manifest's model is used.
     Returns:
         Checkpoints (epoch order), with `.model`; for a list of two or more folders a CheckpointEnsemble (the same

@@ -27,7 +27,6 @@ from .formats import MANIFEST, PARAMS_RE, params_name, solver_name
 from .io import load_json, save_json, write_bytes
 from .manifest import FORMAT, check_manifest
 
-
 # ------------------------------------------------------------------------------------------------------ writing
 
 def save_checkpoint(folder, epoch, lr, solver, manifest):

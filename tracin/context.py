@@ -39,6 +39,6 @@ def set_context(name="auto", device_id="0", type_config="float"):
 
 
 def quiet_nnabla():
-    """nnabla logs an INFO line per extension it initialises; keep the terminal for progress bars."""
-    import nnabla  # noqa: F401  (creates the logger; its INFO lines then stay quiet)
+    """nnabla logs an INFO line per extension it initialises, the first while it is imported. Called before
+    nnabla is imported (the level set here is kept), so that a terminal keeps one-line errors and progress bars."""
     logging.getLogger("nnabla").setLevel(logging.WARNING)

@@ -18,7 +18,6 @@ import numpy as np
 from .errors import InputError
 from .io import npz_bytes, remove_temporaries, write_bytes
 
-
 SHARD_BOUNDS = (256, 4096)  # samples per shard: at least 256 (per-unit overhead), at most 4096 (small unit files)
 
 

@@ -1,7 +1,7 @@
 """The library's exceptions: ordinary ValueError / FileNotFoundError subclasses, so a caller may catch either.
 
 InputError marks a problem with what the caller gave (a file, an array, an argument), as opposed to a bug: the
-command-line scripts report it as one line and exit code 2 (tracin.cli.run_cli), a notebook sees a ValueError.
+command-line scripts report it as one line and exit code 2 (utils.run_cli), a notebook sees a ValueError.
 """
 
 

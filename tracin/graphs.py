@@ -15,6 +15,7 @@ import itertools
 
 import numpy as np
 
+from . import network
 from .checkpoints import load_into
 from .errors import InputError
 from .maths import bn_grads, conv_grads, conv_sq_norms, sq_rows
@@ -174,12 +175,11 @@ class ScoringGraph:
     loss, and the layer functions whose inputs and output gradients give per-sample parameter gradients."""
 
     def __init__(self, model_cfg, batch_size, builder=None):
-        """`builder(image, test) -> (logits, features)` replaces the model zoo (tests use hand-checkable nets)."""
+        """`builder(image, test) -> (logits, features)` (tracin.network); default: the manifest's builder."""
         import nnabla as nn
         import nnabla.functions as F
 
-        from . import models
-        builder = builder or (lambda image, test: models.build(model_cfg, image, test=test))
+        builder = builder or network.from_config(model_cfg)
         self.batch_size = batch_size
         shape = (batch_size,) + tuple(model_cfg["input_shape"])
         with nn.parameter_scope(f"tracin_bs{batch_size}_{next(_GRAPH_IDS)}"):  # id(self) can be reused

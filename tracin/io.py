@@ -12,6 +12,7 @@ import numpy as np
 
 from .errors import InputError
 
+
 class WriteError(OSError):
     """Writing `filename` failed (a full or read-only disk, no permission): an OSError naming the final path, not
     the temporary one the writer was filling."""

@@ -15,8 +15,14 @@ every checkpoint of its training shard once and its block is final (normalised) 
 import numpy as np
 
 from .engine import shard_size, shards
-from .maths import (gradient_dots, last_layer_dots, last_layer_features, last_layer_sq_norms, projection_matrix,
-                    softmax)
+from .maths import (
+    gradient_dots,
+    last_layer_dots,
+    last_layer_features,
+    last_layer_sq_norms,
+    projection_matrix,
+    softmax,
+)
 from .normalize import checkpoint_term, finish
 from .topk import KEYS, RunningTopK
 

@@ -7,7 +7,6 @@ import math
 import os
 
 from .errors import InputError
-from .models import MODELS, model_config
 
 FORMAT = 1
 SCHEDULES = ("step", "cosine")
@@ -57,13 +56,14 @@ def _fail(path, problem):
 
 
 def check_model(model, path):
-    """The model description: a known model, n_classes >= 1, a (channels, height, width) input shape, and the
-    width (nmaps) the model needs."""
+    """The model description: a name, n_classes >= 1, a (channels, height, width) input shape, optional width
+    (nmaps), data set and builder reference (tracin.network). The model's own rules (e.g. an even width) are the
+    builder's to check when it builds."""
     if not isinstance(model, dict):
         _fail(path, "'model' must be an object")
     name, shape, nmaps = model.get("name"), model.get("input_shape"), model.get("nmaps")
-    if name not in MODELS:
-        _fail(path, f"model name {name!r} is not one of {', '.join(sorted(MODELS))}")
+    if not isinstance(name, str) or not name:
+        _fail(path, f"model name {name!r} is not a name")
     if not _whole(model.get("n_classes"), 1):
         _fail(path, f"model n_classes {model.get('n_classes')!r} is not a whole number >= 1")
     if not (isinstance(shape, list) and len(shape) == 3 and all(_whole(v, 1) for v in shape)):
@@ -71,12 +71,9 @@ def check_model(model, path):
     if not (nmaps is None or _whole(nmaps, 1)) or not (isinstance(model.get("dataset"), str) or
                                                        model.get("dataset") is None):
         _fail(path, f"model nmaps {nmaps!r} or dataset {model.get('dataset')!r} has the wrong type")
-    try:  # the model's own rules (an even width of at least 2, images of at least 8x8)
-        wanted = model_config(name, model["n_classes"], shape, nmaps)
-    except InputError as e:
-        _fail(path, str(e))
-    if wanted["nmaps"] != nmaps:
-        _fail(path, f"model nmaps {nmaps!r} does not suit {name}")
+    builder = model.get("builder")
+    if builder is not None and not (isinstance(builder, str) and ":" in builder):
+        _fail(path, f"model builder {builder!r} is not MODULE:FUNCTION")
 
 
 def check_entries(entries, path):

@@ -4,7 +4,13 @@ atomically (tracin.io.atomic_path); matplotlib is imported lazily and drawn by A
 import numpy as np
 
 from .io import atomic_path
-from .metrics import CURVE_FRACTIONS, as_inputs, detection_curve, oracle_scores, random_curve
+from .metrics import (
+    CURVE_FRACTIONS,
+    as_inputs,
+    detection_curve,
+    oracle_scores,
+    random_curve,
+)
 
 DPI = 120
 

@@ -8,13 +8,18 @@ from typing import List, Optional
 
 import numpy as np
 
-from . import datasets, engine
+from . import engine
+from .arrays import check_images as _check_images
+from .arrays import check_labels as _check_labels
+from .arrays import fingerprint
 from .context import set_context
 from .errors import InputError
 from .graphs import make_graph, predict, select_params
 from .job_influence import InfluenceFeatures, InfluenceJob, test_chunk_size
 from .job_self import SelfInfluenceJob, scoring_kind
-from .normalize import DEFAULT as DEFAULT_NORMALIZE, DEFAULT_LAYERS as DEFAULT_INFLUENCE_LAYERS, NORMALIZATIONS
+from .normalize import DEFAULT as DEFAULT_NORMALIZE
+from .normalize import DEFAULT_LAYERS as DEFAULT_INFLUENCE_LAYERS
+from .normalize import NORMALIZATIONS
 
 CACHE_FORMAT = 2  # bumped when a unit file's content changes, so older caches are never mixed in
 
@@ -56,7 +61,7 @@ class InfluenceResult:
 
 
 def check_images(x, model, what="x"):
-    x = datasets.check_images(x, what)
+    x = _check_images(x, what)
     if tuple(x.shape[1:]) != tuple(model["input_shape"]):
         raise InputError(f"{what} holds images of shape {tuple(x.shape[1:])} but the checkpoints' model takes "
                          f"{tuple(model['input_shape'])}")
@@ -64,7 +69,7 @@ def check_images(x, model, what="x"):
 
 
 def check_labels(y, n, n_classes, what="y"):
-    return datasets.check_labels(y, n_classes, what, n)
+    return _check_labels(y, n_classes, what, n)
 
 
 class _Run:
@@ -121,7 +126,7 @@ class SelfInfluenceRun(_Run):
         y = check_labels(y, len(x), checkpoints.model["n_classes"])
         super().__init__(checkpoints, layers, method, lr_weight, batch_size, x, context)
         self.kind = scoring_kind(layers, method)
-        self.key = engine.settings_key(format=CACHE_FORMAT, data=datasets.fingerprint(x, y), names=self.names,
+        self.key = engine.settings_key(format=CACHE_FORMAT, data=fingerprint(x, y), names=self.names,
                                        method=method, batch=batch_size, shard=engine.shard_size(len(x)),
                                        ctx=self._backend(), kind=self.kind)
         self.job = SelfInfluenceJob(self.graph, self.kind, self.names, self.ckpts, self.etas, x, y,
@@ -211,8 +216,8 @@ class InfluenceRun(_Run):
         chunk = min(test_chunk, n_test) if test_chunk else test_chunk_size(n_test, self.featurizer.width(),
                                                                            len(self.ckpts))
         self.key = engine.settings_key(
-            format=CACHE_FORMAT, mode="influence", data=datasets.fingerprint(x_train, y_train),
-            test=datasets.fingerprint(x_test, self.y_test), names=self.names, method=method, kind=self.kind,
+            format=CACHE_FORMAT, mode="influence", data=fingerprint(x_train, y_train),
+            test=fingerprint(x_test, self.y_test), names=self.names, method=method, kind=self.kind,
             batch=self.featurizer.batch_size, shard=engine.shard_size(n_train), chunk=chunk, k=self.k,
             matrix=bool(full_matrix), projection=[projection_dim, seed] if projection_dim else None,
             normalize=normalize,

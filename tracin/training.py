@@ -77,18 +77,17 @@ class Trainer:
     augmentation is seeded by (seed, epoch, micro-batch position), which makes --resume exact. shards: a
     dataparallel.Shards over the MPI ranks (None: one process)."""
 
-    def __init__(self, model_cfg, recipe, val_batch_size, shards=None):
+    def __init__(self, model_cfg, recipe, val_batch_size, build, shards=None):
         import nnabla as nn
         import nnabla.functions as F
         import nnabla.solvers as S
 
-        from . import models
-        self.nn, self.F, self.models = nn, F, models
+        self.nn, self.F, self.build = nn, F, build
         self.cfg, self.recipe = model_cfg, recipe
         shape = tuple(model_cfg["input_shape"])
         nn.random.seed(recipe["seed"])  # parameter initialisation
         self.x_val = nn.Variable((val_batch_size,) + shape)
-        self.logits_val, _ = models.build(model_cfg, self.x_val, test=True)
+        self.logits_val, _ = build(self.x_val, test=True)
         self.params = nn.get_parameters(grad_only=False)
         self.solver = S.Momentum(lr=recipe["learning_rate"], momentum=recipe["momentum"])
         self.solver.set_parameters(nn.get_parameters())
@@ -116,7 +115,7 @@ class Trainer:
             augment = self.recipe["augmentation"]
             if augment:
                 augment = dict(augment, seed=augment_seed(self.recipe["seed"], epoch, k))
-            logits, _ = self.models.build(self.cfg, x, test=False, augment=augment)
+            logits, _ = self.build(x, test=False, augment=augment)
             logits.persistent = True  # read for the error count: a cleared forward must keep it
             loss = F.mean(F.softmax_cross_entropy(logits, y))
             self._graphs[key] = (x, y, logits, loss)
@@ -212,7 +211,7 @@ class Trainer:
         bs = min(self.recipe["train_batch_size"] // self.micro_batches, len(x_train))
         if "recal" not in self._graphs or self._graphs["recal"][0].shape[0] != bs:
             x = nn.Variable((bs,) + tuple(self.cfg["input_shape"]))
-            logits, _ = self.models.build(self.cfg, x, test=False)
+            logits, _ = self.build(x, test=False)
             decay = []
             logits.visit(lambda f: decay.append(f.info.args["decay_rate"])
                          if f.info.type_name == "BatchNormalization" else None)

@@ -7,7 +7,17 @@ import numpy as np
 
 from .common import INF, NAN, damaged_file, file_cases, flag_cases, label_mutations
 from .harness import ANY, BAD, OK, Case
-from .mutate import as_float_with, chain, edit_array, edit_json, npz_edit, overwrite, remove, set_value, write_text
+from .mutate import (
+    as_float_with,
+    chain,
+    edit_array,
+    edit_json,
+    npz_edit,
+    overwrite,
+    remove,
+    set_value,
+    write_text,
+)
 from .pipeline import N_TRAIN
 
 A = "mislabel_analysis.py"

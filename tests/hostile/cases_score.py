@@ -4,11 +4,31 @@ import os
 
 import numpy as np
 
-from .common import (NAN, NON_POSITIVE_INT, entry, file_cases, flag_cases, image_mutations, label_mutations,
-                     params_elsewhere, with_flag)
+from .common import (
+    NAN,
+    NON_POSITIVE_INT,
+    entry,
+    file_cases,
+    flag_cases,
+    image_mutations,
+    label_mutations,
+    params_elsewhere,
+    with_flag,
+)
 from .harness import ANY, BAD, OK, Case
-from .mutate import (as_float_with, chain, edit_array, edit_json, empty, h5_data, h5_reshape, overwrite, remove,
-                     truncate, write_text)
+from .mutate import (
+    as_float_with,
+    chain,
+    edit_array,
+    edit_json,
+    empty,
+    h5_data,
+    h5_reshape,
+    overwrite,
+    remove,
+    truncate,
+    write_text,
+)
 
 SCORE = ("--input", "data", "--checkpoint", "ckpt", "--output", "out", "-c", "cpu")
 INFL = SCORE + ("--mode", "influence", "--test_indices", "0,1", "--top_k", "3")

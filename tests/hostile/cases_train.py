@@ -2,10 +2,26 @@
 import json
 import os
 
-from .common import (NON_POSITIVE_INT, entry, file_cases, flag_cases, image_mutations, label_mutations,
-                     params_elsewhere)
+from .common import (
+    NON_POSITIVE_INT,
+    entry,
+    file_cases,
+    flag_cases,
+    image_mutations,
+    label_mutations,
+    params_elsewhere,
+)
 from .harness import ANY, BAD, OK, Case
-from .mutate import chain, edit_array, edit_json, empty, h5_data, overwrite, truncate, write_text
+from .mutate import (
+    chain,
+    edit_array,
+    edit_json,
+    empty,
+    h5_data,
+    overwrite,
+    truncate,
+    write_text,
+)
 from .pipeline import TRAIN_FLAGS
 
 TRAIN = ("--input", "data", "--model_save_path", "run", "--monitor-path", "mon", "--train_epochs", "1") + TRAIN_FLAGS

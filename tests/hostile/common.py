@@ -5,7 +5,15 @@ import shutil
 import numpy as np
 
 from .harness import ANY, BAD, OK, Case
-from .mutate import as_float_with, edit_array, empty, overwrite, remove, set_value, truncate
+from .mutate import (
+    as_float_with,
+    edit_array,
+    empty,
+    overwrite,
+    remove,
+    set_value,
+    truncate,
+)
 
 NAN, INF = float("nan"), float("inf")
 NPY_HEADER = 128  # np.save's header length for these small arrays: damage after it hits the values

@@ -3,11 +3,12 @@
 `MODELS` feeds argparse `choices`; `build` is how every script makes a graph from a model config (the dict a
 checkpoint manifest records), so no script restates the model by hand.
 """
-from ..errors import InputError
-from .resnet import resnet23, resnet56
+from tracin.errors import InputError
 
-MODELS = {"resnet23": resnet23, "resnet56": resnet56}
+
+MODELS = ("resnet23", "resnet56")  # names only: nnabla is imported when a graph is built, not with the zoo
 DEFAULT_NMAPS = {"resnet23": 64, "resnet56": None}
+BUILDER = "models:build"  # how a checkpoint manifest names this zoo (tracin.network)
 MIN_SIZE = 8  # three 2x2 poolings (resnet23) / two stride-2 stages (resnet56) need at least 8x8 pixels
 
 
@@ -24,10 +25,16 @@ def model_config(name, n_classes, input_shape, nmaps=None, dataset=None):
     c, h, w = (int(v) for v in input_shape)
     if min(h, w) < MIN_SIZE:
         raise InputError(f"{name} needs images of at least {MIN_SIZE}x{MIN_SIZE} pixels, got {h}x{w}")
-    return {"name": name, "nmaps": nmaps, "n_classes": int(n_classes), "input_shape": [c, h, w], "dataset": dataset}
+    return {"name": name, "nmaps": nmaps, "n_classes": int(n_classes), "input_shape": [c, h, w], "dataset": dataset,
+            "builder": BUILDER}
 
 
 def build(config, image, test, augment=None):
-    """Graph for `config` (see model_config) on the nn.Variable `image`: (logits, features)."""
-    fn = MODELS[config["name"]]
+    """Graph for `config` (see model_config) on the nn.Variable `image`: (logits, features). A config that breaks
+    the model's rules (a checkpoint manifest edited by hand) is an InputError."""
+    wanted = model_config(config.get("name"), config["n_classes"], config["input_shape"], config.get("nmaps"))
+    if wanted["nmaps"] != config.get("nmaps"):
+        raise InputError(f"model nmaps {config.get('nmaps')!r} does not suit {config.get('name')}")
+    from . import resnet
+    fn = getattr(resnet, config["name"])
     return fn(image, test=test, n_classes=config["n_classes"], nmaps=config.get("nmaps"), augment=augment)

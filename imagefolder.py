@@ -37,10 +37,12 @@ import os
 
 import numpy as np
 
-from .datasets import DatasetSpec
-from .errors import InputError, MissingInputError
-from .formats import FILE_LIST
-from .models import MIN_SIZE as MIN_SIDE  # the smallest side the models take; checked before any decoding
+from datasets import DatasetSpec
+from models import (
+    MIN_SIZE as MIN_SIDE,  # the smallest side the models take; checked before any decoding
+)
+from tracin.errors import InputError, MissingInputError
+from tracin.formats import FILE_LIST
 
 FORMAT = 1
 EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -288,7 +290,7 @@ def make_arrays(root, image_size=None, val_fraction=0.1, seed=0, progress=False)
 
 def save_file_list(folder, file_list):
     """Write FILE_LIST into `folder` atomically."""
-    from .io import save_json
+    from tracin.io import save_json
     save_json(os.path.join(folder, FILE_LIST), file_list)
 
 

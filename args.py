@@ -1,19 +1,19 @@
-"""Command-line plumbing of the three entry scripts: flags, one-line errors, exit codes. Only the scripts import it.
+"""The entry scripts' flags: one parser per script, the converters that validate each flag. Only the scripts import it.
 
 Spellings follow the original nnabla-examples TracIn example (`--model_save_path`, `--shuffle_label True`,
 `-c cudnn`, ...). Defaults that depend on the data set are None here and resolved from `datasets.SPECS`.
 """
 import argparse
-import errno
 import math
-import os
 import sys
 
-from .errors import InputError
-from .imagefolder import parse_image_size
-from .models import MODELS
-from .noise import MODELS as NOISE_MODELS
-from .normalize import DEFAULT as DEFAULT_NORMALIZE, DEFAULT_LAYERS as DEFAULT_INFLUENCE_LAYERS, NORMALIZATIONS
+from imagefolder import parse_image_size
+from models import MODELS
+from noise import MODELS as NOISE_MODELS
+from tracin.errors import InputError
+from tracin.normalize import DEFAULT as DEFAULT_NORMALIZE
+from tracin.normalize import DEFAULT_LAYERS as DEFAULT_INFLUENCE_LAYERS
+from tracin.normalize import NORMALIZATIONS
 
 DATASETS = ("cifar10", "digits", "imagefolder")
 
@@ -21,49 +21,6 @@ DATASETS = ("cifar10", "digits", "imagefolder")
 class CliError(InputError):
     """A mistake in the command line: reported as one line on stderr, exit code 2, no traceback. Its message may
     name flags (library errors, InputError, do not)."""
-
-
-WRITE_HINTS = {errno.ENOSPC: "the disk is full: free some space or choose another folder",
-               errno.EDQUOT: "the disk quota is exhausted: free some space or choose another folder",
-               errno.EROFS: "the file system is read-only: choose another folder",
-               errno.EACCES: "permission denied: choose a folder you can write to",
-               errno.EPERM: "permission denied: choose a folder you can write to"}
-
-
-# the API argument (InputError.arg) -> the flag that sets it
-FLAGS = {"epochs": "--checkpoint_epochs", "interval": "--checkpoint_interval", "projection_dim": "--projection_dim",
-         "top_k": "--top_k", "batch_size": "--batch_size"}
-
-
-def error_exit(e):
-    """(message, exit code) for an exception a script reports in one line, or None for a bug (traceback).
-    Bad input: 2. An OS error on a named file (a full or read-only disk, no permission): 1."""
-    from .io import WriteError
-    if isinstance(e, InputError):
-        flag = FLAGS.get(getattr(e, "arg", None))  # a library error about one argument names the flag setting it
-        return (f"{flag}: {e}" if flag else str(e)), 2
-    if isinstance(e, WriteError):
-        return f"cannot write {e.filename}: {WRITE_HINTS.get(e.errno, e.strerror)}", 1
-    if isinstance(e, OSError) and e.filename:
-        return f"{e.filename}: {e.strerror or e}", 1
-    return None
-
-
-def run_cli(main_fn, argv=None, prog=None, resume_hint="rerun the same command to continue"):
-    """Run an entry script's main(argv); an InputError (or an OS error on a file, or Ctrl-C) becomes one line on
-    stderr and an exit code."""
-    prog = prog or os.path.basename(sys.argv[0])
-    try:
-        return main_fn(argv)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted; {resume_hint}", file=sys.stderr)
-        return 130
-    except (InputError, OSError) as e:
-        known = error_exit(e)
-        if known is None:
-            raise
-        print(f"{prog}: error: {known[0]}", file=sys.stderr)
-        return known[1]
 
 
 class Parser(argparse.ArgumentParser):
@@ -113,7 +70,7 @@ width = _bounded(int, "a whole number", lambda v: v >= 2 and v % 2 == 0, "expect
 
 
 def top_value(value):
-    from .review import parse_top
+    from tracin.review import parse_top
     try:
         return parse_top(value)
     except ValueError as e:
@@ -345,48 +302,3 @@ def analysis_parser():
     p.add_argument("--influence_rows", type=positive_int, default=20,
                    help="with --influence: at most this many test samples (rows) in influence_examples.png")
     return p
-
-
-def run_mpi_cli(main_fn, argv=None, prog=None, resume_hint="rerun the same command to continue"):
-    """run_cli for a script that may run under MPI (tracin.parallel): main_fn(argv, comm=...) on every rank.
-
-    Exit codes are those of run_cli on every rank (2 for a bad input). Only rank 0 prints an error, except an error
-    of another rank that rank 0 did not have itself."""
-    from .parallel import PeerFailed, world
-    prog = prog or os.path.basename(sys.argv[0])
-    try:
-        comm = world()
-    except InputError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 2
-    if comm is None:
-        return run_cli(main_fn, argv, prog, resume_hint)
-
-    def report(message, code):
-        # rank 0 prints; another rank prints only when rank 0 failed with a different message (when rank 0 did
-        # not fail, it reports this failure itself, through PeerFailed)
-        failures = dict(comm.fail(message, code))
-        if comm.rank == 0 or (0 in failures and failures[0][0] != message):
-            print(f"{prog}: error: {message}" + (f" (rank {comm.rank} of {comm.size})" if comm.rank else ""),
-                  file=sys.stderr)
-        return code
-
-    try:
-        code = main_fn(argv, comm=comm)
-    except PeerFailed as e:
-        r, (m, c) = e.failures[0]
-        if comm.rank == 0:
-            print(f"{prog}: error: {m} (rank {r} of {comm.size})", file=sys.stderr)
-        return c
-    except Exception as e:  # noqa: BLE001 - release the other ranks, then fail (with the traceback of a bug)
-        known = error_exit(e)
-        if known is None:
-            import traceback
-            traceback.print_exc()
-            known = (f"{type(e).__name__}: {e}", 1)
-        return report(*known)
-    try:
-        comm.allgather(None)  # the final collective: a rank failing after the others finished releases them here
-    except PeerFailed as e:
-        return e.failures[0][1][1]
-    return code
