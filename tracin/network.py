@@ -3,7 +3,9 @@
 A builder is `build(image, test) -> logits` or `-> (logits, features)`, called inside a parameter scope, with
 `image` an nn.Variable (batch, channels, height, width) and `test` True for inference mode. A checkpoint manifest
 names its builder by reference (`model["builder"]`, "module:function" or "path/to/file.py:function"); such a
-function is called as `fn(model_config, image, test=test)`, so one function serves every width and class count.
+function is called as `fn(model_config, image, test=test)`, so one function serves every width and class count;
+its module may define `check_config(model_config)`, which raises InputError for a config the network cannot build
+(checked when a manifest is read, before anything runs).
 """
 import importlib
 import importlib.util
@@ -49,6 +51,14 @@ def _load_file(path):
         del sys.modules[key]
         raise
     return module
+
+
+def check_config(model_cfg: dict):
+    """Run the builder module's own check of a model config, when it has one (InputError)."""
+    fn = resolve(model_cfg.get("builder", LEGACY_BUILDER), "model builder")
+    check = getattr(sys.modules.get(fn.__module__), "check_config", None)
+    if callable(check):
+        check(model_cfg)
 
 
 def from_config(model_cfg: dict):
