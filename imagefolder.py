@@ -51,17 +51,29 @@ ORIENTATION = 0x0112  # EXIF tag; values 5-8 mean the stored image is turned a q
 BACKGROUND = (255, 255, 255)  # transparent pixels: white, as most viewers and web pages show them
 
 
-# The training recipe of an image import (train.py also uses it for arrays whose shape no known data set has).
-# Own data sets are small (hundreds to a few thousand images) and trained on a CPU, so CIFAR-10's recipe (batch 500,
-# 270 epochs, width 64) would cost hours and barely step on a few hundred images. The digits recipe instead: a
-# narrow resnet23 (width 16), batch 64 (at most the data's size), 30 epochs, a low peak rate (0.01) with cosine decay,
-# which learns the majority of each class in a few epochs while fitting few wrong labels, keeping their gradients
-# large (the detection study, docs/). Augmentation keeps every label of unknown content: small rotations and
-# scaling, no mirroring (a mirrored digit or letter is another symbol).
+# The training recipe of an image import (train.py also uses it for arrays whose shape no known data set has):
+# fixed settings here, training length and checkpoint spacing from the data (adapt_recipe). Own data sets are small
+# (hundreds to a few thousand images) and trained on a CPU: a narrow resnet23 (width 16), batch 64 (at most the
+# data's size), cosine decay from a peak rate of 0.1 with precise batch norm. Augmentation keeps every label of
+# unknown content: small rotations and scaling, no mirroring (a mirrored digit, letter or diagonal texture is
+# another class). docs/own_data.md has the measurements behind every number.
 OWN_DATA = DatasetSpec(
     "imagefolder", (), None, augment=dict(angle=0.15, min_scale=0.9, max_scale=1.1, flip_lr=False),
-    train_defaults=dict(train_batch_size=64, train_epochs=30, learning_rate=0.01, lr_schedule="cosine",
+    train_defaults=dict(train_batch_size=64, train_epochs=None, learning_rate=0.1, lr_schedule="cosine",
                         weight_decay=5e-4, nmaps=16))
+# Training length as a budget of optimizer steps, not epochs: 30 epochs are ~690 steps on 1,500 digits but ~150 on
+# 300 images, which then memorise instead of learning. At least MIN_STEPS steps and MIN_EPOCHS epochs.
+MIN_STEPS = 1000
+MIN_EPOCHS = 40
+MAX_CHECKPOINTS = 60  # scoring costs images x checkpoints: small folders, with many epochs, save every k-th
+
+
+def adapt_recipe(n_train, batch_size=64):
+    """{train_epochs, save_interval} for n_train images at batch_size: the step budget (MIN_STEPS, MIN_EPOCHS) and
+    a checkpoint every k-th epoch so that at most MAX_CHECKPOINTS are scored."""
+    steps_per_epoch = math.ceil(n_train / min(batch_size, n_train))
+    epochs = max(MIN_EPOCHS, math.ceil(MIN_STEPS / steps_per_epoch))
+    return {"train_epochs": epochs, "save_interval": math.ceil(epochs / MAX_CHECKPOINTS)}
 
 
 # ------------------------------------------------------------------------------------------------- listing

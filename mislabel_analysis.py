@@ -23,7 +23,7 @@ import numpy as np
 import datasets
 import imagefolder
 from args import CliError, analysis_parser
-from tracin import formats, normalize, plots, review
+from tracin import formats, gate, normalize, plots, review
 from tracin.arrays import check_labels
 from tracin.io import (
     atomic_path,
@@ -163,7 +163,9 @@ def load_analysis(args, input_dir, notes):
                            "or the probabilities need others: it comes from another import; import the images again")
     elif probabilities is not None:
         names = datasets.class_names(max(n_classes, probabilities.shape[1]), dataset)
+    validation = gate.read_validation((info or {}).get("checkpoint"))
     return dict(x=x, y_true=y_true, y_given=y_given, scores=scores, score_path=os.path.abspath(score_path),
+                validation=validation, trusted=validation is None or validation["trusted"],
                 loss=loss, loss_path=os.path.abspath(loss_path) if loss is not None else None, ckpts=ckpts,
                 names=names, n_classes=len(names), dataset=dataset, probabilities=probabilities,
                 files=file_list["train"] if file_list else None)
@@ -225,13 +227,14 @@ def load_influence(args, notes):
 def run_review(d, args, out):
     """label_issues.csv and the sheet of its top rows (always); without clean labels also the per-class score
     figure and the metrics.json of a review. Returns (rows, metrics or None, figures)."""
-    rows = review.label_issues(d["scores"], d["y_given"], d["probabilities"], d["names"], d["files"])
+    rows = review.label_issues(d["scores"], d["y_given"], d["probabilities"], d["names"], d["files"], d["trusted"])
     review.write_label_issues(os.path.join(out, formats.LABEL_ISSUES), rows)
     figures = []
     if d["x"] is not None:
         cells = review.sheet_cells(rows, d["x"], args.top)
         title = (f"The {len(cells)} most suspicious of {len(rows)} training samples by self-influence (#rank, given "
-                 "\u2192 suggested label, file, score; red: the model prefers the suggestion)")
+                 "\u2192 suggested label, file, score; " + ("red: flagged, the model prefers the suggestion)"
+                 if d["trusted"] else "the model is too weak to trust: suggestions are guesses)"))
         figures.append((f"Top {len(cells)} of {formats.LABEL_ISSUES}", plots.plot_image_grid(
             cells, min(8, max(1, len(cells))), os.path.join(out, formats.REVIEW_SHEET_PNG), title, caption_lines=3)))
     if d["y_true"] is not None:
@@ -241,12 +244,13 @@ def run_review(d, args, out):
         dist, os.path.join(out, formats.CLASS_SCORES_PNG))))
     metrics = {"score_file": d["score_path"], "n_train": int(d["scores"].size), "clean_labels": False,
                "label_issues": os.path.abspath(os.path.join(out, formats.LABEL_ISSUES)),
-               "suggestions": d["probabilities"] is not None,
+               "suggestions": d["probabilities"] is not None, "validation": d["validation"],
+               "estimated_label_issues": review.estimated_issues(rows),
                "classes": [{k: v for k, v in c.items() if k != "scores"} for c in dist]}
     return rows, metrics, figures
 
 
-def run_analysis(d, args, out):
+def run_analysis(d, args, out, rows):
     mis = d["y_true"] != d["y_given"]
     n, n_mis = mis.size, int(mis.sum())
     if n_mis == 0:
@@ -256,6 +260,7 @@ def run_analysis(d, args, out):
     if d["loss"] is not None:
         rankings["loss"] = d["loss"]
     metrics = {
+        "validation": d["validation"], "estimated_label_issues": review.estimated_issues(rows),
         "score_file": d["score_path"], "loss_file": d["loss_path"], "n_train": int(n), "n_mislabeled": n_mis,
         "noise_rate": n_mis / n, "dataset": d["dataset"],
         "recall_fractions": list(RECALL_FRACTIONS),
@@ -350,13 +355,24 @@ def print_metrics(rows, metrics, out):
               f"figures and report: {os.path.abspath(out)}")
     print(f"all {len(rows)} samples, most suspicious first, with suggested labels: "
           f"{os.path.abspath(os.path.join(out, formats.LABEL_ISSUES))}")
+    print_gate(metrics)
     sys.stdout.flush()
+
+
+def print_gate(metrics):
+    """The model check's sentence (tracin.gate) and the estimated number of label issues."""
+    if metrics.get("validation"):
+        print(metrics["validation"]["sentence"])
+    if metrics.get("estimated_label_issues") is not None:
+        print(f"estimated label issues: {metrics['estimated_label_issues']} (rows with is_label_issue = 1: the "
+              "model prefers the suggested class; review those, most suspicious first)")
 
 
 def print_review(rows, metrics, out):
     """The stdout summary of a review (no clean labels): where the list is and its first rows."""
     print(f"clean labels unknown: {len(rows)} samples listed, most suspicious first, in "
           f"{metrics['label_issues']}; figures and report: {os.path.abspath(out)}")
+    print_gate(metrics)
     for r in rows[:10]:
         suggestion = f" -> {r['suggested_class']} (p={r['suggested_probability']:.2f})" if r["suggested_class"] else ""
         print(f"  #{r['rank']:<3} {r['file'] or 'index ' + str(r['index'])}: {r['given_class']}{suggestion}, "
@@ -384,7 +400,7 @@ def main(argv=None):
     if data is not None:
         rows, metrics, review_figures = run_review(data, args, out)
         if metrics is None:  # clean labels known: detection metrics and curves; the report's table shows the top
-            metrics, figures = run_analysis(data, args, out)
+            metrics, figures = run_analysis(data, args, out, rows)
         else:
             figures = review_figures
     if infl is not None:

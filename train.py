@@ -21,12 +21,12 @@ import datasets
 import imagefolder
 import models
 from args import CliError, train_parser
-from tracin import checkpoints, formats
+from tracin import checkpoints, formats, gate
 from tracin.arrays import check_labels, fingerprint
 from tracin.context import set_context
 from tracin.dataparallel import Shards
 from tracin.errors import MissingInputError
-from tracin.io import check_writable, ensure_dir, remove_temporaries, writes_to
+from tracin.io import check_writable, ensure_dir, remove_temporaries, save_json, writes_to
 from tracin.training import Trainer, checkpoint_lr, learning_rate
 from utils import run_mpi_cli
 
@@ -38,11 +38,13 @@ def infer_dataset(x):
     return None
 
 
-def resolve_recipe(args, dataset):
+def resolve_recipe(args, dataset, n_train):
     spec = datasets.SPECS.get(dataset) or imagefolder.OWN_DATA  # own images, or arrays of an unknown shape
-    d = spec.train_defaults
+    d = dict(spec.train_defaults)
+    if d["train_epochs"] is None:  # own data: length from the data (imagefolder.adapt_recipe)
+        d.update(imagefolder.adapt_recipe(n_train, args.train_batch_size or d["train_batch_size"]))
     pick = (lambda key: getattr(args, key) if getattr(args, key) is not None else d[key])
-    return {
+    return {"save_interval": d.get("save_interval", 1),
         "dataset": dataset, "seed": args.seed, "shuffle_label": args.shuffle_label, "shuffle_rate": args.shuffle_rate,
         "train_epochs": pick("train_epochs"), "train_batch_size": pick("train_batch_size"),
         "learning_rate": pick("learning_rate"), "lr_schedule": pick("lr_schedule"),
@@ -195,7 +197,7 @@ def fresh_state(args, ckpt_dir):
     where = args.input or "--dataset"
     for key in keys:
         check_labels(arrays[key], n_classes, os.path.join(where, key + ".npy"))
-    recipe = resolve_recipe(args, dataset)
+    recipe = resolve_recipe(args, dataset, len(arrays["x_train"]))
     n, bs = len(arrays["x_train"]), recipe["train_batch_size"]
     if n < 2:  # batch normalisation over one sample has no variance
         raise CliError(f"{os.path.join(where, formats.X_TRAIN)} holds {n} training sample: training needs at least 2")
@@ -244,7 +246,7 @@ def run_epochs(trainer, recipe, manifest, ckpt_dir, start_epoch, args, data):
     if rank0:
         with writes_to(args.monitor_path):
             mon = open_monitors(args.monitor_path, start_epoch)
-    epochs, interval = recipe["train_epochs"], args.model_save_interval
+    epochs, interval = recipe["train_epochs"], args.model_save_interval or recipe.get("save_interval", 1)
     from tqdm import tqdm
     bar = tqdm(total=(epochs - start_epoch) * math.ceil(len(x_train) / recipe["train_batch_size"]), desc="train",
                unit="batch", dynamic_ncols=True, disable=None if rank0 else True)  # None: on a terminal only
@@ -357,8 +359,10 @@ def main(argv=None, comm=None):
         print(f"resuming from epoch {start_epoch} ({entry['params']})", file=sys.stderr)
     vloss, verr = run_epochs(trainer, recipe, manifest, ckpt_dir, start_epoch, args, data)
     if shards.rank == 0:
+        check = gate.model_check(1.0 - verr, arrays["y_val"], recipe["train_epochs"])
+        save_json(os.path.join(ckpt_dir, gate.VALIDATION), check)
         print(f"done: {recipe['train_epochs']} epochs, validation error {verr:.4f} (loss {vloss:.4f}); "
-              f"checkpoints and {formats.MANIFEST} in {ckpt_dir}", file=sys.stderr)
+              f"checkpoints and {formats.MANIFEST} in {ckpt_dir}\n{check['sentence']}", file=sys.stderr)
     return 0
 
 

@@ -1,20 +1,25 @@
-"""Audit-your-own-data measurement: a folder of PNGs with a known share placed in a wrong class folder, the three
-commands of the README exactly as a user types them, then how many planted files label_issues.csv ranks in its top
-10% and how many of those carry their true class as the suggested label.
+"""Audit-your-own-data benchmark: generated image folders (bench/folders.py: colour shapes over clutter, colour
+textures, grey digits) with 10 % of every class's files saved in a wrong class folder, the README's three commands
+exactly as a user types them (no extra flags), then how well label_issues.csv finds the moved files, against
+confident learning (cleanlab's find_label_issues on out-of-fold logistic-regression probabilities of the pixels).
 
-    python -m bench.own_data [--source digits|mnist] [--work /tmp/own_data] [--per_class 50] [--size 16]
-                             [--rate 0.1] [--seed 0]
+    nice -n 10 python -m bench.own_data [--cells quick|full] [--seeds 0,1,2] [--work /tmp/own_data]
+    python -m bench.own_data --tune --extra "--learning_rate 0.1"   # tuning folders (seeds 100+), kept apart
 
-Images: scikit-learn's bundled 8x8 digits (offline), or the real 28x28 MNIST-5k digits (bench.mnist), the first
-`per_class` of every digit, resized to size x size (bilinear) and saved as greyscale PNGs in WORK/images/<digit>/;
-`rate` of every class (seeded) is saved in a folder of another digit instead (uniform over the other nine). The
-truth stays outside the image folder (WORK/planted.json). Results: bench/results/own_data_SOURCE.json and stdout
-(the work folder, with the images, arrays and checkpoints, is replaced on every run).
+Every cell (kind, classes, images, size, seed) is one JSON file in bench/results/own_data/ (tune: own_data_tune/);
+a cell already there is skipped (resumable: rerun the same command). The summary is bench/results/own_data.md.
+
+Metrics per cell, over the moved files that label_issues.csv lists (training and, with every image audited, all):
+AUROC of the ranking (rank 1 = most suspicious), share of them among the top 10 % of rows, share of those whose
+suggested class is their true one, precision / recall of is_label_issue and the summary's estimated number of
+issues, the validation accuracy and chance level, and the seconds of each command.
 """
 import argparse
 import csv
+import glob
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -23,87 +28,170 @@ import time
 
 import numpy as np
 
+from bench.folders import write_folder
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(REPO, "bench", "results")
 COMMANDS = (
     ("train.py", "--dataset", "imagefolder", "--data-dir", "images", "--output", "out/data", "--model_save_path",
      "out/ckpt", "-c", "cpu"),
     ("calculate_score.py", "--input", "out/data", "--checkpoint", "out/ckpt", "--output", "out/data", "-c", "cpu"),
     ("mislabel_analysis.py", "--input", "out/data", "--output", "out/review"),
 )
+RATE = 0.1
+# (kind, classes, images per class, side): colour and grey, 300 to 2,000 images, 3 to 10 classes, 16 to 48 px
+CELLS = {
+    "quick": [("shapes", 3, 100, 32), ("shapes", 10, 100, 32), ("textures", 10, 100, 32), ("digits", 10, 50, 16)],
+    "full": [("shapes", 3, 100, 32), ("shapes", 10, 100, 32), ("textures", 10, 100, 32), ("digits", 10, 50, 16),
+             ("textures", 5, 60, 48), ("mnist", 10, 200, 28), ("shapes", 10, 200, 32)],
+}
 
 
-def load_source(source):
-    """(images (N, H, W) uint8, labels (N,))."""
-    if source == "mnist":
-        from bench.mnist import load_mnist_5k
-        x, y = load_mnist_5k()
-        return x[:, 0], y
-    from sklearn.datasets import load_digits
-    d = load_digits()
-    return np.round(d.images * 255.0 / 16.0).astype(np.uint8), d.target
+def cell_name(kind, classes, per_class, size, seed):
+    return f"{kind}_c{classes}_n{classes * per_class}_s{size}_seed{seed}"
 
 
-def write_folder(root, per_class, size, rate, seed, source="digits"):
-    """Write the PNG folder; returns {relative file: (true class, folder class)} of every image."""
-    from PIL import Image
-    images, labels = load_source(source)
-    rng = np.random.RandomState(seed)
-    truth = {}
-    for c in range(10):
-        idx = np.flatnonzero(labels == c)[:per_class]
-        planted = set(rng.choice(idx, int(round(rate * len(idx))), replace=False).tolist())
-        for i in idx:
-            folder = c
-            if i in planted:
-                folder = int(rng.choice([k for k in range(10) if k != c]))
-            img = Image.fromarray(images[i], "L")
-            rel = f"{folder}/img{i:04d}.png"
-            os.makedirs(os.path.join(root, str(folder)), exist_ok=True)
-            img.resize((size, size), Image.BILINEAR).save(os.path.join(root, rel))
-            truth[rel] = (c, folder)
-    return truth
+def auroc(scores, positive):
+    """P(score of a random positive > that of a random negative), ties half."""
+    from scipy.stats import rankdata
+    pos = np.asarray(positive, dtype=bool)
+    n1, n0 = int(pos.sum()), int((~pos).sum())
+    if not n1 or not n0:
+        return None
+    r = rankdata(scores)
+    return float((r[pos].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
-def measure(csv_path, truth, fraction=0.1):
-    """Share of the planted training files in the top `fraction` of the CSV, and of those whose suggestion is
-    their true class."""
-    with open(csv_path, newline="", encoding="utf-8") as f:
+def measure(review_dir, truth, fraction=0.1):
+    """Detection metrics of label_issues.csv (and metrics.json) against the planted truth."""
+    with open(os.path.join(review_dir, "label_issues.csv"), newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    planted = {r["file"] for r in rows if truth[r["file"]][0] != truth[r["file"]][1]}
-    k = int(np.floor(fraction * len(rows) + 0.5))
-    top = [r for r in rows[:k] if r["file"] in planted]
-    right = [r for r in top if r["suggested_label"] and int(r["suggested_label"]) == truth[r["file"]][0]]
-    return {"n_train": len(rows), "n_planted_train": len(planted), "top_k": k, "planted_in_top": len(top),
-            "share_planted_in_top": len(top) / len(planted) if planted else None,
-            "suggested_true_class": len(right), "share_suggested_true": len(right) / len(top) if top else None,
-            "precision_top": len(top) / k if k else None}
+    with open(os.path.join(review_dir, "metrics.json")) as f:
+        metrics = json.load(f)
+    moved = np.array([truth[r["file"]][0] != truth[r["file"]][1] for r in rows])
+    n, k = len(rows), int(np.floor(fraction * len(rows) + 0.5))
+    top = [i for i in range(k) if moved[i]]
+    right = [i for i in top if rows[i]["suggested_label"] and
+             int(rows[i]["suggested_label"]) == truth[rows[i]["file"]][0]]
+    flagged = np.array([r.get("is_label_issue") in ("1", "True", "true") for r in rows])
+    tp = int((flagged & moved).sum())
+    val = metrics.get("validation")
+    if val is None:  # tuning before the analysis showed it: train.py's record beside the checkpoints
+        path = os.path.join(os.path.dirname(review_dir), "ckpt", "validation.json")
+        val = json.load(open(path)) if os.path.isfile(path) else {}
+    return {"n_rows": n, "n_files": len(truth), "n_moved_listed": int(moved.sum()),
+            "n_moved": sum(t != g for t, g in truth.values()),
+            "auroc": auroc(-np.arange(n), moved), "top_k": k, "moved_in_top": len(top),
+            "share_moved_in_top": len(top) / int(moved.sum()) if moved.any() else None,
+            "share_true_suggested": len(right) / len(top) if top else None,
+            "flagged": int(flagged.sum()), "estimated_issues": metrics.get("estimated_label_issues"),
+            "flag_precision": tp / int(flagged.sum()) if flagged.any() else None,
+            "flag_recall": tp / int(moved.sum()) if moved.any() else None,
+            "val_accuracy": val.get("accuracy"), "chance": val.get("chance"), "trusted": val.get("trusted")}
+
+
+def confident_learning(root, truth, files_listed, seed):
+    """cleanlab's find_label_issues on 5-fold out-of-fold probabilities of a logistic regression on the pixels of
+    every file; metrics over the files label_issues.csv lists (the same population as the tool's)."""
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+    from PIL import Image
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    files = sorted(truth)
+    classes = sorted({f.split("/")[0] for f in files})
+    x = np.stack([np.asarray(Image.open(os.path.join(root, f)), dtype=np.float32).reshape(-1) / 255 for f in files])
+    y = np.array([classes.index(f.split("/")[0]) for f in files])
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=0.05, max_iter=300))
+    p = cross_val_predict(model, x, y, cv=5, method="predict_proba")
+    flagged = find_label_issues(y, p)
+    quality = get_label_quality_scores(y, p)
+    keep = np.isin(files, list(files_listed))
+    moved = np.array([truth[f][0] != truth[f][1] for f in files])[keep]
+    q, fl = quality[keep], flagged[keep]
+    k = int(np.floor(0.1 * keep.sum() + 0.5))
+    top = np.argsort(q, kind="stable")[:k]
+    return {"auroc": auroc(-q, moved), "share_moved_in_top": float(moved[top].sum() / moved.sum()),
+            "flag_precision": float((fl & moved).sum() / max(fl.sum(), 1)),
+            "flag_recall": float((fl & moved).sum() / moved.sum()), "flagged": int(fl.sum())}
+
+
+def run_cell(kind, classes, per_class, size, seed, work, extra=()):
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    truth = write_folder(os.path.join(work, "images"), kind, classes, per_class, size, RATE, seed)
+    seconds = {}
+    for cmd in COMMANDS:
+        argv = list(cmd) + (list(extra) if cmd[0] == "train.py" else [])
+        t0 = time.time()
+        subprocess.run([sys.executable, os.path.join(REPO, argv[0])] + argv[1:], cwd=work, check=True,
+                       stdout=subprocess.DEVNULL)
+        seconds[cmd[0]] = round(time.time() - t0, 1)
+    result = measure(os.path.join(work, "out", "review"), truth)
+    with open(os.path.join(work, "out", "review", "label_issues.csv"), newline="", encoding="utf-8") as f:
+        listed = {r["file"] for r in csv.DictReader(f)}
+    result["confident_learning"] = confident_learning(os.path.join(work, "images"), truth, listed, seed)
+    result.update(cell=dict(kind=kind, classes=classes, images=classes * per_class, size=size, seed=seed),
+                  extra=list(extra), seconds=seconds, total_seconds=round(sum(seconds.values()), 1))
+    return result
+
+
+def fmt(v, digits=2):
+    return "—" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def table(results):
+    """Markdown: one row per cell, the goal's metrics and the baseline's."""
+    head = ("| folder | seed | val acc (chance) | AUROC | moved in top 10 % | true class suggested | flagged: P / R | "
+            "estimate / moved | CL AUROC | CL flagged: P / R | seconds |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in results:
+        c, cl = r["cell"], r["confident_learning"]
+        lines.append(
+            f"| {c['kind']} {c['classes']} cl, {c['images']} img, {c['size']} px | {c['seed']} | "
+            f"{fmt(r['val_accuracy'])} ({fmt(r['chance'])}) | {fmt(r['auroc'], 3)} | {fmt(r['share_moved_in_top'])} | "
+            f"{fmt(r['share_true_suggested'])} | {fmt(r['flag_precision'])} / {fmt(r['flag_recall'])} | "
+            f"{r['estimated_issues']} / {r['n_moved_listed']} | {fmt(cl['auroc'], 3)} | "
+            f"{fmt(cl['flag_precision'])} / {fmt(cl['flag_recall'])} | {r['total_seconds']:.0f} |")
+    return "\n".join(lines)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--source", default="digits", choices=["digits", "mnist"])
+    p.add_argument("--cells", default="quick", choices=sorted(CELLS))
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--only", default=None, help="run only cells whose name contains this text")
+    p.add_argument("--tune", action="store_true", help="tuning folders (seed + 100), results apart")
+    p.add_argument("--extra", default="", help="tuning only: extra train.py flags (the benchmark runs none)")
+    p.add_argument("--tag", default="", help="tuning only: a name for this setting in the results")
     p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "own_data"))
-    p.add_argument("--per_class", type=int, default=50)
-    p.add_argument("--size", type=int, default=16)
-    p.add_argument("--rate", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    shutil.rmtree(args.work, ignore_errors=True)
-    os.makedirs(args.work)
-    truth = write_folder(os.path.join(args.work, "images"), args.per_class, args.size, args.rate, args.seed,
-                         args.source)
-    with open(os.path.join(args.work, "planted.json"), "w") as f:
-        json.dump({k: list(v) for k, v in sorted(truth.items())}, f, indent=1)
-    seconds = {}
-    for cmd in COMMANDS:
-        t0 = time.time()
-        subprocess.run([sys.executable, os.path.join(REPO, cmd[0])] + list(cmd[1:]), cwd=args.work, check=True)
-        seconds[cmd[0]] = round(time.time() - t0, 1)
-    result = measure(os.path.join(args.work, "out", "review", "label_issues.csv"), truth)
-    result.update(settings=vars(args), seconds=seconds, commands=[" ".join(("python",) + c) for c in COMMANDS])
-    with open(os.path.join(REPO, "bench", "results", f"own_data_{args.source}.json"), "w") as f:
-        json.dump(result, f, indent=1)
-    print(json.dumps(result, indent=1))
+    if args.extra and not args.tune:
+        p.error("--extra applies to --tune only: the benchmark measures the commands as a user types them")
+    folder = os.path.join(RESULTS, "own_data_tune" if args.tune else "own_data")
+    os.makedirs(folder, exist_ok=True)
+    for seed in (int(s) + (100 if args.tune else 0) for s in args.seeds.split(",")):
+        for kind, classes, per_class, size in CELLS[args.cells]:
+            name = cell_name(kind, classes, per_class, size, seed) + (f"_{args.tag}" if args.tag else "")
+            path = os.path.join(folder, name + ".json")
+            if os.path.isfile(path) or (args.only and args.only not in name):
+                continue
+            print(f"{name} ...", file=sys.stderr, flush=True)
+            result = run_cell(kind, classes, per_class, size, seed, os.path.join(args.work, name),
+                              shlex.split(args.extra))
+            with open(path + ".tmp", "w") as f:
+                json.dump(result, f, indent=1)
+            os.replace(path + ".tmp", path)
+            print(f"{name}: AUROC {fmt(result['auroc'], 3)}, top 10 % {fmt(result['share_moved_in_top'])}, "
+                  f"{result['total_seconds']} s", file=sys.stderr, flush=True)
+            shutil.rmtree(os.path.join(args.work, name), ignore_errors=True)
+    results = [json.load(open(f)) for f in sorted(glob.glob(os.path.join(folder, "*.json")))]
+    md = os.path.join(RESULTS, "own_data_tune.md" if args.tune else "own_data.md")
+    with open(md, "w") as f:
+        f.write(table(results) + "\n")
+    print(table(results))
     return 0
 
 

@@ -1,6 +1,7 @@
 """Importing an ImageFolder tree: pixels against PIL's own decode and resize, the colour and size rules, the
 file mapping of the split, and the errors for bad folders (each names the file or folder)."""
 import json
+import math
 import os
 
 import numpy as np
@@ -279,3 +280,13 @@ def test_file_list_that_does_not_fit(tmp_path):
         json.dump({"classes": ["a"], "train": [3], "val": []}, f)
     with pytest.raises(InputError, match="must hold strings"):
         imagefolder.read_file_list(str(tmp_path))
+
+
+@pytest.mark.parametrize("n, batch, epochs", [(270, 64, 200), (900, 64, 67), (4500, 64, 40), (40, 64, 1000)])
+def test_recipe_length_is_a_step_budget(n, batch, epochs):
+    r = imagefolder.adapt_recipe(n, batch)
+    steps = epochs * math.ceil(n / min(batch, n))
+    assert r["train_epochs"] == epochs and steps >= imagefolder.MIN_STEPS and epochs >= imagefolder.MIN_EPOCHS
+    k = r["save_interval"]  # the smallest spacing that keeps the scored checkpoints within the cap
+    assert math.ceil(epochs / k) <= imagefolder.MAX_CHECKPOINTS
+    assert k == 1 or math.ceil(epochs / (k - 1)) > imagefolder.MAX_CHECKPOINTS

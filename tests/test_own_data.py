@@ -11,7 +11,7 @@ import pytest
 from conftest import run_main
 from PIL import Image
 
-from tracin import formats, review
+from tracin import formats, gate, review
 
 NAMES = ("apple", "leaf", "sea")
 COLOURS = ((220, 40, 40), (40, 200, 40), (40, 40, 220))
@@ -237,3 +237,57 @@ def test_shuffling_an_import_is_an_experiment_with_clean_labels(tmp_path):
     _, rows = read_csv(tmp_path / "fig" / formats.LABEL_ISSUES)
     assert [r["file"] for r in rows] == [fl["train"][int(r["index"])] for r in rows]
     assert all(r["given_class"] == fl["classes"][noisy[int(r["index"])]] for r in rows)
+
+
+# ------------------------------------------------------------------------------------- gate and stopping rule
+
+def test_gate_and_stopping_rule_reach_every_output(audit):
+    out = audit["review"]
+    m = json.loads((out / formats.METRICS_JSON).read_text())
+    v = m["validation"]
+    yv = np.load(audit["data"] / formats.Y_VAL)[:, 0]
+    assert v["chance"] == pytest.approx(np.bincount(yv).max() / yv.size) and v["n_val"] == yv.size
+    assert v["trusted"] == (v["accuracy"] - v["chance"] >= gate.MIN_SKILL * (1 - v["chance"]) - 1e-12)
+    assert v == json.loads((audit["root"] / "out" / "ckpt" / gate.VALIDATION).read_text()) | {"sentence":
+                                                                                              v["sentence"]}
+    assert v["sentence"] in audit["stdout"] and f"Validation accuracy {v['accuracy']:.3f}" in (
+        out / formats.REPORT).read_text()
+    _, rows = read_csv(out / formats.LABEL_ISSUES)
+    flags = [r["is_label_issue"] for r in rows]
+    assert set(flags) <= {"0", "1"}  # the easy colours are learned: every row decided
+    for r in rows:  # flagged exactly when the model prefers the suggestion
+        assert (r["is_label_issue"] == "1") == (float(r["given_probability"]) < float(r["suggested_probability"]))
+    assert m["estimated_label_issues"] == flags.count("1")
+    assert f"estimated label issues: {flags.count('1')}" in audit["stdout"]
+
+
+def test_gate_fires_on_random_labels(tmp_path):
+    """Noise images whose folders are drawn at random: nothing to learn, so every output says not to trust it."""
+    rng = np.random.RandomState(3)
+    for i in range(90):
+        os.makedirs(tmp_path / "images" / NAMES[i % 3], exist_ok=True)
+        Image.fromarray(rng.randint(0, 256, (12, 12, 3)).astype(np.uint8)).save(
+            tmp_path / "images" / NAMES[i % 3] / f"n{i:02d}.png")
+    data, ckpt, out = tmp_path / "data", tmp_path / "ckpt", tmp_path / "review"
+    _, _, err = run_main("train.py", "--dataset", "imagefolder", "--data-dir", tmp_path / "images", "--output", data,
+                         "--model_save_path", ckpt, "--monitor-path", tmp_path / "mon", "-c", "cpu",
+                         "--val_fraction", "0.3", *TINY)
+    v = json.loads((ckpt / gate.VALIDATION).read_text())
+    assert v["trusted"] is False and v["chance"] == pytest.approx(1 / 3) and "too weak to trust" in err
+    run_main("calculate_score.py", "--input", data, "--checkpoint", ckpt, "--output", data, "-c", "cpu")
+    _, stdout, _ = run_main("mislabel_analysis.py", "--input", data, "--output", out)
+    m = json.loads((out / formats.METRICS_JSON).read_text())
+    assert m["validation"]["trusted"] is False and m["estimated_label_issues"] is None
+    assert v["sentence"] in stdout and "too weak to trust" in (out / formats.REPORT).read_text()
+    _, rows = read_csv(out / formats.LABEL_ISSUES)
+    assert len(rows) == 63 and all(r["is_label_issue"] == "" for r in rows)  # no row presented as a preference
+    assert "color:#b00'>" not in (out / formats.REPORT).read_text().split("<table>")[1]
+
+
+def test_model_check_chance_and_threshold():
+    y = np.array([0, 0, 0, 1, 2, 2])
+    at = gate.model_check(0.5 + gate.MIN_SKILL * 0.5, y)  # chance 0.5: exactly the needed accuracy
+    assert at["chance"] == 0.5 and at["trusted"] and at["needed_accuracy"] == pytest.approx(at["accuracy"])
+    below = gate.model_check(0.5 + gate.MIN_SKILL * 0.5 - 0.01, y)
+    assert not below["trusted"] and below["sentence"].startswith("WARNING") and "--train_epochs" in below["sentence"]
+    assert gate.model_check(1.0, y)["skill"] == 1.0 and gate.model_check(0.5, y)["skill"] == 0.0

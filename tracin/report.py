@@ -34,13 +34,29 @@ def issues_table(rows, total, csv_name):
             else f"{v:.3f}" if k.endswith("probability") else esc(str(v)))
     parts = [f"<h2>Label issues: the {len(rows)} most suspicious of {total}</h2><p>All {total} rows, most "
              f"suspicious first: <code>{esc(csv_name)}</code>. Suggested: the most probable other class of the "
-             "checkpoints' learning-rate-weighted mean softmax; red: the model prefers it to the given label.</p>"
+             "checkpoints' learning-rate-weighted mean softmax; red: flagged as a label issue (is_label_issue: "
+             "the model prefers the suggestion to the given label; never shown for a model too weak to trust).</p>"
              "<table><tr>" + "".join(f"<th>{h}</th>" for _, h in ISSUE_COLUMNS) + "</tr>"]
     for r in rows:
-        red = r["suggested_label"] is not None and r["given_probability"] < r["suggested_probability"]
+        red = bool(r.get("is_label_issue"))
         parts.append("<tr" + (" style='color:#b00'" if red else "") + ">"
                      + "".join(f"<td>{cell(k, r[k])}</td>" for k, _ in ISSUE_COLUMNS) + "</tr>")
     parts.append("</table>")
+    return "".join(parts)
+
+
+def gate_html(metrics):
+    """The model check (tracin.gate) at the top of the report: accuracy, chance, the sentence, the estimate."""
+    v, esc = metrics.get("validation"), html.escape
+    parts = []
+    if v:
+        colour = "#060" if v["trusted"] else "#b00"
+        parts.append(f"<p style='font-size:1.15em;color:{colour};border:2px solid {colour};padding:0.5em'>"
+                     f"<b>Validation accuracy {v['accuracy']:.3f}, chance level {v['chance']:.3f}.</b> "
+                     f"{esc(v['sentence'])}</p>")
+    if metrics.get("estimated_label_issues") is not None:
+        parts.append(f"<p><b>Estimated label issues: {metrics['estimated_label_issues']}</b> (rows of "
+                     "label_issues.csv with is_label_issue = 1: the model prefers the suggested class).</p>")
     return "".join(parts)
 
 
@@ -57,6 +73,7 @@ def report_html(metrics, figures, title="TracIn mislabeled-sample detection", is
              "text-align:right}th:first-child,td:first-child{text-align:left}th{background:#eee}"
              "img{max-width:100%;border:1px solid #ddd;margin:0.5em 0}code{background:#f4f4f4;padding:0 3px}"
              f"</style></head><body><h1>{esc(title)}</h1>"]
+    parts.append(gate_html(metrics))
     if metrics.get("clean_labels") is False:
         parts.append(f"<p>Score file <code>{esc(str(metrics.get('score_file')))}</code>; {metrics['n_train']} "
                      "training samples. <b>Clean labels are unknown</b> (no y_train.npy: the labels are the data's "

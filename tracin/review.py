@@ -14,7 +14,14 @@ true class (an argmax equal to a wrong given label is certainly not it).
 formats.LABEL_ISSUES (label_issues.csv) has one row per training sample, most suspicious first, with COLUMNS:
   rank (1 = most suspicious), index (into x_train.npy), file (relative to the image folder; empty when unknown),
   given_label, given_class, suggested_label, suggested_class, self_influence, suggested_probability,
-  given_probability
+  given_probability, is_label_issue (1/0: the stopping rule, issue_flags; empty when the model is too weak to
+  trust, tracin.gate, or without probabilities)
+
+The stopping rule (issue_flags): a sample is a label issue when the eta-weighted mean probability of its given label
+is below that of the suggested class, i.e. the model, averaged over its training trajectory, prefers another class.
+The estimated number of label issues is the number of such rows; review the flagged rows, most suspicious first.
+Chosen on the own-data benchmark's tuning folders against a confident-learning threshold (per-class mean
+probability, cleanlab's self-confidence rule); precision and recall: docs/own_data.md.
 """
 import csv
 import os
@@ -25,7 +32,7 @@ from .errors import InputError
 from .metrics import n_checked, rank_order
 
 COLUMNS = ("rank", "index", "file", "given_label", "given_class", "suggested_label", "suggested_class",
-           "self_influence", "suggested_probability", "given_probability")
+           "self_influence", "suggested_probability", "given_probability", "is_label_issue")
 PROBABILITY_TOLERANCE = 1e-3  # rows of a float32 softmax mean sum to 1 within this
 
 
@@ -86,17 +93,33 @@ def suggest(probabilities, given, exclude_given=True):
     return labels, np.asarray(probabilities, dtype=np.float64)[np.arange(len(p)), labels]
 
 
-def label_issues(scores, given, probabilities, classes=None, files=None):
+def issue_flags(probabilities, given):
+    """(n,) bool: the stopping rule (module notes): the given label's probability is below the suggestion's."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    given = np.asarray(given).reshape(-1)
+    _, prob = suggest(p, given)
+    return p[np.arange(len(p)), given] < prob
+
+
+def estimated_issues(rows):
+    """The estimated number of label issues: the rows flagged by the stopping rule (None when none is decided)."""
+    flags = [r["is_label_issue"] for r in rows]
+    return None if any(f is None for f in flags) else int(sum(flags))
+
+
+def label_issues(scores, given, probabilities, classes=None, files=None, trusted=True):
     """The rows of LABEL_ISSUES (dicts keyed by COLUMNS), most suspicious first. probabilities=None (scores from
-    before they were kept) leaves the suggestion and probability columns empty (None)."""
+    before they were kept) leaves the suggestion and probability columns empty (None); trusted=False (a model
+    too weak to trust, tracin.gate) leaves is_label_issue empty: its preferences are no evidence."""
     scores, given, p, names = check_inputs(scores, given, probabilities, classes, files)
     suggested, prob = suggest(p, given) if p is not None else (None, None)
+    flags = issue_flags(p, given) if p is not None and trusted else None
     rows = []
     for rank, i in enumerate(rank_order(scores), start=1):
         row = {"rank": rank, "index": int(i), "file": files[i] if files is not None else "",
                "given_label": int(given[i]), "given_class": names[given[i]], "suggested_label": None,
                "suggested_class": None, "self_influence": float(scores[i]), "suggested_probability": None,
-               "given_probability": None}
+               "given_probability": None, "is_label_issue": None if flags is None else int(flags[i])}
         if p is not None:
             row.update(suggested_label=int(suggested[i]), suggested_class=names[suggested[i]],
                        suggested_probability=float(prob[i]), given_probability=float(p[i, given[i]]))
@@ -180,12 +203,12 @@ def top_count(n, top):
 
 def sheet_cells(rows, images, top):
     """Cells for an image sheet (plot_image_grid) of the first top_count(len(rows), top) rows: the image, and the
-    caption "#rank given -> suggested" with the file name (or index) and score; red when the given label's
-    probability is below the suggestion's (the model disagrees with the label)."""
+    caption "#rank given -> suggested" with the file name (or index) and score; red when the row is flagged as a
+    label issue (the model prefers the suggestion; never for a model too weak to trust, whose rows are unflagged)."""
     cells = []
     for row in rows[:top_count(len(rows), top)]:
         known = row["suggested_label"] is not None
-        disagree = known and row["given_probability"] < row["suggested_probability"]
+        disagree = bool(row.get("is_label_issue"))
         name = os.path.basename(row["file"]) if row["file"] else f"index {row['index']}"
         arrow = f" \u2192 {row['suggested_class']}" if known else ""
         cells.append({"image": images[row["index"]], "frame": "red" if disagree else None,
