@@ -149,7 +149,7 @@ def _add_train_data_args(p):
     p.add_argument("--model_save_path", "-o", default=None,
                    help="folder for checkpoints and checkpoints.json (default: --monitor-path)")
     p.add_argument("--model_save_interval", type=positive_int, default=None,
-                   help="save a checkpoint every K epochs (default 1; own data: at most 60 checkpoints)")
+                   help="save a checkpoint every K epochs (default 1; own data: at most 30 checkpoints)")
     p.add_argument("--model", default="resnet23", choices=sorted(MODELS))
     p.add_argument("--nmaps", type=width, default=None, help="resnet23 width (default per data set)")
     p.add_argument("--shuffle_label", type=str2bool, default=None,

@@ -63,16 +63,18 @@ OWN_DATA = DatasetSpec(
                         weight_decay=5e-4, nmaps=16))
 # Training length as a budget of optimizer steps, not epochs: 30 epochs are ~690 steps on 1,500 digits but ~150 on
 # 300 images, which then memorise instead of learning. At least MIN_STEPS steps and MIN_EPOCHS epochs.
-MIN_STEPS = 1000
+MIN_STEPS = 1500
 MIN_EPOCHS = 40
-MAX_CHECKPOINTS = 60  # scoring costs images x checkpoints: small folders, with many epochs, save every k-th
+MAX_CHECKPOINTS = 30  # scoring costs images x checkpoints: small folders, with many epochs, save every k-th
 
 
-def adapt_recipe(n_train, batch_size=64):
-    """{train_epochs, save_interval} for n_train images at batch_size: the step budget (MIN_STEPS, MIN_EPOCHS) and
-    a checkpoint every k-th epoch so that at most MAX_CHECKPOINTS are scored."""
-    steps_per_epoch = math.ceil(n_train / min(batch_size, n_train))
-    epochs = max(MIN_EPOCHS, math.ceil(MIN_STEPS / steps_per_epoch))
+def adapt_recipe(n_train, batch_size=64, epochs=None):
+    """{train_epochs, save_interval} for n_train images at batch_size: the step budget (MIN_STEPS, MIN_EPOCHS)
+    unless `epochs` is given (an explicit --train_epochs), and a checkpoint every k-th epoch, k the smallest
+    spacing that keeps the scored checkpoints within MAX_CHECKPOINTS."""
+    if epochs is None:
+        steps_per_epoch = math.ceil(n_train / min(batch_size, n_train))
+        epochs = max(MIN_EPOCHS, math.ceil(MIN_STEPS / steps_per_epoch))
     return {"train_epochs": epochs, "save_interval": math.ceil(epochs / MAX_CHECKPOINTS)}
 
 

@@ -42,7 +42,7 @@ def resolve_recipe(args, dataset, n_train):
     spec = datasets.SPECS.get(dataset) or imagefolder.OWN_DATA  # own images, or arrays of an unknown shape
     d = dict(spec.train_defaults)
     if d["train_epochs"] is None:  # own data: length from the data (imagefolder.adapt_recipe)
-        d.update(imagefolder.adapt_recipe(n_train, args.train_batch_size or d["train_batch_size"]))
+        d.update(imagefolder.adapt_recipe(n_train, args.train_batch_size or d["train_batch_size"], args.train_epochs))
     pick = (lambda key: getattr(args, key) if getattr(args, key) is not None else d[key])
     return {"save_interval": d.get("save_interval", 1),
         "dataset": dataset, "seed": args.seed, "shuffle_label": args.shuffle_label, "shuffle_rate": args.shuffle_rate,

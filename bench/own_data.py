@@ -7,7 +7,8 @@ confident learning (cleanlab's find_label_issues on out-of-fold logistic-regress
     python -m bench.own_data --tune --extra "--learning_rate 0.1"   # tuning folders (seeds 100+), kept apart
 
 Every cell (kind, classes, images, size, seed) is one JSON file in bench/results/own_data/ (tune: own_data_tune/);
-a cell already there is skipped (resumable: rerun the same command). The summary is bench/results/own_data.md.
+a cell already there is skipped (resumable: rerun the same command; a second process started alongside takes the
+cells the first has not claimed). The summary is bench/results/own_data.md.
 
 Metrics per cell, over the moved files that label_issues.csv lists (training and, with every image audited, all):
 AUROC of the ranking (rank 1 = most suspicious), share of them among the top 10 % of rows, share of those whose
@@ -41,8 +42,8 @@ COMMANDS = (
 RATE = 0.1
 # (kind, classes, images per class, side): colour and grey, 300 to 2,000 images, 3 to 10 classes, 16 to 48 px
 CELLS = {
-    "quick": [("shapes", 3, 100, 32), ("shapes", 10, 100, 32), ("textures", 10, 100, 32), ("digits", 10, 50, 16)],
-    "full": [("shapes", 3, 100, 32), ("shapes", 10, 100, 32), ("textures", 10, 100, 32), ("digits", 10, 50, 16),
+    "quick": [("digits", 10, 50, 16), ("textures", 10, 100, 32), ("shapes", 10, 100, 32), ("shapes", 3, 100, 32)],
+    "full": [("digits", 10, 50, 16), ("textures", 10, 100, 32), ("shapes", 10, 100, 32), ("shapes", 3, 100, 32),
              ("textures", 5, 60, 48), ("mnist", 10, 200, 28), ("shapes", 10, 200, 32)],
 }
 
@@ -90,6 +91,25 @@ def measure(review_dir, truth, fraction=0.1):
             "val_accuracy": val.get("accuracy"), "chance": val.get("chance"), "trusted": val.get("trusted")}
 
 
+def stopping_rules(data_dir, truth):
+    """Precision / recall over the moved training files of two stopping rules on probabilities.npy: 'prefers'
+    (the shipped one: p(given) < max other p) and 'cl' (confident learning's per-class thresholds: some other class
+    k has p_k >= t_k, t_k = mean p_k over the samples labelled k, and p(given) < t_given)."""
+    p = np.load(os.path.join(data_dir, "probabilities.npy"))
+    y = np.load(os.path.join(data_dir, "y_shuffle_train.npy"))[:, 0]
+    with open(os.path.join(data_dir, "files.json")) as f:
+        files = json.load(f)["train"]
+    moved = np.array([truth[f][0] != truth[f][1] for f in files])
+    own = p[np.arange(len(y)), y]
+    other = p.copy()
+    other[np.arange(len(y)), y] = -1
+    t = np.array([p[y == k, k].mean() if (y == k).any() else 1.0 for k in range(p.shape[1])])
+    rules = {"prefers": own < other.max(axis=1),
+             "cl": ((other >= t[None, :]).any(axis=1)) & (own < t[y])}
+    return {name: {"flagged": int(f.sum()), "precision": float((f & moved).sum() / max(f.sum(), 1)),
+                   "recall": float((f & moved).sum() / max(moved.sum(), 1))} for name, f in rules.items()}
+
+
 def confident_learning(root, truth, files_listed, seed):
     """cleanlab's find_label_issues on 5-fold out-of-fold probabilities of a logistic regression on the pixels of
     every file; metrics over the files label_issues.csv lists (the same population as the tool's)."""
@@ -122,6 +142,8 @@ def run_cell(kind, classes, per_class, size, seed, work, extra=()):
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
     truth = write_folder(os.path.join(work, "images"), kind, classes, per_class, size, RATE, seed)
+    with open(os.path.join(work, "planted.json"), "w") as f:  # outside the image folder
+        json.dump(truth, f)
     seconds = {}
     for cmd in COMMANDS:
         argv = list(cmd) + (list(extra) if cmd[0] == "train.py" else [])
@@ -132,6 +154,7 @@ def run_cell(kind, classes, per_class, size, seed, work, extra=()):
     result = measure(os.path.join(work, "out", "review"), truth)
     with open(os.path.join(work, "out", "review", "label_issues.csv"), newline="", encoding="utf-8") as f:
         listed = {r["file"] for r in csv.DictReader(f)}
+    result["stopping_rules"] = stopping_rules(os.path.join(work, "out", "data"), truth)
     result["confident_learning"] = confident_learning(os.path.join(work, "images"), truth, listed, seed)
     result.update(cell=dict(kind=kind, classes=classes, images=classes * per_class, size=size, seed=seed),
                   extra=list(extra), seconds=seconds, total_seconds=round(sum(seconds.values()), 1))
@@ -158,6 +181,16 @@ def table(results):
     return "\n".join(lines)
 
 
+def claim(path):
+    """True when this process may run the cell (a second `python -m bench.own_data` shares the queue); a claim
+    of a process that died is removed by hand (rm bench/results/own_data/*.running)."""
+    try:
+        os.close(os.open(path + ".running", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cells", default="quick", choices=sorted(CELLS))
@@ -176,7 +209,7 @@ def main(argv=None):
         for kind, classes, per_class, size in CELLS[args.cells]:
             name = cell_name(kind, classes, per_class, size, seed) + (f"_{args.tag}" if args.tag else "")
             path = os.path.join(folder, name + ".json")
-            if os.path.isfile(path) or (args.only and args.only not in name):
+            if os.path.isfile(path) or (args.only and args.only not in name) or not claim(path):
                 continue
             print(f"{name} ...", file=sys.stderr, flush=True)
             result = run_cell(kind, classes, per_class, size, seed, os.path.join(args.work, name),
@@ -184,6 +217,7 @@ def main(argv=None):
             with open(path + ".tmp", "w") as f:
                 json.dump(result, f, indent=1)
             os.replace(path + ".tmp", path)
+            os.remove(path + ".running")
             print(f"{name}: AUROC {fmt(result['auroc'], 3)}, top 10 % {fmt(result['share_moved_in_top'])}, "
                   f"{result['total_seconds']} s", file=sys.stderr, flush=True)
             shutil.rmtree(os.path.join(args.work, name), ignore_errors=True)
