@@ -63,7 +63,7 @@ OWN_DATA = DatasetSpec(
                         weight_decay=5e-4, nmaps=16))
 # Training length as a budget of optimizer steps, not epochs: 30 epochs are ~690 steps on 1,500 digits but ~150 on
 # 300 images, which then memorise instead of learning. At least MIN_STEPS steps and MIN_EPOCHS epochs.
-MIN_STEPS = 1500
+MIN_STEPS = 1000
 MIN_EPOCHS = 40
 MAX_CHECKPOINTS = 30  # scoring costs images x checkpoints: small folders, with many epochs, save every k-th
 

@@ -91,21 +91,37 @@ def measure(review_dir, truth, fraction=0.1):
             "val_accuracy": val.get("accuracy"), "chance": val.get("chance"), "trusted": val.get("trusted")}
 
 
+def otsu_count(scores):
+    """How many of the highest scores lie above Otsu's threshold on log(score): the split of the sorted log-scores
+    into two groups that maximises the between-group variance."""
+    v = np.sort(np.log(np.maximum(np.asarray(scores, dtype=np.float64), 1e-300)))[::-1]
+    n = v.size
+    k = np.arange(1, n)
+    c = np.cumsum(v)[:-1]
+    m1, m2 = c / k, (v.sum() - c) / (n - k)
+    return int(k[np.argmax(k * (n - k) * (m1 - m2) ** 2)])
+
+
 def stopping_rules(data_dir, truth):
-    """Precision / recall over the moved training files of two stopping rules on probabilities.npy: 'prefers'
-    (the shipped one: p(given) < max other p) and 'cl' (confident learning's per-class thresholds: some other class
-    k has p_k >= t_k, t_k = mean p_k over the samples labelled k, and p(given) < t_given)."""
+    """Precision / recall over the moved training files of candidate stopping rules, from the scorer's files:
+    'prefers' (p(given) < max other p), 'cl' (confident learning's per-class thresholds: some other class k has
+    p_k >= t_k, t_k = mean p_k over the samples labelled k, and p(given) < t_given), 'otsu' (the rows above Otsu's
+    threshold on log self-influence) and 'otsu_or_prefers'."""
     p = np.load(os.path.join(data_dir, "probabilities.npy"))
-    y = np.load(os.path.join(data_dir, "y_shuffle_train.npy"))[:, 0]
+    y = np.load(os.path.join(data_dir, "y_shuffle_train.npy")).reshape(-1)
+    scores = np.load(os.path.join(data_dir, "influence_all_epoch.npy"))
     with open(os.path.join(data_dir, "files.json")) as f:
         files = json.load(f)["train"]
-    moved = np.array([truth[f][0] != truth[f][1] for f in files])
+    moved = np.array([tuple(truth[f])[0] != tuple(truth[f])[1] for f in files])
     own = p[np.arange(len(y)), y]
     other = p.copy()
     other[np.arange(len(y)), y] = -1
     t = np.array([p[y == k, k].mean() if (y == k).any() else 1.0 for k in range(p.shape[1])])
-    rules = {"prefers": own < other.max(axis=1),
-             "cl": ((other >= t[None, :]).any(axis=1)) & (own < t[y])}
+    order = np.argsort(-scores, kind="stable")
+    otsu = np.zeros(len(y), dtype=bool)
+    otsu[order[:otsu_count(scores)]] = True
+    rules = {"prefers": own < other.max(axis=1), "cl": ((other >= t[None, :]).any(axis=1)) & (own < t[y]),
+             "otsu": otsu, "otsu_or_prefers": otsu | (own < other.max(axis=1))}
     return {name: {"flagged": int(f.sum()), "precision": float((f & moved).sum() / max(f.sum(), 1)),
                    "recall": float((f & moved).sum() / max(moved.sum(), 1))} for name, f in rules.items()}
 
@@ -181,6 +197,15 @@ def table(results):
     return "\n".join(lines)
 
 
+def clean_up(work):
+    """Remove a finished cell's images, checkpoints, arrays and caches; keep the small files (scores,
+    probabilities, labels, file list, truth) for later study of the stopping rule."""
+    for sub in ("images", os.path.join("out", "ckpt"), os.path.join("out", "data", "tracin_cache")):
+        shutil.rmtree(os.path.join(work, sub), ignore_errors=True)
+    for f in glob.glob(os.path.join(work, "out", "data", "x_*.npy")):
+        os.remove(f)
+
+
 def claim(path):
     """True when this process may run the cell (a second `python -m bench.own_data` shares the queue); a claim
     of a process that died is removed by hand (rm bench/results/own_data/*.running)."""
@@ -220,7 +245,7 @@ def main(argv=None):
             os.remove(path + ".running")
             print(f"{name}: AUROC {fmt(result['auroc'], 3)}, top 10 % {fmt(result['share_moved_in_top'])}, "
                   f"{result['total_seconds']} s", file=sys.stderr, flush=True)
-            shutil.rmtree(os.path.join(args.work, name), ignore_errors=True)
+            clean_up(os.path.join(args.work, name))
     results = [json.load(open(f)) for f in sorted(glob.glob(os.path.join(folder, "*.json")))]
     md = os.path.join(RESULTS, "own_data_tune.md" if args.tune else "own_data.md")
     with open(md, "w") as f:

@@ -282,7 +282,7 @@ def test_file_list_that_does_not_fit(tmp_path):
         imagefolder.read_file_list(str(tmp_path))
 
 
-@pytest.mark.parametrize("n, batch, epochs", [(270, 64, 300), (900, 64, 100), (4500, 64, 40), (40, 64, 1500)])
+@pytest.mark.parametrize("n, batch, epochs", [(270, 64, 200), (900, 64, 67), (4500, 64, 40), (40, 64, 1000)])
 def test_recipe_length_is_a_step_budget(n, batch, epochs):
     r = imagefolder.adapt_recipe(n, batch)
     steps = epochs * math.ceil(n / min(batch, n))
