@@ -40,6 +40,7 @@ COMMANDS = (
     ("mislabel_analysis.py", "--input", "out/data", "--output", "out/review"),
 )
 RATE = 0.1
+RULE = "z1.5_or_prefers"  # tracin.review.issue_flags with Z_THRESHOLD 1.5
 # (kind, classes, images per class, side): colour and grey, 300 to 2,000 images, 3 to 10 classes, 16 to 48 px
 CELLS = {
     "quick": [("digits", 10, 50, 16), ("textures", 10, 100, 32), ("shapes", 10, 100, 32), ("shapes", 3, 100, 32)],
@@ -106,7 +107,8 @@ def stopping_rules(data_dir, truth):
     """Precision / recall over the moved training files of candidate stopping rules, from the scorer's files:
     'prefers' (p(given) < max other p), 'cl' (confident learning's per-class thresholds: some other class k has
     p_k >= t_k, t_k = mean p_k over the samples labelled k, and p(given) < t_given), 'otsu' (the rows above Otsu's
-    threshold on log self-influence) and 'otsu_or_prefers'."""
+    threshold on log self-influence), 'z{c}' (robust z-score of log self-influence, (log s - median) / (1.4826 MAD),
+    above c) and their unions with 'prefers'."""
     p = np.load(os.path.join(data_dir, "probabilities.npy"))
     y = np.load(os.path.join(data_dir, "y_shuffle_train.npy")).reshape(-1)
     scores = np.load(os.path.join(data_dir, "influence_all_epoch.npy"))
@@ -122,6 +124,11 @@ def stopping_rules(data_dir, truth):
     otsu[order[:otsu_count(scores)]] = True
     rules = {"prefers": own < other.max(axis=1), "cl": ((other >= t[None, :]).any(axis=1)) & (own < t[y]),
              "otsu": otsu, "otsu_or_prefers": otsu | (own < other.max(axis=1))}
+    ls = np.log(np.maximum(scores, 1e-300))
+    z = (ls - np.median(ls)) / max(1.4826 * np.median(np.abs(ls - np.median(ls))), 1e-12)
+    for c in (1.5, 2.0, 2.5, 3.0):  # robust z-score of log self-influence above c
+        rules[f"z{c}"] = z > c
+        rules[f"z{c}_or_prefers"] = (z > c) | rules["prefers"]
     return {name: {"flagged": int(f.sum()), "precision": float((f & moved).sum() / max(f.sum(), 1)),
                    "recall": float((f & moved).sum() / max(moved.sum(), 1))} for name, f in rules.items()}
 
@@ -183,16 +190,18 @@ def fmt(v, digits=2):
 
 def table(results):
     """Markdown: one row per cell, the goal's metrics and the baseline's."""
-    head = ("| folder | seed | val acc (chance) | AUROC | moved in top 10 % | true class suggested | flagged: P / R | "
-            "estimate / moved | CL AUROC | CL flagged: P / R | seconds |")
+    head = ("| folder | seed | val acc (chance) | AUROC | moved in top 10 % | true class suggested | is_label_issue: "
+            "P / R | estimate / moved | CL AUROC | CL flagged: P / R | seconds |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
         c, cl = r["cell"], r["confident_learning"]
+        # the shipped rule, recomputed from the kept scores (--restudy) for cells analysed before it was chosen
+        rule = r["stopping_rules"].get(RULE) or {"precision": None, "recall": None, "flagged": None}
         lines.append(
             f"| {c['kind']} {c['classes']} cl, {c['images']} img, {c['size']} px | {c['seed']} | "
             f"{fmt(r['val_accuracy'])} ({fmt(r['chance'])}) | {fmt(r['auroc'], 3)} | {fmt(r['share_moved_in_top'])} | "
-            f"{fmt(r['share_true_suggested'])} | {fmt(r['flag_precision'])} / {fmt(r['flag_recall'])} | "
-            f"{r['estimated_issues']} / {r['n_moved_listed']} | {fmt(cl['auroc'], 3)} | "
+            f"{fmt(r['share_true_suggested'])} | {fmt(rule['precision'])} / {fmt(rule['recall'])} | "
+            f"{rule['flagged']} / {r['n_moved_listed']} | {fmt(cl['auroc'], 3)} | "
             f"{fmt(cl['flag_precision'])} / {fmt(cl['flag_recall'])} | {r['total_seconds']:.0f} |")
     return "\n".join(lines)
 
@@ -204,6 +213,19 @@ def clean_up(work):
         shutil.rmtree(os.path.join(work, sub), ignore_errors=True)
     for f in glob.glob(os.path.join(work, "out", "data", "x_*.npy")):
         os.remove(f)
+
+
+def restudy(folder, work):
+    for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
+        cell = os.path.join(work, os.path.basename(path)[:-5])
+        if os.path.isfile(os.path.join(cell, "planted.json")):
+            with open(path) as f:
+                result = json.load(f)
+            with open(os.path.join(cell, "planted.json")) as f:
+                result["stopping_rules"] = stopping_rules(os.path.join(cell, "out", "data"), json.load(f))
+            with open(path + ".tmp", "w") as f:
+                json.dump(result, f, indent=1)
+            os.replace(path + ".tmp", path)
 
 
 def claim(path):
@@ -225,12 +247,16 @@ def main(argv=None):
     p.add_argument("--extra", default="", help="tuning only: extra train.py flags (the benchmark runs none)")
     p.add_argument("--tag", default="", help="tuning only: a name for this setting in the results")
     p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "own_data"))
+    p.add_argument("--restudy", action="store_true", help="recompute the stopping rules of the cells whose work "
+                   "folder is still in --work (their small files), then rewrite the table")
     args = p.parse_args(argv)
     if args.extra and not args.tune:
         p.error("--extra applies to --tune only: the benchmark measures the commands as a user types them")
     folder = os.path.join(RESULTS, "own_data_tune" if args.tune else "own_data")
     os.makedirs(folder, exist_ok=True)
-    for seed in (int(s) + (100 if args.tune else 0) for s in args.seeds.split(",")):
+    if args.restudy:
+        restudy(folder, args.work)
+    for seed in (int(s) + (100 if args.tune else 0) for s in args.seeds.split(",")) if not args.restudy else ():
         for kind, classes, per_class, size in CELLS[args.cells]:
             name = cell_name(kind, classes, per_class, size, seed) + (f"_{args.tag}" if args.tag else "")
             path = os.path.join(folder, name + ".json")

@@ -255,8 +255,12 @@ def test_gate_and_stopping_rule_reach_every_output(audit):
     _, rows = read_csv(out / formats.LABEL_ISSUES)
     flags = [r["is_label_issue"] for r in rows]
     assert set(flags) <= {"0", "1"}  # the easy colours are learned: every row decided
-    for r in rows:  # flagged exactly when the model prefers the suggestion
-        assert (r["is_label_issue"] == "1") == (float(r["given_probability"]) < float(r["suggested_probability"]))
+    log_s = np.log(np.load(audit["data"] / formats.SCORES))
+    z = (log_s - np.median(log_s)) / (1.4826 * np.median(np.abs(log_s - np.median(log_s))))
+    for r in rows:  # flagged exactly when the model prefers the suggestion or the score is an outlier
+        prefers = float(r["given_probability"]) < float(r["suggested_probability"])
+        assert (r["is_label_issue"] == "1") == (prefers or z[int(r["index"])] > review.Z_THRESHOLD)
+    assert 0 < flags.count("1") < len(rows)
     assert m["estimated_label_issues"] == flags.count("1")
     assert f"estimated label issues: {flags.count('1')}" in audit["stdout"]
 
@@ -291,3 +295,15 @@ def test_model_check_chance_and_threshold():
     below = gate.model_check(0.5 + gate.MIN_SKILL * 0.5 - 0.01, y)
     assert not below["trusted"] and below["sentence"].startswith("WARNING") and "--train_epochs" in below["sentence"]
     assert gate.model_check(1.0, y)["skill"] == 1.0 and gate.model_check(0.5, y)["skill"] == 0.0
+
+
+def test_stopping_rule_flags_preferences_and_score_outliers():
+    p = np.array([[0.9, 0.1], [0.4, 0.6], [0.8, 0.2], [0.7, 0.3], [0.6, 0.4], [0.9, 0.1]])
+    given = np.zeros(6, dtype=int)
+    scores = np.array([1.0, 1.1, 0.9, 1.2, 0.8, 50.0])  # log: median ~0, MAD ~0.15; the last is far out
+    assert review.issue_flags(p, given, scores).tolist() == [False, True, False, False, False, True]
+    flat = review.issue_flags(p, given, np.ones(6))  # no spread: only the preference counts
+    assert flat.tolist() == [False, True, False, False, False, False]
+    rows = review.label_issues(scores, given, p, ["a", "b"])
+    assert review.estimated_issues(rows) == 2 and [r["index"] for r in rows if r["is_label_issue"]] == [5, 1]
+    assert review.estimated_issues(review.label_issues(scores, given, p, ["a", "b"], trusted=False)) is None
