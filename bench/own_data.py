@@ -196,7 +196,7 @@ def table(results):
     for r in results:
         c, cl = r["cell"], r["confident_learning"]
         # the shipped rule, recomputed from the kept scores (--restudy) for cells analysed before it was chosen
-        rule = r["stopping_rules"].get(RULE) or {"precision": None, "recall": None, "flagged": None}
+        rule = r.get("stopping_rules", {}).get(RULE) or {"precision": None, "recall": None, "flagged": None}
         lines.append(
             f"| {c['kind']} {c['classes']} cl, {c['images']} img, {c['size']} px | {c['seed']} | "
             f"{fmt(r['val_accuracy'])} ({fmt(r['chance'])}) | {fmt(r['auroc'], 3)} | {fmt(r['share_moved_in_top'])} | "
