@@ -233,7 +233,7 @@ def run_review(d, args, out):
     if d["x"] is not None:
         cells = review.sheet_cells(rows, d["x"], args.top)
         title = (f"The {len(cells)} most suspicious of {len(rows)} training samples by self-influence (#rank, given "
-                 "\u2192 suggested label, file, score; " + ("red: flagged, the model prefers the suggestion)"
+                 "\u2192 suggested label, file, score; " + ("red: flagged as a label issue)"
                  if d["trusted"] else "the model is too weak to trust: suggestions are guesses)"))
         figures.append((f"Top {len(cells)} of {formats.LABEL_ISSUES}", plots.plot_image_grid(
             cells, min(8, max(1, len(cells))), os.path.join(out, formats.REVIEW_SHEET_PNG), title, caption_lines=3)))
@@ -365,7 +365,7 @@ def print_gate(metrics):
         print(metrics["validation"]["sentence"])
     if metrics.get("estimated_label_issues") is not None:
         print(f"estimated label issues: {metrics['estimated_label_issues']} (rows with is_label_issue = 1: the "
-              "model prefers the suggested class; review those, most suspicious first)")
+              "model prefers the suggested class, or the self-influence is an outlier; review those first)")
 
 
 def print_review(rows, metrics, out):

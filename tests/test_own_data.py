@@ -250,7 +250,7 @@ def test_gate_and_stopping_rule_reach_every_output(audit):
     assert v["trusted"] == (v["accuracy"] - v["chance"] >= gate.MIN_SKILL * (1 - v["chance"]) - 1e-12)
     assert v == json.loads((audit["root"] / "out" / "ckpt" / gate.VALIDATION).read_text()) | {"sentence":
                                                                                               v["sentence"]}
-    assert v["sentence"] in audit["stdout"] and f"Validation accuracy {v['accuracy']:.3f}" in (
+    assert v["sentence"] in audit["stdout"] and f"validation accuracy {v['accuracy']:.3f}, chance level {v['chance']:.3f}" in (
         out / formats.REPORT).read_text()
     _, rows = read_csv(out / formats.LABEL_ISSUES)
     flags = [r["is_label_issue"] for r in rows]

@@ -35,7 +35,8 @@ def issues_table(rows, total, csv_name):
     parts = [f"<h2>Label issues: the {len(rows)} most suspicious of {total}</h2><p>All {total} rows, most "
              f"suspicious first: <code>{esc(csv_name)}</code>. Suggested: the most probable other class of the "
              "checkpoints' learning-rate-weighted mean softmax; red: flagged as a label issue (is_label_issue: "
-             "the model prefers the suggestion to the given label; never shown for a model too weak to trust).</p>"
+             "the model prefers the suggestion to the given label, or the self-influence is an outlier; never for "
+             "a model too weak to trust).</p>"
              "<table><tr>" + "".join(f"<th>{h}</th>" for _, h in ISSUE_COLUMNS) + "</tr>"]
     for r in rows:
         red = bool(r.get("is_label_issue"))
@@ -52,11 +53,12 @@ def gate_html(metrics):
     if v:
         colour = "#060" if v["trusted"] else "#b00"
         parts.append(f"<p style='font-size:1.15em;color:{colour};border:2px solid {colour};padding:0.5em'>"
-                     f"<b>Validation accuracy {v['accuracy']:.3f}, chance level {v['chance']:.3f}.</b> "
+                     f"<b>Model check: validation accuracy {v['accuracy']:.3f}, chance level {v['chance']:.3f}.</b> "
                      f"{esc(v['sentence'])}</p>")
     if metrics.get("estimated_label_issues") is not None:
         parts.append(f"<p><b>Estimated label issues: {metrics['estimated_label_issues']}</b> (rows of "
-                     "label_issues.csv with is_label_issue = 1: the model prefers the suggested class).</p>")
+                     "label_issues.csv with is_label_issue = 1: the model prefers the suggested class, or the "
+                     "self-influence is an outlier; review those, most suspicious first).</p>")
     return "".join(parts)
 
 

@@ -214,7 +214,7 @@ def top_count(n, top):
 def sheet_cells(rows, images, top):
     """Cells for an image sheet (plot_image_grid) of the first top_count(len(rows), top) rows: the image, and the
     caption "#rank given -> suggested" with the file name (or index) and score; red when the row is flagged as a
-    label issue (the model prefers the suggestion; never for a model too weak to trust, whose rows are unflagged)."""
+    label issue (issue_flags; never for a model too weak to trust, whose rows are unflagged)."""
     cells = []
     for row in rows[:top_count(len(rows), top)]:
         known = row["suggested_label"] is not None
