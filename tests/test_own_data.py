@@ -250,8 +250,8 @@ def test_gate_and_stopping_rule_reach_every_output(audit):
     assert v["trusted"] == (v["accuracy"] - v["chance"] >= gate.MIN_SKILL * (1 - v["chance"]) - 1e-12)
     assert v == json.loads((audit["root"] / "out" / "ckpt" / gate.VALIDATION).read_text()) | {"sentence":
                                                                                               v["sentence"]}
-    assert v["sentence"] in audit["stdout"] and f"validation accuracy {v['accuracy']:.3f}, chance level {v['chance']:.3f}" in (
-        out / formats.REPORT).read_text()
+    top = f"validation accuracy {v['accuracy']:.3f}, chance level {v['chance']:.3f}"
+    assert v["sentence"] in audit["stdout"] and top in (out / formats.REPORT).read_text()
     _, rows = read_csv(out / formats.LABEL_ISSUES)
     flags = [r["is_label_issue"] for r in rows]
     assert set(flags) <= {"0", "1"}  # the easy colours are learned: every row decided

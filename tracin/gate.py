@@ -38,9 +38,9 @@ def sentence(record):
         return (f"Validation accuracy {acc:.2f} (chance {chance:.2f}): the model learned the task, so its ranking "
                 "and suggested labels are worth reviewing from the top.")
     return (f"WARNING: the model is too weak to trust: validation accuracy {acc:.2f} against a chance level of "
-            f"{chance:.2f} (needed: {record['needed_accuracy']:.2f}), so many wrong labels will not be near the top of the "
-            "ranking and the suggested labels are guesses; train longer (--train_epochs), on larger images (--image_size) or with "
-            "more images per class, then score and analyse again.")
+            f"{chance:.2f} (needed: {record['needed_accuracy']:.2f}), so many wrong labels will not be near the top "
+            "of the ranking and the suggested labels are guesses; train longer (--train_epochs), on larger images "
+            "(--image_size) or with more images per class, then score and analyse again.")
 
 
 def read_validation(checkpoint_folders):
