@@ -197,11 +197,12 @@ def table(results):
         c, cl = r["cell"], r["confident_learning"]
         # the shipped rule, recomputed from the kept scores (--restudy) for cells analysed before it was chosen
         rule = r.get("stopping_rules", {}).get(RULE) or {"precision": None, "recall": None, "flagged": None}
+        flags = (f"{fmt(rule['precision'])} / {fmt(rule['recall'])} | {rule['flagged']} / {r['n_moved_listed']}"
+                 if r["trusted"] is not False else "none: model not trusted | — / " + str(r["n_moved_listed"]))
         lines.append(
             f"| {c['kind']} {c['classes']} cl, {c['images']} img, {c['size']} px | {c['seed']} | "
             f"{fmt(r['val_accuracy'])} ({fmt(r['chance'])}) | {fmt(r['auroc'], 3)} | {fmt(r['share_moved_in_top'])} | "
-            f"{fmt(r['share_true_suggested'])} | {fmt(rule['precision'])} / {fmt(rule['recall'])} | "
-            f"{rule['flagged']} / {r['n_moved_listed']} | {fmt(cl['auroc'], 3)} | "
+            f"{fmt(r['share_true_suggested'])} | {flags} | {fmt(cl['auroc'], 3)} | "
             f"{fmt(cl['flag_precision'])} / {fmt(cl['flag_recall'])} | {r['total_seconds']:.0f} |")
     return "\n".join(lines)
 
