@@ -199,7 +199,7 @@ def _read_params(path):
 
 def load_into(path, params, sha1=None):
     """Copy the checkpoint at `path` (checked against its SHA-1 `sha1` when given) into the existing nnabla
-    parameters `params` ({name: Variable}).
+    parameters `params` ({name: Variable}); returns the file's SHA-1.
 
     Names and shapes must match the model exactly: a checkpoint of another model or width is a ModelMismatchError."""
     stored, digest = _read_params(path)
@@ -217,6 +217,7 @@ def load_into(path, params, sha1=None):
                          "it; restore it or leave that checkpoint out")
     for name, var in params.items():
         var.d = np.asarray(stored[name], dtype=np.float32)
+    return digest
 
 
 def load_solver(path, solver, sha1=None):
