@@ -20,7 +20,8 @@ WRITE_HINTS = {errno.ENOSPC: "the disk is full: free some space or choose anothe
 
 # the API argument (InputError.arg) -> the flag that sets it
 FLAGS = {"epochs": "--checkpoint_epochs", "interval": "--checkpoint_interval", "projection_dim": "--projection_dim",
-         "top_k": "--top_k", "batch_size": "--batch_size"}
+         "top_k": "--top_k", "batch_size": "--batch_size", "network": "--network", "lrs": "--lrs",
+         "layers": "--layers"}
 
 
 def error_exit(e):

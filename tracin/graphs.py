@@ -427,7 +427,8 @@ class LoopGraph:
     def forward(self, x):
         """(logits, features) of any number of samples, one at a time."""
         out = [self.g.forward(x[i:i + 1]) for i in range(len(x))]
-        return np.concatenate([o[0] for o in out]), np.concatenate([o[1] for o in out])
+        feats = None if self.g.feats is None else np.concatenate([o[1] for o in out])
+        return np.concatenate([o[0] for o in out]), feats
 
     def _loop(self, x, y, names):
         g = self.g

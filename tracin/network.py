@@ -87,10 +87,17 @@ def adapt(fn, what=None):
         except InputError:
             raise
         except Exception as e:  # noqa: BLE001 - the user's code: one line naming it, not a traceback
-            raise InputError(f"{name} failed on input of shape {tuple(image.shape)} ({type(e).__name__}: {e})") \
-                from None
+            raise InputError(f"{name} failed on input of shape {tuple(image.shape)} ({type(e).__name__}: "
+                             f"{_last_line(e)})", arg="network") from None
     build.tracin_name = name
     return build
+
+
+def _last_line(error):
+    """The message of an exception on one line: nnabla's own end with `Failed <check>`: <what>` after a file and
+    line number, where only <what> speaks to a user."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [repr(error)]
+    return lines[-1].split("`: ", 1)[-1] if lines[-1].startswith("Failed `") else " ".join(lines)
 
 
 def from_config(model_cfg: dict, base: str = None):
