@@ -103,8 +103,8 @@ def resolve_checkpoints(args, x):
     manifest = checkpoints.read_manifest(folder) if folder and os.path.isdir(folder) else None
     if (manifest is None and legacy_cfg is None and not args.network and os.path.isdir(folder)
             and checkpoints.scan_params(folder)):
-        raise CliError(f"'{folder}' has no {formats.MANIFEST}: pass --network FILE.py:FUNCTION (your own network) "
-                       "or --model resnet23|resnet56 (an original-example folder)")
+        raise CliError(f"'{folder}' has no {formats.MANIFEST}: pass --model resnet23|resnet56 (an original-example "
+                       "folder) or --network FILE.py:FUNCTION (your own network)")
     ckpts = load_checkpoints(folder, network=args.network, lrs=args.lrs, epochs=args.checkpoint_epochs,
                              interval=args.checkpoint_interval, model=legacy_cfg)
     warnings = []
