@@ -99,7 +99,8 @@ def float_list(value):
     try:
         out = [float(v) for v in value.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 0.1,0.1,0.01, got '{value}'") from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 0.1,0.1,0.01, got '{value}'") \
+            from None
     if not out or not all(math.isfinite(v) and v > 0 for v in out):
         raise argparse.ArgumentTypeError(f"expected finite numbers above 0, got '{value}'")
     return out

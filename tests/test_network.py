@@ -338,7 +338,7 @@ def test_docs_command_line_example_runs_as_written(tmp_path):
             run_main(words[1], *words[2:], cwd=str(tmp_path))
     scores = np.load(tmp_path / "data" / "influence_all_epoch.npy")
     wrong = np.load(tmp_path / "data" / "y_train.npy") != np.load(tmp_path / "data" / "y_shuffle_train.npy")
-    top = np.argsort(-scores)[:150]  # the top 10 %: most of the wrong labels (88.7 % when written)
+    top = np.argsort(-scores)[:150]  # the top 10 % holds most of the wrong labels
     assert wrong.sum() == 150 and wrong[top, 0].mean() > 0.7
     assert (tmp_path / "review" / "label_issues.csv").is_file()
     assert np.load(tmp_path / "explain" / "influence_topk.npz")["proponents"].shape == (3, 10)

@@ -57,8 +57,8 @@ def _fail(path, problem):
 
 def check_model(model, path):
     """The model description: a name, n_classes >= 1, a (channels, height, width) input shape, optional width
-    (nmaps), data set and builder or network reference (tracin.network). The model's own rules (e.g. an even width) are the
-    builder's to check when it builds."""
+    (nmaps), data set and builder or network reference (tracin.network). The model's own rules (e.g. an even
+    width) are the builder's to check when it builds."""
     if not isinstance(model, dict):
         _fail(path, "'model' must be an object")
     name, shape, nmaps = model.get("name"), model.get("input_shape"), model.get("nmaps")
