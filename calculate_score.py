@@ -100,9 +100,8 @@ def resolve_checkpoints(args, x):
     if os.path.isfile(folder):
         raise CliError(f"--checkpoint '{folder}' is a file: give the folder holding it "
                        f"('{os.path.dirname(folder) or '.'}'), and pick epochs with --checkpoint_epochs")
-    manifest = checkpoints.read_manifest(folder) if folder and os.path.isdir(folder) else None
-    if (manifest is None and legacy_cfg is None and not args.network and os.path.isdir(folder)
-            and checkpoints.scan_params(folder)):
+    if (legacy_cfg is None and not args.network and folder and os.path.isdir(folder)
+            and not os.path.isfile(os.path.join(folder, formats.MANIFEST)) and checkpoints.scan_params(folder)):
         raise CliError(f"'{folder}' has no {formats.MANIFEST}: pass --model resnet23|resnet56 (an original-example "
                        "folder) or --network FILE.py:FUNCTION (your own network)")
     ckpts = load_checkpoints(folder, network=args.network, lrs=args.lrs, epochs=args.checkpoint_epochs,
@@ -124,8 +123,8 @@ def resolve_checkpoints(args, x):
 def same_seed_warnings(ensemble):
     """Runs trained with the same seed on the same data are the same run: summing them only repeats it."""
     seeds = {}
-    for folder in ensemble.folders:
-        seeds.setdefault(checkpoints.read_manifest(folder)["train"]["seed"], []).append(folder)
+    for run in ensemble.runs:
+        seeds.setdefault(run.manifest["train"]["seed"], []).append(run.folder)
     return [f"{', '.join(fs)} were trained with the same --seed {s}: the ensemble counts that run {len(fs)} times"
             for s, fs in seeds.items() if len(fs) > 1]
 
@@ -228,7 +227,7 @@ def write_ensemble(args, ensemble, run, result, record, output):
     for r, (ckpts, res) in enumerate(zip(ensemble.runs, result.runs), start=1):
         save_npy(os.path.join(output, formats.run_scores_name(r)), res.scores)
         runs.append({"checkpoint": os.path.abspath(ckpts.folder), "scores": formats.run_scores_name(r),
-                     "seed": checkpoints.read_manifest(ckpts.folder)["train"]["seed"],
+                     "seed": ckpts.manifest["train"]["seed"],
                      "checkpoints": checkpoint_list(ckpts, res.etas)})
     save_npy(os.path.join(output, formats.LOSS), result.loss)
     save_npy(os.path.join(output, formats.PROBABILITIES), result.probabilities)

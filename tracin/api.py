@@ -58,13 +58,15 @@ class Checkpoint(NamedTuple):
 class Checkpoints:
     """Selected checkpoints of one training run (a sequence of Checkpoint), the model config they belong to
     (`model`: name, n_classes, input_shape, ...; n_classes and input_shape None for a network given as a function:
-    taken from its logits and the images) and `builder`, the network (tracin.network; None: the manifest's)."""
+    taken from its logits and the images), `builder`, the network (tracin.network; None: the manifest's) and
+    `manifest`, the folder's checkpoints.json as read (None without one)."""
 
-    def __init__(self, model, entries, folder, has_manifest, builder=None):
+    def __init__(self, model, entries, folder, manifest=None, builder=None):
         self.model = model
         self.entries: List[Checkpoint] = list(entries)
         self.folder = folder
-        self.has_manifest = has_manifest
+        self.manifest = manifest
+        self.has_manifest = manifest is not None
         self.builder = builder
 
     def __len__(self):
@@ -144,7 +146,7 @@ def load_checkpoints(source: Union[str, Sequence[str]], *, network: Optional[Net
         if epochs is not None or interval is not None:
             raise InputError("epochs and interval select from a folder; list the files to score instead", arg="epochs")
         entries = _file_entries(files)
-        return _checkpoints(_own_model(network), entries, _etas(lrs, entries), None, False, builder)
+        return _checkpoints(_own_model(network), entries, _etas(lrs, entries), None, None, builder)
     if isinstance(source, (list, tuple)):
         if builder is not None or lrs is not None:
             raise InputError("network and lrs are for one training run; an ensemble's folders need train.py's "
@@ -158,12 +160,12 @@ def load_checkpoints(source: Union[str, Sequence[str]], *, network: Optional[Net
     if builder is None and model_cfg.get("network"):  # a manifest a user wrote for a network function
         builder = networks.from_config(model_cfg, base=source)
     etas = [e["lr"] for e in chosen] if manifest is not None else _etas(lrs, chosen)
-    return _checkpoints(model_cfg, chosen, etas, source, manifest is not None, builder)
+    return _checkpoints(model_cfg, chosen, etas, source, manifest, builder)
 
 
-def _checkpoints(model_cfg, entries, etas, folder, has_manifest, builder):
+def _checkpoints(model_cfg, entries, etas, folder, manifest, builder):
     return Checkpoints(model_cfg, [Checkpoint(e["epoch"], lr, e["path"], e["sha1"]) for e, lr in zip(entries, etas)],
-                       folder, has_manifest, builder)
+                       folder, manifest, builder)
 
 
 def _builder(network):
@@ -245,9 +247,9 @@ def _load_ensemble(folders, epochs, interval):
     loaded = [discover(f) for f in folders]
     check_same_data(folders, [manifest for _, _, manifest in loaded])
     runs = []
-    for f, (cfg, entries, _) in zip(folders, loaded):
+    for f, (cfg, entries, manifest) in zip(folders, loaded):
         chosen = select(entries, epochs, interval)
-        runs.append(_checkpoints(cfg, chosen, [e["lr"] for e in chosen], f, True, None))
+        runs.append(_checkpoints(cfg, chosen, [e["lr"] for e in chosen], f, manifest, None))
     return runs[0] if len(runs) == 1 else CheckpointEnsemble(runs)
 
 
