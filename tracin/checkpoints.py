@@ -120,8 +120,8 @@ def discover(folder, model_cfg=None):
         raise InputError(f"no checkpoints (params_*.h5) in '{folder}': give the folder train.py saved its "
                          "checkpoints to")
     if model_cfg is None:
-        raise InputError(f"'{folder}' has no {MANIFEST} (an original-example folder): name its model "
-                         "(resnet23 or resnet56)")
+        raise InputError(f"'{folder}' has no {MANIFEST}: give the network its checkpoints belong to (network=, the "
+                         "function that builds it; or model=, resnet23 or resnet56 of the original example)")
     entries = [{"epoch": e, "path": os.path.join(folder, n), "lr": 1.0, "sha1": None}
                for e, n in sorted(found.items())]
     return model_cfg, entries, None
