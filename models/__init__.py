@@ -29,12 +29,15 @@ def model_config(name, n_classes, input_shape, nmaps=None, dataset=None):
             "builder": BUILDER}
 
 
-def build(config, image, test, augment=None):
-    """Graph for `config` (see model_config) on the nn.Variable `image`: (logits, features). A config that breaks
-    the model's rules (a checkpoint manifest edited by hand) is an InputError."""
+def check_config(config):
+    """InputError unless `config` (a checkpoint manifest's model) follows the model's rules (tracin.network)."""
     wanted = model_config(config.get("name"), config["n_classes"], config["input_shape"], config.get("nmaps"))
     if wanted["nmaps"] != config.get("nmaps"):
         raise InputError(f"model nmaps {config.get('nmaps')!r} does not suit {config.get('name')}")
+
+
+def build(config, image, test, augment=None):
+    """Graph for `config` (see model_config) on the nn.Variable `image`: (logits, features)."""
     from . import resnet
     fn = getattr(resnet, config["name"])
     return fn(image, test=test, n_classes=config["n_classes"], nmaps=config.get("nmaps"), augment=augment)

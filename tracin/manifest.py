@@ -6,6 +6,7 @@ signal or silently wrong scores hours later.
 import math
 import os
 
+from . import network
 from .errors import InputError
 
 FORMAT = 1
@@ -57,8 +58,8 @@ def _fail(path, problem):
 
 def check_model(model, path):
     """The model description: a name, n_classes >= 1, a (channels, height, width) input shape, optional width
-    (nmaps), data set and builder or network reference (tracin.network). The model's own rules (e.g. an even
-    width) are the builder's to check when it builds."""
+    (nmaps), data set, builder or network reference (tracin.network), and the builder's own rules (e.g. an even
+    width)."""
     if not isinstance(model, dict):
         _fail(path, "'model' must be an object")
     name, shape, nmaps = model.get("name"), model.get("input_shape"), model.get("nmaps")
@@ -75,6 +76,10 @@ def check_model(model, path):
         ref = model.get(key)
         if ref is not None and not (isinstance(ref, str) and ":" in ref):
             _fail(path, f"model {key} {ref!r} is not MODULE:FUNCTION or FILE.py:FUNCTION")
+    try:
+        network.check_config(model)
+    except InputError as e:
+        _fail(path, str(e))
 
 
 def check_entries(entries, path):

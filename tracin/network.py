@@ -9,7 +9,9 @@ A builder is `build(image, test) -> logits` or `-> (logits, features)`, called i
 - a reference "module:function" or "path/to/file.py:function" to such a function (a manifest's `model["network"]`,
   or calculate_score.py --network);
 - a model-zoo builder named by a manifest's `model["builder"]`, called as `fn(model_config, image, test=test)`, so
-  one function serves every width and class count (train.py's manifests).
+  one function serves every width and class count (train.py's manifests); its module may define
+  `check_config(model_config)`, which raises InputError for a config the network cannot build (checked when a
+  manifest is read, before anything runs).
 
 When a builder gives the logits alone, the features of the last-layer closed forms are the input of the affine
 layer that computes the logits (tracin.graphs finds it by walking the graph back from the logits).
@@ -98,6 +100,17 @@ def _last_line(error):
     line number, where only <what> speaks to a user."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [repr(error)]
     return lines[-1].split("`: ", 1)[-1] if lines[-1].startswith("Failed `") else " ".join(lines)
+
+
+def check_config(model_cfg: dict):
+    """Run the builder module's own check of a model config, when it has one (InputError). A network function
+    (`model["network"]`) has none: it is resolved when its checkpoints are loaded."""
+    if model_cfg.get("network"):
+        return
+    fn = resolve(model_cfg.get("builder", LEGACY_BUILDER), "model builder")
+    check = getattr(sys.modules.get(fn.__module__), "check_config", None)
+    if callable(check):
+        check(model_cfg)
 
 
 def from_config(model_cfg: dict, base: str = None):
