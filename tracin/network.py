@@ -14,7 +14,7 @@ A builder is `build(image, test) -> logits` or `-> (logits, features)`, called i
   manifest is read, before anything runs).
 
 When a builder gives the logits alone, the features of the last-layer closed forms are the input of the affine
-layer that computes the logits (tracin.graphs finds it by walking the graph back from the logits).
+layer that computes the logits (tracin.layers.find_head walks the graph back from the logits to it).
 """
 import importlib
 import importlib.util
