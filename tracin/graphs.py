@@ -22,7 +22,7 @@ from .layers import check_inference_graph, find_head, select_params
 from .maths import bn_grads, conv_grads, conv_sq_norms, sq_rows
 
 SUPPORTED = ("Convolution", "Affine", "BatchNormalization")  # layer types of batched per-sample gradients
-WEIGHT_CACHE_BYTES = 2 << 30  # checkpoint weights a graph keeps in memory, so each file is read once
+WEIGHT_CACHE_BYTES = 1 << 30  # checkpoint weights a graph keeps in memory, so each file is read once
 
 _EXACT_BN = []
 
