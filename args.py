@@ -11,8 +11,7 @@ from imagefolder import parse_image_size
 from models import MODELS
 from noise import MODELS as NOISE_MODELS
 from tracin.errors import InputError
-from tracin.normalize import DEFAULT as DEFAULT_NORMALIZE
-from tracin.normalize import DEFAULT_LAYERS as DEFAULT_INFLUENCE_LAYERS
+from tracin import defaults
 from tracin.normalize import NORMALIZATIONS
 
 DATASETS = ("cifar10", "digits", "imagefolder")
@@ -231,13 +230,13 @@ def score_parser():
                         "(the last residual unit and the final affine layer; default of --mode influence), all "
                         "(every trainable parameter), or comma-separated parameter-name patterns (fnmatch, e.g. "
                         "'affine/*,conv8/*')")
-    p.add_argument("--method", default="batched", choices=["batched", "loop"],
+    p.add_argument("--method", default=defaults.METHOD, choices=["batched", "loop"],
                    help="batched per-sample gradients, or the original's batch-size-1 backprop loop (reference)")
     p.add_argument("--lr_weight", type=str2bool, default=True,
                    help="weight each checkpoint by its learning rate (TracIn); False = the original's plain sum")
     p.add_argument("--save_every_epoch", type=str2bool, default=False,
                    help="also write {epoch}_influence.npy, each checkpoint's term of the sum")
-    p.add_argument("--batch_size", type=positive_int, default=64)
+    p.add_argument("--batch_size", type=positive_int, default=defaults.BATCH_SIZE)
     p.add_argument("--seed", "-s", type=int, default=0, help="seed for random projections")
     # train -> test influence; every flag below but --mode is for --mode influence only
     p.add_argument("--mode", default="self", choices=["self", "influence"],
@@ -251,10 +250,10 @@ def score_parser():
                    help="label of a test sample: its y_val.npy label (true, default) or the class the last "
                         "selected checkpoint predicts (predicted)")
     p.add_argument("--top_k", type=positive_int, default=None,
-                   help="proponents and opponents kept per test sample (default 10)")
+                   help=f"proponents and opponents kept per test sample (default {defaults.TOP_K})")
     p.add_argument("--normalize", default=None, choices=NORMALIZATIONS,
-                   help=f"scores of --mode influence (tracin/normalize.py; default {DEFAULT_NORMALIZE}): none = raw "
-                        "TracIn, sum_i eta_i g_i(z) . g_i(z'), where training samples with large gradients (often "
+                   help=f"scores of --mode influence (tracin/normalize.py; default {defaults.NORMALIZE}): none = "
+                        "raw TracIn, sum_i eta_i g_i(z) . g_i(z'), where training samples with large gradients (often "
                         "mislabeled) top every list; cosine = sum_i eta_i cos(g_i(z), g_i(z')); renorm = sum_i "
                         "eta_i g_i(z) . g_i(z') / ||g_i(z)||; total_cosine = TracIn / sqrt(self(z) self(z'))")
     p.add_argument("--save_matrix", type=str2bool, default=None,
@@ -271,12 +270,8 @@ def score_parser():
     return p
 
 
-# --layers when not given. Self-influence: the bias alone detects mislabeled samples best, because the weight
-# gradient multiplies the label-dependent error p - y by the label-agnostic feature norm ||h||^2 + 1 (README,
-# "Detection quality"). Train -> test influence: the last residual unit and the affine layer, so that a proponent
-# must share the test sample's features, not only its error direction; with the cosine, its top-1 proponent is a
-# clean example of the predicted class on every seed benchmarked, which W and b alone miss (docs/explanations.md).
-DEFAULT_LAYERS = {"self": "last_bias", "influence": DEFAULT_INFLUENCE_LAYERS}
+# --layers when not given, per --mode (why: tracin/defaults.py)
+DEFAULT_LAYERS = {"self": defaults.SELF_LAYERS, "influence": defaults.INFLUENCE_LAYERS}
 
 
 def parse_score_args(argv=None):
@@ -284,7 +279,7 @@ def parse_score_args(argv=None):
     if args.layers is None:
         args.layers = DEFAULT_LAYERS[args.mode]
     if args.normalize is None and args.mode == "influence":  # self-influence takes none (calculate_score checks)
-        args.normalize = DEFAULT_NORMALIZE
+        args.normalize = defaults.NORMALIZE
     return args
 
 

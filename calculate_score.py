@@ -38,9 +38,10 @@ import numpy as np
 
 import datasets
 from args import CliError, parse_score_args
-from tracin import checkpoints, formats, normalize
+from tracin import checkpoints, defaults, formats, normalize
 from tracin.api import CheckpointEnsemble, load_checkpoints, plan_influence, plan_self_influence
 from tracin.arrays import check_labels
+from tracin.errors import InputError
 from tracin.context import set_context
 from tracin.io import (
     check_writable,
@@ -50,7 +51,7 @@ from tracin.io import (
     save_npy,
 )
 from tracin.runs import progress_bar
-from utils import run_mpi_cli
+from utils import run_mpi_cli, skip_failed_imports
 
 INFLUENCE_ONLY = ("test_input", "test_indices", "test_label", "top_k", "save_matrix", "projection_dim",
                   "test_chunk", "max_memory_gb", "normalize")
@@ -81,11 +82,6 @@ def check_flags(args):
         given = [f"--{n}" for n in INFLUENCE_ONLY if getattr(args, n) is not None]
         if given:
             raise CliError(f"{', '.join(given)} only appl{'ies' if len(given) == 1 else 'y'} to --mode influence")
-    if args.checkpoint_epochs is not None and args.checkpoint_interval is not None:
-        raise CliError("use either --checkpoint_epochs or --checkpoint_interval, not both")
-    if args.projection_dim and args.layers == "last":
-        raise CliError("--projection_dim applies to --layers all or parameter patterns; the last-layer closed form "
-                       "is exact and already compact")
 
 
 def resolve_checkpoints(args, x):
@@ -130,15 +126,28 @@ def same_seed_warnings(ensemble):
 
 
 def load_training_data(args):
+    """The arrays (checked as files by datasets.load_arrays; against the model by the library, plan_run) and the
+    checkpoints."""
     data = datasets.load_arrays(args.input, need=(formats.X_TRAIN, formats.Y_NOISY))
     x, y = data["x_train"], data["y_shuffle_train"][:, 0]
     ckpts, warnings = resolve_checkpoints(args, x)
-    model = ckpts.model
-    if model["input_shape"] is not None and tuple(x.shape[1:]) != tuple(model["input_shape"]):
-        raise CliError(f"{formats.X_TRAIN} holds images of shape {tuple(x.shape[1:])} but the checkpoints' model takes "
-                       f"{tuple(model['input_shape'])}: --input and --checkpoint come from different runs")
-    check_labels(y, model["n_classes"], f"{args.input}/{formats.Y_NOISY}")
     return x, y, ckpts, warnings
+
+
+def array_files(args):
+    """The file behind each array argument of the API: the library's error about one names the file instead."""
+    test_dir = args.test_input or args.input
+    files = {"x": formats.X_TRAIN, "y": formats.Y_NOISY, "x_train": formats.X_TRAIN, "y_train": formats.Y_NOISY}
+    files = {arg: f"{args.input}/{name}" for arg, name in files.items()}
+    return dict(files, x_test=f"{test_dir}/{formats.X_VAL}", y_test=f"{test_dir}/{formats.Y_VAL}")
+
+
+def name_file(error, files):
+    """`error` with the argument name its message starts with replaced by the file in `files`, else None."""
+    path, message = files.get(error.arg), str(error)
+    if path is None or not message.startswith(f"{error.arg} "):
+        return None
+    return InputError(path + message[len(error.arg):])
 
 
 def plan_run(args, ckpts, x, y):
@@ -156,11 +165,17 @@ def plan_run(args, ckpts, x, y):
                            "from, with the same parameter scopes") from None
         raise CliError(f"{e}; without {formats.MANIFEST} the model is --model {args.model} --nmaps "
                        f"{ckpts.model['nmaps']}: pass the ones the checkpoints were trained with") from None
+    except InputError as e:
+        named = name_file(e, array_files(args))
+        if named is None:
+            raise
+        raise named from None
 
 
 def main(argv=None, comm=None):
     args = parse_score_args(argv)
     check_flags(args)
+    skip_failed_imports()  # process-wide, so the script's business: every checkpoint load sets ~100 nnabla arrays
     rank, world = (comm.rank, comm.size) if comm is not None else (0, 1)
     output = check_writable(args.output or args.input, "--output")
     x, y, ckpts, warnings = load_training_data(args)
@@ -268,16 +283,14 @@ def _gb(nbytes):
     return f"{nbytes / 2 ** 30:.3g} GB"
 
 
-def load_test_samples(args, model):
-    """(test folder, label mode, indices into x_val.npy, images, labels or None for predicted)."""
+def load_test_samples(args, n_classes):
+    """(test folder, label mode, indices into x_val.npy, images, labels or None for predicted). The images are
+    checked against the model by the library (plan_run); the labels of the whole file here, as the file's check."""
     test_dir = args.test_input or args.input
     label_mode = args.test_label or "true"
     need = (formats.X_VAL, formats.Y_VAL) if label_mode == "true" else (formats.X_VAL,)
     tdata = datasets.load_arrays(test_dir, need=need)
     xt_all = tdata["x_val"]
-    if tuple(xt_all.shape[1:]) != tuple(model["input_shape"]):
-        raise CliError(f"{test_dir}/{formats.X_VAL} holds images of shape {tuple(xt_all.shape[1:])} but the model "
-                       f"takes {tuple(model['input_shape'])}: --test_input comes from another data set")
     idx = np.arange(len(xt_all), dtype=np.int64) if args.test_indices is None else \
         np.asarray(args.test_indices, dtype=np.int64)
     bad = idx[idx >= len(xt_all)]
@@ -286,20 +299,20 @@ def load_test_samples(args, model):
                        f"samples (0..{len(xt_all) - 1})")
     yt = None
     if label_mode == "true":  # every label is checked, not only those of --test_indices: the file is damaged
-        yt = check_labels(tdata["y_val"], model["n_classes"], f"{test_dir}/{formats.Y_VAL}")[idx]
+        yt = check_labels(tdata["y_val"], n_classes, f"{test_dir}/{formats.Y_VAL}")[idx]
     return test_dir, label_mode, idx, xt_all[idx], yt
 
 
 def prepare_influence(args, ckpts, x, y):
     """Validate every --mode influence input (before anything is written); the run fixes the test labels."""
-    test_dir, label_mode, idx, xt, yt = load_test_samples(args, dict(ckpts.model, input_shape=list(x.shape[1:])))
+    test_dir, label_mode, idx, xt, yt = load_test_samples(args, ckpts.model["n_classes"])
     limit = args.max_memory_gb * 2 ** 30 if args.max_memory_gb else (available_memory() or 2 ** 62) * 0.8
     need = len(idx) * len(x) * 8
     if args.save_matrix and need > limit:
         raise CliError(f"--save_matrix True needs {_gb(need)} for the ({len(idx)}, {len(x)}) matrix, more than the "
                        f"{_gb(limit)} allowed: leave it out and use --top_k K (top-k lists need no matrix), or "
                        "pass fewer --test_indices")
-    run = plan_influence(ckpts, x, y, xt, yt, top_k=args.top_k or 10, layers=args.layers, method=args.method,
+    run = plan_influence(ckpts, x, y, xt, yt, top_k=args.top_k or defaults.TOP_K, layers=args.layers, method=args.method,
                          lr_weight=args.lr_weight, batch_size=args.batch_size, projection_dim=args.projection_dim,
                          seed=args.seed, full_matrix=bool(args.save_matrix), test_chunk=args.test_chunk,
                          normalize=args.normalize)
@@ -323,7 +336,7 @@ def write_influence(args, plan, result, record, output):
         {"definition": normalize.DEFINITIONS[args.normalize] + normalize.NOTATION, "normalize": args.normalize,
          "n_train": n_train, "n_test": n_test, "top_k": run.k}, **record,
         test_input=os.path.abspath(plan["test_dir"]), test_label=plan["label_mode"], parameters=result.parameters,
-        n_parameters=run.n_params, closed_form=run.kind == "last", projection_dim=args.projection_dim,
+        n_parameters=run.n_params, closed_form=run.selection.closed_form, projection_dim=args.projection_dim,
         seed=args.seed if args.projection_dim else None,
         matrix=formats.MATRIX if result.matrix is not None else None, gradient_evaluations=done,
         seconds=round(secs, 3), seconds_per_test_sample=round(secs / n_test, 4) if done else None,

@@ -161,7 +161,7 @@ CASES = [
          "no checkpoint for epoch(s) 7,9"),
     case("score-epochs-text", "calculate_score.py", SCORE + ("--checkpoint_epochs", "last"), "comma-separated"),
     case("score-epochs-and-interval", "calculate_score.py",
-         SCORE + ("--checkpoint_epochs", "2", "--checkpoint_interval", "2"), "either --checkpoint_epochs"),
+         SCORE + ("--checkpoint_epochs", "2", "--checkpoint_interval", "2"), "--checkpoint_interval: give either"),
     case("score-unknown-layers", "calculate_score.py", SCORE + ("--layers", "nosuch/*"), "selects no trainable"),
     case("score-layers-new-output", "calculate_score.py", SCORE + ("--layers", "conv99", "--output", "{root}/new"),
          "selects no trainable"),

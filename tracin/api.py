@@ -28,12 +28,11 @@ from typing import Callable, List, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
+from . import defaults
 from . import network as networks
 from .checkpoints import check_same_data, discover, select
 from .errors import InputError, MissingInputError
 from .formats import PARAMS_RE
-from .normalize import DEFAULT as DEFAULT_NORMALIZE
-from .normalize import DEFAULT_LAYERS as DEFAULT_INFLUENCE_LAYERS
 from .runs import (  # noqa: F401
     EnsembleResult,
     EnsembleSelfInfluenceRun,
@@ -57,9 +56,10 @@ class Checkpoint(NamedTuple):
 
 class Checkpoints:
     """Selected checkpoints of one training run (a sequence of Checkpoint), the model config they belong to
-    (`model`: name, n_classes, input_shape, ...; n_classes and input_shape None for a network given as a function:
-    taken from its logits and the images), `builder`, the network (tracin.network; None: the manifest's) and
-    `manifest`, the folder's checkpoints.json as read (None without one)."""
+    (`model`: always a config dict, never a name: name, n_classes, input_shape, ...; n_classes and input_shape
+    None for a network given as a function: taken from its logits and the images), `builder`, the network
+    (tracin.network; None: the manifest's) and `manifest`, the folder's checkpoints.json as read (None without
+    one)."""
 
     def __init__(self, model, entries, folder, manifest=None, builder=None):
         self.model = model
@@ -274,18 +274,19 @@ def _progress(progress, run):
     raise InputError(f"progress must be True, False or a function(count, label), got {progress!r}", arg="progress")
 
 
-def plan_self_influence(checkpoints, x, y, *, layers: str = "last_bias", method: str = "batched",
-                        lr_weight: bool = True, batch_size: int = 64):
-    """A validated self-influence run (every input checked, every checkpoint read, hashed and tried) that has not
-    computed anything yet: `.work()` is its length, `.run(cache_dir, comm, progress)` its result. For callers
-    that must validate everything before writing (calculate_score.py); arguments as in self_influence."""
-    kind = EnsembleSelfInfluenceRun if isinstance(checkpoints, CheckpointEnsemble) else SelfInfluenceRun
-    return kind(checkpoints, x, y, layers=layers, method=method, lr_weight=lr_weight, batch_size=batch_size)
+def plan_self_influence(checkpoints, x, y, *, layers: str = defaults.SELF_LAYERS, method: str = defaults.METHOD,
+                        lr_weight: bool = True, batch_size: int = defaults.BATCH_SIZE):
+    """A validated self-influence run (every input checked, every checkpoint read, hashed and tried on the first
+    batch) that has computed nothing else yet: `.work()` is its length, `.run(cache_dir, comm, progress)` its
+    result. For callers that must validate everything before writing (calculate_score.py); arguments as in
+    self_influence."""
+    run_class = EnsembleSelfInfluenceRun if isinstance(checkpoints, CheckpointEnsemble) else SelfInfluenceRun
+    return run_class(checkpoints, x, y, layers=layers, method=method, lr_weight=lr_weight, batch_size=batch_size)
 
 
 def self_influence(checkpoints: Union[Checkpoints, CheckpointEnsemble], x: np.ndarray, y: np.ndarray, *,
-                   layers: str = "last_bias", method: str = "batched", lr_weight: bool = True, batch_size: int = 64,
-                   context: Optional[str] = None, details: bool = False, cache_dir: Optional[str] = None, comm=None,
+                   layers: str = defaults.SELF_LAYERS, method: str = defaults.METHOD, lr_weight: bool = True,
+                   batch_size: int = defaults.BATCH_SIZE, context: Optional[str] = None, details: bool = False, cache_dir: Optional[str] = None, comm=None,
                    progress: Progress = None) -> Union[np.ndarray, SelfInfluenceResult, EnsembleResult, None]:
     """TracInCP self-influence score(z) = sum_i eta_i ||grad_theta loss(w_i, z)||^2 of every sample.
 
@@ -321,10 +322,10 @@ def self_influence(checkpoints: Union[Checkpoints, CheckpointEnsemble], x: np.nd
     return result if details or result is None else result.scores
 
 
-def plan_influence(checkpoints, x_train, y_train, x_test, y_test=None, *, top_k: int = 10,
-                   layers: str = DEFAULT_INFLUENCE_LAYERS, method: str = "batched", lr_weight: bool = True,
-                   batch_size: int = 64, projection_dim: Optional[int] = None, seed: int = 0,
-                   full_matrix: bool = False, test_chunk: Optional[int] = None, normalize: str = DEFAULT_NORMALIZE):
+def plan_influence(checkpoints, x_train, y_train, x_test, y_test=None, *, top_k: int = defaults.TOP_K,
+                   layers: str = defaults.INFLUENCE_LAYERS, method: str = defaults.METHOD, lr_weight: bool = True,
+                   batch_size: int = defaults.BATCH_SIZE, projection_dim: Optional[int] = None, seed: int = 0,
+                   full_matrix: bool = False, test_chunk: Optional[int] = None, normalize: str = defaults.NORMALIZE):
     """A validated influence run, not computed yet (see plan_self_influence); arguments as in influence."""
     if isinstance(checkpoints, CheckpointEnsemble):
         raise InputError("influence takes the checkpoints of one training run; an ensemble is for self-influence")
@@ -334,11 +335,12 @@ def plan_influence(checkpoints, x_train, y_train, x_test, y_test=None, *, top_k:
 
 
 def influence(checkpoints: Checkpoints, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
-              y_test: Optional[np.ndarray] = None, *, top_k: int = 10, layers: str = DEFAULT_INFLUENCE_LAYERS,
-              method: str = "batched", lr_weight: bool = True, batch_size: int = 64,
-              projection_dim: Optional[int] = None, seed: int = 0, full_matrix: bool = False,
-              test_chunk: Optional[int] = None, context: Optional[str] = None, cache_dir: Optional[str] = None,
-              comm=None, progress: Progress = None, normalize: str = DEFAULT_NORMALIZE) -> Optional[InfluenceResult]:
+              y_test: Optional[np.ndarray] = None, *, top_k: int = defaults.TOP_K,
+              layers: str = defaults.INFLUENCE_LAYERS, method: str = defaults.METHOD, lr_weight: bool = True,
+              batch_size: int = defaults.BATCH_SIZE, projection_dim: Optional[int] = None, seed: int = 0,
+              full_matrix: bool = False, test_chunk: Optional[int] = None, context: Optional[str] = None,
+              cache_dir: Optional[str] = None, comm=None, progress: Progress = None,
+              normalize: str = defaults.NORMALIZE) -> Optional[InfluenceResult]:
     """TracIn(z, z') = sum_i eta_i grad loss(w_i, z) . grad loss(w_i, z') of test samples z' against every
     training sample z, normalised by `normalize`: proponents (most positive) and opponents (most negative) per
     test sample.

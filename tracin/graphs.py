@@ -16,130 +16,14 @@ import itertools
 import numpy as np
 
 from . import network
-from .checkpoints import load_into
+from .checkpoints import read_fitting
 from .errors import InputError
-from .layers import check_inference_graph, find_head, select_params
+from .graph_copy import scoring_copy
+from .layers import HEAD_RELATIVE, LAST_BIAS, check_inference_graph, find_head, select_params
 from .maths import bn_grads, conv_grads, conv_sq_norms, sq_rows
 
 SUPPORTED = ("Convolution", "Affine", "BatchNormalization")  # layer types of batched per-sample gradients
 WEIGHT_CACHE_BYTES = 1 << 30  # checkpoint weights a graph keeps in memory, so each file is read once
-
-_EXACT_BN = []
-
-
-def _exact_bn(ctx, eps):
-    """nnabla function (x, P) -> inference batch norm of x, on CPU, bit for bit nnabla's BatchNormalization: forward
-    (x - mean) gamma / sqrt(var + eps) + beta in its kernel's float32 order; backward dx = dy * iv, iv = gamma *
-    (var + eps)^-0.5 computed by nnabla in the graph as its kernel does. P stacks (beta, gamma, mean, var, iv) on
-    axis 0. Whole-array numpy operations and no beta/gamma gradients: nnabla's own CPU backward (a broadcasting Mul2,
-    then Sub2/Mul2/Mul2/Sum for beta and gamma) is ~10x slower at 32x32."""
-    if not _EXACT_BN:
-        from nnabla.function import PythonFunction
-
-        class ExactInferenceBatchNorm(PythonFunction):
-            def __init__(self, ctx, eps):
-                super().__init__(ctx)
-                self.eps = np.float32(eps)
-
-            @property
-            def name(self):
-                return "ExactInferenceBatchNorm"
-
-            def min_outputs(self):
-                return 1
-
-            def grad_depends_output_data(self, i, o):
-                return False
-
-            def grad_depends_input_data(self, i, j):
-                return i == 0 and j == 1  # dx needs iv (in P) only
-
-            def setup_impl(self, inputs, outputs):
-                outputs[0].reset_shape(inputs[0].shape, True)
-
-            def forward_impl(self, inputs, outputs):
-                f32 = np.float32  # (an array set from float64 stays float64 until a kernel asks for float32)
-                x = inputs[0].data.get_data("r", dtype=f32)
-                beta, gamma, mean, var, _ = inputs[1].data.get_data("r", dtype=f32)[:, None]
-                y = outputs[0].data.get_data("w", dtype=f32)
-                np.subtract(x, mean, out=y)  # float32 throughout, in the kernel's order
-                y *= gamma
-                y /= np.sqrt(var + self.eps)
-                y += beta
-
-            def backward_impl(self, inputs, outputs, propagate_down, accum):
-                if not propagate_down[0]:
-                    return
-                f32 = np.float32
-                dy = outputs[0].grad.get_data("r", dtype=f32)
-                iv = inputs[1].data.get_data("r", dtype=f32)[4:5]
-                if accum[0]:
-                    dx = inputs[0].grad.get_data("rw", dtype=f32)
-                    dx += dy * iv
-                else:
-                    np.multiply(dy, iv, out=inputs[0].grad.get_data("w", dtype=f32))
-
-        _EXACT_BN.append(ExactInferenceBatchNorm)
-    return _EXACT_BN[0](ctx, eps)
-
-
-def _scoring_copy(loss, outputs, params):
-    """A copy of the inference graph under `loss` for per-sample gradients, on the same input and label variables:
-    the same functions with the same arguments, computing the same values bit for bit, except that
-    - every parameter is an unlinked, no-grad view of the same data: loads show through, and nnabla computes no
-      parameter gradient at all (no convolution weight gradient, no batch-norm beta/gamma pass over the whole
-      activation): the per-sample ones are assembled in numpy from each layer's input and output gradient;
-    - on CPU, inference batch norm is _exact_bn (same values, ~10x cheaper backward).
-    Its forward+backward runs 2-3x faster than the model's (resnet23/56 at 8x8 and 32x32). Which output gradients it
-    computes is set per selection (ScoringGraph._backward).
-
-    (Replacing batch norm by the equal per-channel map x s + (beta - mean s) on a 1x1 depthwise convolution was
-    faster still, but float32 rounding then differs from the model's, and a max-pooling or ReLU near-tie can flip:
-    ~1 sample in 100 of a random resnet23 at 32x32 had its gradient norm off by 1e-3. Exactness won.)
-
-    Returns (copies of `outputs`, layer records {kind, names, shapes, args, x, out, stats}) in forward order:
-    x is the layer's input in the copy, out its output; stats the batch norm's (mean, var)."""
-    import nnabla as nn
-    import nnabla.function as NF
-    import nnabla.functions as F
-
-    name_of = {v: n for n, v in params.items()}
-    ctx = nn.get_current_context()
-    on_cpu = all(b.startswith("cpu") for b in ctx.backend)
-    copy, consts, layers = {}, {}, []
-
-    def get(v):
-        if v in copy:
-            return copy[v]
-        n = name_of.get(v)
-        if n is None:
-            return v  # a graph input (image, label)
-        if n not in consts:
-            consts[n] = params[n].get_unlinked_variable(need_grad=False)
-        return consts[n]
-
-    funcs = []
-    loss.visit(funcs.append)
-    for f in funcs:
-        kind, args = f.info.type_name, dict(f.info.args)
-        names = [name_of.get(v) for v in f.inputs[1:]]
-        ins = [get(v) for v in f.inputs]
-        if (on_cpu and kind == "BatchNormalization" and not args.get("batch_stat") and len(ins) == 5
-                and len(f.outputs) == 1 and ins[1].shape[0] == 1):
-            x, beta, gamma, mean, var = ins
-            iv = gamma * F.pow_scalar(F.add_scalar(var, args["eps"]), -0.5)  # the kernel's own gamma / std
-            outs = [_exact_bn(ctx, args["eps"])(x, F.concatenate(beta, gamma, mean, var, iv, axis=0))]
-        else:
-            outs = getattr(NF, kind)(ctx, **args)(*ins, auto_forward=False)
-            outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
-        for o, c in zip(f.outputs, outs):
-            copy[o] = c
-        if any(names):
-            stats = (ins[3], ins[4]) if kind == "BatchNormalization" and len(ins) == 5 else None
-            layers.append({"kind": kind, "names": names, "shapes": [tuple(v.shape) for v in f.inputs[1:]],
-                           "args": args, "x": ins[0], "out": outs[0], "stats": stats})
-    return [copy[o] for o in outputs], layers
-
 
 _GRAPH_IDS = itertools.count()
 
@@ -193,8 +77,8 @@ class ScoringGraph:
         if self.feats is not None:
             self.feats.persistent = True
         self.logits.persistent = True
-        # scoring runs on a copy of this graph (see _scoring_copy); the model graph above stays as built (LoopGraph)
-        (self._logits, self._loss), self._layers = _scoring_copy(self.loss, [self.logits, self.loss], self.params)
+        # scoring runs on a copy of this graph (tracin.graph_copy); the model graph above stays as built (LoopGraph)
+        (self._logits, self._loss), self._layers = scoring_copy(self.loss, [self.logits, self.loss], self.params)
         self._logits.persistent = True
         for layer in self._layers:  # kept through a cleared forward/backward (data and gradient)
             layer["x"].persistent = True
@@ -205,12 +89,12 @@ class ScoringGraph:
     def select(self, spec):
         """select_params of this network: 'last', 'last_bias' and 'last_block' refer to the affine layer whose
         output the logits are (InputError when there is none, or 'last_bias' without a bias)."""
-        if spec in ("last", "last_bias", "last_block"):
+        if spec in HEAD_RELATIVE:
             if self.head is None:
                 raise InputError(f"layers '{spec}' needs logits computed by an affine layer, but the network's come "
                                  f"from {self.head_from}: use layers 'all' or parameter-name patterns",
                                  arg="layers")
-            if spec == "last_bias" and len(self.head) < 2:
+            if spec == LAST_BIAS and len(self.head) < 2:
                 raise InputError(f"layers 'last_bias': the final affine layer ({self.head[0]}) has no bias; use "
                                  "layers 'last'", arg="layers")
         return select_params(self.trainable, spec, last=self.head)
@@ -223,18 +107,18 @@ class ScoringGraph:
             mine = [n for n in layer["names"] if n in wanted]
             if not mine:
                 continue
-            kind, args = layer["kind"], layer["args"]
+            ftype, args = layer["type"], layer["args"]
             problem = None
-            if kind not in SUPPORTED:
-                problem = f"{kind} layers are not supported (supported: {', '.join(SUPPORTED)})"
-            elif kind == "Affine" and args.get("base_axis", 1) != 1:
+            if ftype not in SUPPORTED:
+                problem = f"{ftype} layers are not supported (supported: {', '.join(SUPPORTED)})"
+            elif ftype == "Affine" and args.get("base_axis", 1) != 1:
                 problem = f"an affine layer with base_axis {args['base_axis']} is not supported"
-            elif kind == "Convolution" and (args.get("group", 1) != 1 or args.get("channel_last")):
+            elif ftype == "Convolution" and (args.get("group", 1) != 1 or args.get("channel_last")):
                 problem = "grouped or channel-last convolutions are not supported"
             for n in mine:
                 if n in seen:
-                    problem = problem or f"it is shared by two layers ({seen[n]} and {kind})"
-                seen[n] = kind
+                    problem = problem or f"it is shared by two layers ({seen[n]} and {ftype})"
+                seen[n] = ftype
             if problem:
                 raise InputError(f"per-sample gradients of {mine[0]}: {problem}; leave it out of layers (e.g. "
                                  "parameter-name patterns) or use method='loop'", arg="layers")
@@ -243,15 +127,12 @@ class ScoringGraph:
         """Copy the checkpoint file `path` (checked against its SHA-1 `sha1` when given) into the graph's parameters
         (InputError if it does not fit); returns the file's SHA-1. The file is read and hashed once: the weights it
         leaves are kept in memory (up to WEIGHT_CACHE_BYTES) for the next load of the same path."""
-        cached = self._weights.get(path)
-        if cached is not None:
-            for n, v in self.params.items():
-                v.d = cached[1][n]
-            return cached[0]
-        digest = load_into(path, self.params, sha1)
-        size = sum(v.size * 4 for v in self.params.values())
-        if size * (len(self._weights) + 1) <= WEIGHT_CACHE_BYTES:
-            self._weights[path] = (digest, {n: v.d.copy() for n, v in self.params.items()})
+        digest, arrays = self._weights.get(path) or read_fitting(path, self.params, sha1)
+        for n, v in self.params.items():
+            v.d = arrays[n]  # a copy into nnabla's memory: the arrays stay as read
+        size = sum(a.nbytes for a in arrays.values())
+        if path not in self._weights and size * (len(self._weights) + 1) <= WEIGHT_CACHE_BYTES:
+            self._weights[path] = (digest, arrays)
         return digest
 
     def _set(self, x, y=None):
@@ -281,9 +162,9 @@ class ScoringGraph:
         for i, layer in enumerate(self._layers):
             if i in self._marked or not any(n in wanted for n in layer["names"]):
                 continue
-            if layer["kind"] not in SUPPORTED:
+            if layer["type"] not in SUPPORTED:
                 n = next(n for n in layer["names"] if n in wanted)
-                raise InputError(f"per-sample gradients of {layer['kind']} layers ({n}) are not implemented; "
+                raise InputError(f"per-sample gradients of {layer['type']} layers ({n}) are not implemented; "
                                  "use method='loop'")
             # need_grad on a function's output: the backward reaches it and goes no further up (an explicit False
             # would block gradients through it, so marks are never removed; a stale one only costs time)
@@ -300,10 +181,10 @@ class ScoringGraph:
         for layer in self._layers:
             if not any(n in wanted for n in layer["names"]):
                 continue
-            kind = layer["kind"]
+            ftype = layer["type"]
             x = layer["x"].d[:m]
             g = layer["out"].g[:m]
-            if kind == "Affine":
+            if ftype == "Affine":
                 a = x.reshape(m, -1)
                 gg = g.reshape(m, -1)
                 for n, shape in zip(layer["names"], layer["shapes"]):
@@ -315,7 +196,7 @@ class ScoringGraph:
                         yield n, sq_rows(a) * sq_rows(gg)
                     else:
                         yield n, a[:, :, None] * gg[:, None, :]
-            elif kind == "Convolution":
+            elif ftype == "Convolution":
                 for n, shape in zip(layer["names"], layer["shapes"]):
                     if n not in wanted:
                         continue

@@ -1,9 +1,58 @@
-"""Which parameters a selection ("layers") names, and what the library checks of a network's graph: the affine
-layer whose output the logits are (the final layer of the closed forms, whatever its name), and that scoring runs a
-deterministic inference graph."""
+"""Which parameters a selection ("layers") names and how they are scored, and what the library checks of a
+network's graph: the affine layer whose output the logits are (the final layer of the closed forms, whatever its
+name), and that scoring runs a deterministic inference graph.
+
+A `layers` value is parsed here and nowhere else: `choose` turns it into a Selection (the parameter names and the
+scoring: a closed form from one forward pass, or per-sample gradients) that the runs and jobs act on.
+"""
 import fnmatch
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple
 
 from .errors import InputError
+
+LAST_BIAS, LAST, LAST_BLOCK, ALL = "last_bias", "last", "last_block", "all"
+HEAD_RELATIVE = (LAST, LAST_BIAS, LAST_BLOCK)  # named relative to the final affine layer
+GRAD = "grad"  # scoring by per-sample gradients (any selection, either method)
+# closed forms from one forward pass: self-influence ||e||^2 (||h||^2 + 1) and ||e||^2; train -> test influence has
+# the dot product (e . e')(h . h' + 1) of `last` (tracin.maths)
+SELF_CLOSED_FORMS = (LAST, LAST_BIAS)
+INFLUENCE_CLOSED_FORMS = (LAST,)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A parsed `layers` value: `spec` as given, the selected parameter `names` (creation order) and `scoring`:
+    'last' / 'last_bias' (a closed form from one forward pass) or 'grad' (per-sample gradients)."""
+    spec: str
+    names: Tuple[str, ...]
+    scoring: str
+
+    @property
+    def closed_form(self) -> bool:
+        return self.scoring != GRAD
+
+
+def scoring(spec: str, method: str, closed_forms: Sequence[str] = SELF_CLOSED_FORMS,
+            head: Optional[Sequence[str]] = None) -> str:
+    """How a selection is scored: its closed form (method 'batched', a selection in `closed_forms`, and for 'last'
+    a final affine layer `head` [W, b] with a bias, when known) or 'grad'."""
+    closed = method == "batched" and spec in closed_forms and (spec != LAST or head is None or len(head) == 2)
+    return spec if closed else GRAD
+
+
+def choose(graph, spec: str, method: str, closed_forms: Sequence[str]) -> Selection:
+    """The Selection `spec` makes of `graph`'s parameters (tracin.graphs: its select and head); InputError when
+    it selects nothing."""
+    names = tuple(graph.select(spec))
+    return Selection(spec, names, scoring(spec, method, closed_forms, graph.head or []))
+
+
+def check_projection(spec: str, projection_dim: Optional[int]):
+    """A random projection compresses per-sample gradients; the last-layer closed form is exact and compact."""
+    if projection_dim is not None and spec == LAST:
+        raise InputError("projection_dim applies to layers 'all' or parameter patterns; the last-layer closed form "
+                         "is exact and already compact", arg="projection_dim")
 
 
 def select_params(names, spec, last=None):
@@ -13,14 +62,14 @@ def select_params(names, spec, last=None):
     (every trainable parameter), or comma-separated fnmatch patterns / name prefixes."""
     names = list(names)
     head = [n for n in names if "affine" in n] if last is None else [n for n in last if n in names]
-    if spec == "last":
+    if spec == LAST:
         chosen = head
-    elif spec == "last_block":  # names are in creation order, so the last other scope is the last unit
+    elif spec == LAST_BLOCK:  # names are in creation order, so the last other scope is the last unit
         body = [n.split("/")[0] for n in names if n not in head]
         chosen = [n for n in names if n in head or (body and n.split("/")[0] == body[-1])]
-    elif spec == "last_bias":
+    elif spec == LAST_BIAS:
         chosen = [n for n in head if n.endswith("/b")] if last is None else [n for n in last[1:] if n in names]
-    elif spec == "all":
+    elif spec == ALL:
         chosen = names
     else:
         pats = [p.strip() for p in spec.split(",") if p.strip()]
@@ -53,10 +102,10 @@ def check_inference_graph(loss, what):
     funcs = []
     loss.visit(funcs.append)
     for f in funcs:
-        kind = f.info.type_name
-        if kind == "BatchNormalization" and f.info.args.get("batch_stat"):
+        ftype = f.info.type_name
+        if ftype == "BatchNormalization" and f.info.args.get("batch_stat"):
             raise InputError(f"{what} normalizes with batch statistics in inference mode: give it a `test` argument "
                              "and build batch normalization with batch_stat=not test", arg="network")
-        if kind in RANDOM:
-            raise InputError(f"{what} uses {kind} in inference mode: give it a `test` argument and leave random "
+        if ftype in RANDOM:
+            raise InputError(f"{what} uses {ftype} in inference mode: give it a `test` argument and leave random "
                              "layers out when test is True", arg="network")
