@@ -76,6 +76,36 @@ def children_cpu():
     return r.ru_utime + r.ru_stime
 
 
+def summary(rows, compare):
+    """Median ratios (reference time / scorer time, per round) for wall and CPU time."""
+    lines = []
+    for ref, j in (("forward", 0), ("forward+load", 3)):
+        for what, i in (("main", 1), ("process", 2)) + ((("compare process", 4),) if compare else ()):
+            wall = statistics.median(row[j][0] / row[i][0] for row in rows)
+            cpu = statistics.median(row[j][1] / row[i][1] for row in rows)
+            lines.append(f"{ref} / {what}: wall {wall:.3f}x, cpu {cpu:.3f}x (goal >= 0.95)")
+    return lines
+
+
+def write_results(a, argv, n, k, rows, lines, load_before):
+    """The rounds and medians as markdown (the numbers docs quote come from this file)."""
+    cmd = "python -m bench.whole_scoring " + " ".join(argv if argv is not None else sys.argv[1:])
+    out = ["# Whole-process scoring vs the model's forward pass", "", f"`{cmd}`", "",
+           f"{n} samples x {k} checkpoints, layers {a.layers}, batch {a.batch_size}; load average before "
+           f"{' '.join(f'{v:.2f}' for v in load_before)}, after {' '.join(f'{v:.2f}' for v in os.getloadavg())} "
+           f"on {os.cpu_count()} cpus.", "",
+           "| round | forward wall / cpu s | +load wall / cpu s | main wall / cpu s | process wall / cpu s |"
+           + (" compare process wall / cpu s |" if a.compare else ""),
+           "|---|---|---|---|---|" + ("---|" if a.compare else "")]
+    for r, (fwd, inproc, process, ref, other) in enumerate(rows):
+        cells = [fwd, ref, inproc, process] + ([other] if other else [])
+        out.append(f"| {r} | " + " | ".join(f"{c[0]:.2f} / {c[1]:.2f}" for c in cells) + " |")
+    out += [""] + [f"- {line}" for line in lines]
+    os.makedirs(os.path.dirname(a.results), exist_ok=True)
+    with open(a.results, "w") as f:
+        f.write("\n".join(out) + "\n")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--input", required=True, help="train.py's --output (x_train.npy, y_shuffle_train.npy)")
@@ -83,6 +113,8 @@ def main(argv=None):
     ap.add_argument("--layers", default="last")
     ap.add_argument("--batch_size", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--results", default=os.path.join(REPO, "bench", "results", "whole_scoring.md"),
+                    help="markdown file the rounds and medians are written to")
     ap.add_argument("--compare", default=None,
                     help="another checkout of the project: its calculate_score.py is timed too (process), each round")
     a = ap.parse_args(argv)
@@ -101,6 +133,7 @@ def main(argv=None):
     print(f"# {len(x)} samples x {len(ckpts)} checkpoints, layers {a.layers}, batch {a.batch_size}; load average "
           f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     rows = []
+    load_before = os.getloadavg()
     try:
         for r in range(a.repeats):
             out = os.path.join(work, f"r{r}")
@@ -119,12 +152,9 @@ def main(argv=None):
                   flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    for ref, j in (("forward", 0), ("forward+load", 3)):
-        for what, i in (("main", 1), ("process", 2)) + ((("compare process", 4),) if a.compare else ()):
-            wall = statistics.median(row[j][0] / row[i][0] for row in rows)
-            cpu = statistics.median(row[j][1] / row[i][1] for row in rows)
-            print(f"{ref} / {what}: wall {wall:.3f}x, cpu {cpu:.3f}x (goal >= 0.95)")
-    print(f"# load average now {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    lines = summary(rows, a.compare)
+    print("\n".join(lines))
+    write_results(a, argv, len(x), len(ckpts), rows, lines, load_before)
     return 0
 
 

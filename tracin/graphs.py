@@ -15,7 +15,7 @@ import itertools
 
 import numpy as np
 
-from . import network
+from . import defaults, network
 from .checkpoints import read_fitting
 from .errors import InputError
 from .graph_copy import scoring_copy
@@ -281,7 +281,7 @@ class LoopGraph:
         return np.einsum("bk,bk->b", gr, gr, dtype=np.float64), logits
 
 
-def make_graph(model_cfg, method="batched", batch_size=64, builder=None):
+def make_graph(model_cfg, method=defaults.METHOD, batch_size=defaults.BATCH_SIZE, builder=None):
     """The graph of `method`: 'batched' (ScoringGraph) or 'loop' (LoopGraph, the original's reference)."""
     if method == "batched":
         return ScoringGraph(model_cfg, batch_size, builder)
