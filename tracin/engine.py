@@ -35,15 +35,6 @@ def shards(n, shard):
     return [(s, min(s + shard, n)) for s in range(0, n, shard)]
 
 
-def file_digest(path, chunk=1 << 20):
-    """Short content hash of a file (ties cached units to the exact checkpoint they were computed from)."""
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()[:12]
-
-
 def settings_key(**fields):
     """Short hash of JSON-able settings: the cache folder of one configuration."""
     return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
