@@ -312,10 +312,10 @@ def prepare_influence(args, ckpts, x, y):
         raise CliError(f"--save_matrix True needs {_gb(need)} for the ({len(idx)}, {len(x)}) matrix, more than the "
                        f"{_gb(limit)} allowed: leave it out and use --top_k K (top-k lists need no matrix), or "
                        "pass fewer --test_indices")
-    run = plan_influence(ckpts, x, y, xt, yt, top_k=args.top_k or defaults.TOP_K, layers=args.layers, method=args.method,
-                         lr_weight=args.lr_weight, batch_size=args.batch_size, projection_dim=args.projection_dim,
-                         seed=args.seed, full_matrix=bool(args.save_matrix), test_chunk=args.test_chunk,
-                         normalize=args.normalize)
+    run = plan_influence(ckpts, x, y, xt, yt, top_k=args.top_k or defaults.TOP_K, layers=args.layers,
+                         method=args.method, lr_weight=args.lr_weight, batch_size=args.batch_size,
+                         projection_dim=args.projection_dim, seed=args.seed, full_matrix=bool(args.save_matrix),
+                         test_chunk=args.test_chunk, normalize=args.normalize)
     need = run.n_params * (args.projection_dim or 0) * 4
     if need > limit:
         raise CliError(f"--projection_dim {args.projection_dim} needs a {_gb(need)} projection matrix, more "

@@ -372,7 +372,7 @@ def test_each_checkpoint_is_read_once_and_each_batch_forwarded_once(small_run, m
     once and forwards each (checkpoint, batch) once, no probing pass; the scores equal the loop's."""
     reads, forwards = [], []
     real_read, real_forward = checkpoints._read_params, ScoringGraph.forward
-    monkeypatch.setattr(checkpoints, "_read_params", lambda path: reads.append(path) or real_read(path))
+    monkeypatch.setattr(checkpoints, "_read_params", lambda path, **kw: reads.append(path) or real_read(path, **kw))
     monkeypatch.setattr(ScoringGraph, "forward", lambda self, x: forwards.append(len(x)) or real_forward(self, x))
     ckpts = tracin.load_checkpoints(str(small_run["ckpt"]))
     res = tracin.self_influence(ckpts, small_run["x"], small_run["y"], layers="last", batch_size=10, details=True)

@@ -286,8 +286,9 @@ def plan_self_influence(checkpoints, x, y, *, layers: str = defaults.SELF_LAYERS
 
 def self_influence(checkpoints: Union[Checkpoints, CheckpointEnsemble], x: np.ndarray, y: np.ndarray, *,
                    layers: str = defaults.SELF_LAYERS, method: str = defaults.METHOD, lr_weight: bool = True,
-                   batch_size: int = defaults.BATCH_SIZE, context: Optional[str] = None, details: bool = False, cache_dir: Optional[str] = None, comm=None,
-                   progress: Progress = None) -> Union[np.ndarray, SelfInfluenceResult, EnsembleResult, None]:
+                   batch_size: int = defaults.BATCH_SIZE, context: Optional[str] = None, details: bool = False,
+                   cache_dir: Optional[str] = None, comm=None, progress: Progress = None
+                   ) -> Union[np.ndarray, SelfInfluenceResult, EnsembleResult, None]:
     """TracInCP self-influence score(z) = sum_i eta_i ||grad_theta loss(w_i, z)||^2 of every sample.
 
     Args:

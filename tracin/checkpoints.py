@@ -167,12 +167,14 @@ class ModelMismatchError(InputError):
 
 
 def read_params(path):
-    """{name: array} of an nnabla .h5 parameter file; a damaged file, or one holding NaN/inf, is an InputError."""
+    """{name: array} of an nnabla .h5 parameter file, in the file's order (its datasets' `index` attributes); a
+    damaged file, or one holding NaN/inf, is an InputError."""
     return _read_params(path)[0]
 
 
-def _read_params(path):
-    """(read_params(path), the file's SHA-1): the file is read once, its bytes both hashed and parsed."""
+def _read_params(path, ordered=True):
+    """(read_params(path), the file's SHA-1): the file is read once, its bytes both hashed and parsed. Without
+    `ordered`, the names come in HDF5's order (the index attributes are not read)."""
     import h5py
     try:
         with open(path, "rb") as f:
@@ -181,7 +183,7 @@ def _read_params(path):
         raise InputError(f"{path} is not a readable nnabla parameter file ({e.strerror})") from None
     try:
         with h5py.File(io.BytesIO(data), "r") as f:
-            found = _datasets(f)
+            found = _datasets(f, ordered)
     except Exception as e:  # noqa: BLE001 - HDF5 reports damage as OSError, RuntimeError, KeyError, ValueError, ...
         raise InputError(f"{path} is not a readable nnabla parameter file ({type(e).__name__}: {e}): it is truncated "
                          "or corrupt; re-save it or leave that checkpoint out") from None
@@ -194,10 +196,10 @@ def _read_params(path):
     return {k: v for k, (_, v) in sorted(found.items(), key=lambda kv: kv[1][0])}, hashlib.sha1(data).hexdigest()
 
 
-def _datasets(f):
-    """{name: (its 'index' attribute, else its position; array)} of every dataset of an open h5py File, through
-    h5py's low-level API: the high-level one costs about half a millisecond per object, most of the time a
-    checkpoint takes to read."""
+def _datasets(f, ordered=True):
+    """{name: (its 'index' attribute when `ordered` and it has one, else its position; array)} of every dataset of
+    an open h5py File, through h5py's low-level API: the high-level one costs about half a millisecond per object,
+    most of the time a checkpoint takes to read."""
     from h5py import h5a, h5d, h5o, h5s
     names = []
     h5o.visit(f.id, lambda name, info: names.append(name) if info.type == h5o.TYPE_DATASET else None, info=True)
@@ -207,7 +209,7 @@ def _datasets(f):
         arr = np.empty(d.shape, dtype=d.dtype)
         d.read(h5s.ALL, h5s.ALL, arr)
         index = len(out)
-        if h5a.exists(d, b"index"):
+        if ordered and h5a.exists(d, b"index"):
             attr = h5a.open(d, b"index")
             value = np.empty(attr.shape, dtype=attr.dtype)
             attr.read(value)
@@ -221,7 +223,7 @@ def read_fitting(path, params, sha1=None):
     given and against the model's nnabla parameters `params` ({name: Variable}).
 
     Names and shapes must match the model exactly: a checkpoint of another model or width is a ModelMismatchError."""
-    stored, digest = _read_params(path)
+    stored, digest = _read_params(path, ordered=False)  # taken by name
     missing = [k for k in params if k not in stored]
     if missing:
         raise ModelMismatchError(f"{path} does not fit the model: it lacks {missing[0]} ({len(missing)} parameters "

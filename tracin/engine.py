@@ -3,8 +3,9 @@
 A job splits its work into units whose list depends only on the job's settings (never on the number of ranks or
 the machine). Ranks take contiguous runs of units of about equal cost (`owners`); rank r computes those of its run
 that the store does not hold yet, and stores each as soon as it is done (a DirStore writes it atomically, in the
-background while the next unit is computed), so a killed run loses at most the units in flight and a rerun with any number of ranks skips finished ones. Rank 0
-then merges every unit in a fixed order: the result is the same, bit for bit, whatever the number of ranks.
+background while the next unit is computed), so a killed run loses at most the units in flight and a rerun with
+any number of ranks skips finished ones. Rank 0 then merges every unit in a fixed order: the result is the same,
+bit for bit, whatever the number of ranks.
 
 A job provides: `units` (list), `name(unit)` (relative file name), `cost(unit)` and `label(unit)` (progress),
 `compute(unit, on_batch) -> {name: array}` and `merge(load) -> result`, where load(unit) returns its arrays.
