@@ -198,8 +198,8 @@ def _read_params(path, ordered=True):
 
 def _datasets(f, ordered=True):
     """{name: (its 'index' attribute when `ordered` and it has one, else its position; array)} of every dataset of
-    an open h5py File, through h5py's low-level API: the high-level one costs about half a millisecond per object,
-    most of the time a checkpoint takes to read."""
+    an open h5py File, through h5py's low-level API: the high-level one's per-object overhead is most of the time
+    a checkpoint takes to read (docs/performance.md, "Whole-process scoring")."""
     from h5py import h5a, h5d, h5o, h5s
     names = []
     h5o.visit(f.id, lambda name, info: names.append(name) if info.type == h5o.TYPE_DATASET else None, info=True)
