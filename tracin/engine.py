@@ -46,7 +46,8 @@ class DirStore:
     """Units as .npz files under a folder (shared by every rank). A unit is written (atomically, fsync'd) by a
     background thread while the next one is computed: waiting for the disk would otherwise add to the run's time
     (a cheap unit, such as last-layer scoring's, computes in a few times an fsync's wait). At most one write is in
-    flight; its error is raised by the next save or by flush. The units saved are also kept in memory (up to KEEP_BYTES) for load."""
+    flight; its error is raised by the next save or by flush. The units saved are also kept in memory (up to
+    KEEP_BYTES) for load."""
 
     def __init__(self, folder):
         self.folder = folder
