@@ -20,7 +20,7 @@ import numpy as np
 import datasets
 import imagefolder
 import models
-from args import CliError, train_parser
+from args import CliError, parse_train_args
 from tracin import checkpoints, formats
 from tracin.arrays import check_labels, fingerprint
 from tracin.context import set_context
@@ -324,10 +324,9 @@ def set_micro_batches(args, recipe, ranks, resumed):
 
 
 def main(argv=None, comm=None):
-    args = train_parser().parse_args(argv)
+    args = parse_train_args(argv)  # with the folder defaults
     check_dataset_flags(args)
     shards = Shards(comm)
-    args.model_save_path = args.model_save_path or args.monitor_path
     manifest, entry, ckpt_dir = resume_point(args, args.model_save_path)
     made = manifest is None and not args.input  # arrays made from --dataset, written to --output
     for flag, folder in (("--model_save_path", ckpt_dir), ("--monitor-path", args.monitor_path),
