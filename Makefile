@@ -6,7 +6,7 @@ BOOT := .bootstrap
 STAMP := $(VENV)/.installed
 DEMO := output/demo
 
-.PHONY: venv demo test bench bench-scaling bench-quality bench-explanations mpi clean
+.PHONY: venv demo test test-quick bench bench-scaling bench-quality bench-explanations mpi clean
 
 venv: $(STAMP)
 
@@ -53,9 +53,15 @@ demo: $(STAMP)
 	$(PY) mislabel_analysis.py --input $(DEMO)/data --output $(DEMO)/figures --ckpt_analysis True \
 	    --save_extracted True --influence $(DEMO)/influence/influence_topk.npz
 
+# Every test on two workers, a test file per worker at a time (the files' shared tiny runs are built once).
 test: $(STAMP)
 	@$(MAKE) --no-print-directory mpi || echo "warning: requirements-mpi.txt did not install: tests/test_mpi.py will skip"
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
+
+# The quick subset while working: all but the tests marked slow in tests/conftest.py (the hostile suite, MPI runs,
+# killed runs, reference loops), which `make test` runs.
+test-quick: $(STAMP)
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow" tests
 
 # Throughput of the scorer against the model's own forward / forward+backward.
 bench: $(STAMP)

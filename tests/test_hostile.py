@@ -38,9 +38,6 @@ def sample(cases):
     return [c for c in cases if c.id.endswith("-control") or c in groups.values()]
 
 
-pytestmark = pytest.mark.slow
-
-
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     return pipeline.build(REPO, str(tmp_path_factory.mktemp("hostile_base")))
