@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import traceback
 import warnings
 from typing import Callable, Optional, Tuple
@@ -161,7 +162,7 @@ def _process_state(path, args, work):
             warnings.resetwarnings()
             for action, category, module in reversed(DEFAULT_WARNING_FILTERS):
                 warnings.filterwarnings(action, category=category, module=module)
-            warnings.showwarning = warnings._showwarning_orig  # pytest records them instead of printing
+            warnings.showwarning = _print_warning  # pytest records them instead
             yield
     finally:
         sys.argv = saved[0]
@@ -169,6 +170,11 @@ def _process_state(path, args, work):
         for s, handler in saved[2].items():
             signal.signal(s, handler)
         nn.clear_parameters()
+
+
+def _print_warning(message, category, filename, lineno, file=None, line=None):
+    """What an interpreter does with a warning: print it to stderr."""
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
 @contextlib.contextmanager
@@ -191,21 +197,24 @@ def _fd_captured(fd):
 
 @contextlib.contextmanager
 def _limits():
-    """TIMEOUT seconds (SIGALRM, main thread only) and MEMORY bytes of address space on top of this process's."""
+    """TIMEOUT seconds (SIGALRM: in the main thread) and MEMORY bytes of address space on top of this process's."""
     def expire(signum, frame):
         raise Hang()
     with open("/proc/self/status") as f:
         used = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     cap = used + MEMORY if hard == resource.RLIM_INFINITY else min(hard, used + MEMORY)
-    old = signal.signal(signal.SIGALRM, expire)
+    timed = threading.current_thread() is threading.main_thread()  # signals reach the main thread only
+    if timed:
+        old = signal.signal(signal.SIGALRM, expire)
+        signal.alarm(TIMEOUT)
     resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
-    signal.alarm(TIMEOUT)
     try:
         yield
     finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
+        if timed:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, old)
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
