@@ -236,19 +236,22 @@ def _add_train_run_args(p):
     p.add_argument("--resume", nargs="?", const=True, default=False, type=resume_value,
                    help="continue from the newest complete checkpoint in --model_save_path (or the epoch given)")
     p.add_argument("--train_batch_size", type=train_batch, default=None,
-                   help=per_dataset("train_batch_size") + ", at most the number of training samples")
+                   help="samples per training batch (" + per_dataset("train_batch_size") + "; at most the number "
+                        "of training samples)")
     p.add_argument("--micro_batches", type=positive_int, default=None,
                    help="split every batch into M equal micro-batches, each normalised by batch norm on its own "
                         "and dealt to the MPI ranks; the weights depend on M, not on the number of ranks (default: "
                         "the number of ranks, 1 without mpiexec; --resume keeps the recorded M)")
-    p.add_argument("--val_batch_size", type=positive_int, default=100)
-    p.add_argument("--train_epochs", type=positive_int, default=None, help=per_dataset("train_epochs"))
+    p.add_argument("--val_batch_size", type=positive_int, default=100, help="batch size of the validation pass")
+    p.add_argument("--train_epochs", type=positive_int, default=None,
+                   help="epochs to train (" + per_dataset("train_epochs") + ")")
     p.add_argument("--learning_rate", type=positive_float, default=None,
                    help="peak learning rate (" + per_dataset("learning_rate") + ")")
     p.add_argument("--lr_schedule", default=None, choices=["step", "cosine"],
                    help="step: the original's warm-up then x0.1 at 1/3, 2/3, 8/9 of training; cosine: warm-up then "
                         "cosine decay (" + per_dataset("lr_schedule") + ")")
-    p.add_argument("--weight_decay", type=non_negative_float, default=None, help=per_dataset("weight_decay"))
+    p.add_argument("--weight_decay", type=non_negative_float, default=None,
+                   help="L2 weight decay (" + per_dataset("weight_decay") + ")")
 
 
 def parse_train_args(argv=None):
@@ -299,7 +302,7 @@ def score_parser():
                    help="weight each checkpoint by its learning rate (TracIn); False = the original's plain sum")
     p.add_argument("--save_every_epoch", action=Switch, default=False,
                    help="also write {epoch}_influence.npy, each checkpoint's term of the sum")
-    p.add_argument("--batch_size", type=positive_int, default=64)
+    p.add_argument("--batch_size", type=positive_int, default=64, help="samples per batch of the scoring passes")
     p.add_argument("--seed", "-s", type=int, default=0, help="seed for random projections")
     # train -> test influence; every flag below but --mode is for --mode influence only
     p.add_argument("--mode", default="self", choices=["self", "influence"],

@@ -35,6 +35,7 @@ def test_help_shows_every_default(script):
         if action.required or action.dest == "help":
             continue
         text = formatter._get_help_string(action)
+        assert action.help, f"{script} {action.option_strings[0]}: not in -h (no help text)"
         assert "default" in text, f"{script} {action.option_strings[0]}: no default in -h: {text!r}"
         if action.default not in (None, False, True) and "default:" in text and "%" not in text:
             assert str(action.default) in text
