@@ -57,7 +57,8 @@ def test_help_shows_on_off_flags_both_ways():
 
 @pytest.mark.parametrize("script,flag", [(s, f) for s in sorted(SWITCHES) for f in SWITCHES[s]])
 def test_on_off_flags(script, flag):
-    parse = lambda *a: vars(PARSERS[script]().parse_args(REQUIRED[script] + list(a)))  # noqa: E731
+    def parse(*argv):
+        return vars(PARSERS[script]().parse_args(REQUIRED[script] + list(argv)))
     dest = flag[2:]
     assert parse()[dest] is SWITCHES[script][flag]
     assert parse(flag)[dest] is True

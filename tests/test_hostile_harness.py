@@ -4,10 +4,7 @@ process's cwd and argv as they were."""
 import os
 import sys
 
-import pytest
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hostile import harness  # noqa: E402
+from hostile import harness
 
 
 def run(tmp_path, body, *args):
