@@ -145,6 +145,18 @@ def int_list(value):
     return out
 
 
+def float_list(value):
+    """Comma-separated finite numbers above 0 (learning rates)."""
+    try:
+        out = [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 0.1,0.1,0.01, got '{value}'") \
+            from None
+    if not out or not all(math.isfinite(v) and v > 0 for v in out):
+        raise argparse.ArgumentTypeError(f"expected finite numbers above 0, got '{value}'")
+    return out
+
+
 def resume_value(value):
     """`--resume` alone or True: newest checkpoint; an integer: that epoch; False: no resume."""
     try:
@@ -284,6 +296,13 @@ def score_parser():
                    help="only for checkpoint folders without checkpoints.json (the original example's; default: "
                         "the model checkpoints.json records)")
     p.add_argument("--nmaps", type=width, default=None, help="with --model: resnet23 width (default 64)")
+    p.add_argument("--network", default=None,
+                   help="your own network, for a folder of nn.save_parameters files without checkpoints.json: "
+                        "FILE.py:FUNCTION or MODULE:FUNCTION, a function fn(x) -> logits or fn(x, test) -> logits "
+                        "(docs/networks.md; default: the network checkpoints.json records)")
+    p.add_argument("--lrs", type=float_list, default=None,
+                   help="learning rate of each selected checkpoint, in epoch order (e.g. 0.1,0.1,0.01), or one for "
+                        "all; for folders without checkpoints.json (default 1, the original's plain sum)")
     p.add_argument("--checkpoint_epochs", type=int_list, default=None,
                    help="the checkpoints to sum, e.g. 29,59,89 (default: every checkpoint but the initialisation, "
                         "params_0)")

@@ -2,6 +2,8 @@
 
     python calculate_score.py --input out/data --checkpoint out/ckpt [--output out/data] [-c cudnn]
     python calculate_score.py --input out/data --checkpoint run1/ckpt,run2/ckpt,run3/ckpt   (an ensemble)
+    python calculate_score.py --input my/data --checkpoint my/ckpt --network my_net.py:net --lrs 0.1,0.01
+                                                                    (your own network: docs/networks.md)
 
 Reads x_train.npy and y_shuffle_train.npy (the noisy labels training saw) from --input and the checkpoints, their
 learning rates and the model from --checkpoint (checkpoints.json). Writes into --output (layouts: tracin/formats.py):
@@ -37,7 +39,7 @@ import numpy as np
 import datasets
 from args import CliError, parse_score_args
 from tracin import checkpoints, formats, normalize
-from tracin.api import CheckpointEnsemble, load_checkpoints
+from tracin.api import CheckpointEnsemble, load_checkpoints, plan_influence, plan_self_influence
 from tracin.arrays import check_labels
 from tracin.context import set_context
 from tracin.io import (
@@ -47,7 +49,7 @@ from tracin.io import (
     save_json,
     save_npy,
 )
-from tracin.runs import EnsembleSelfInfluenceRun, InfluenceRun, SelfInfluenceRun
+from tracin.runs import progress_bar
 from utils import run_mpi_cli
 
 INFLUENCE_ONLY = ("test_input", "test_indices", "test_label", "top_k", "save_matrix", "projection_dim",
@@ -69,9 +71,12 @@ def check_flags(args):
         if args.save_every_epoch:
             raise CliError("--save_every_epoch True takes one --checkpoint folder: score a run alone for its "
                            "per-checkpoint terms")
-        if args.model:
-            raise CliError("--model is for one folder of the original example; an ensemble's folders need "
-                           f"train.py's {formats.MANIFEST}")
+        for flag in ("model", "network", "lrs"):
+            if getattr(args, flag):
+                raise CliError(f"--{flag} is for one checkpoint folder without {formats.MANIFEST}; an ensemble's "
+                               f"folders need train.py's {formats.MANIFEST}")
+    if args.network and args.model:
+        raise CliError("give either --network (your own network) or --model (a model of the original example)")
     if args.mode == "self":
         given = [f"--{n}" for n in INFLUENCE_ONLY if getattr(args, n) is not None]
         if given:
@@ -84,26 +89,31 @@ def check_flags(args):
 
 
 def resolve_checkpoints(args, x):
-    """(the selected checkpoints, warnings to print once everything is validated); a folder of the original
-    example (no manifest) needs --model."""
+    """(the selected checkpoints, warnings to print once everything is validated); a folder without a manifest
+    needs --network (your own network) or --model (the original example's)."""
     import models
     if len(args.checkpoints) > 1:
-        ensemble = load_checkpoints(args.checkpoints, args.checkpoint_epochs, args.checkpoint_interval)
+        ensemble = load_checkpoints(args.checkpoints, epochs=args.checkpoint_epochs, interval=args.checkpoint_interval)
         return ensemble, same_seed_warnings(ensemble)
     legacy_cfg = models.model_config(args.model, 10, x.shape[1:], args.nmaps) if args.model else None
     folder = args.checkpoint
     if os.path.isfile(folder):
         raise CliError(f"--checkpoint '{folder}' is a file: give the folder holding it "
                        f"('{os.path.dirname(folder) or '.'}'), and pick epochs with --checkpoint_epochs")
-    manifest = checkpoints.read_manifest(folder) if folder and os.path.isdir(folder) else None
-    if manifest is None and legacy_cfg is None and os.path.isdir(folder) and checkpoints.scan_params(folder):
-        raise CliError(f"'{folder}' has no {formats.MANIFEST} (an original-example folder): pass --model "
-                       "resnet23|resnet56")
-    ckpts = load_checkpoints(folder, args.checkpoint_epochs, args.checkpoint_interval, legacy_cfg)
+    if (legacy_cfg is None and not args.network and folder and os.path.isdir(folder)
+            and not os.path.isfile(os.path.join(folder, formats.MANIFEST)) and checkpoints.scan_params(folder)):
+        raise CliError(f"'{folder}' has no {formats.MANIFEST}: pass --model resnet23|resnet56 (an original-example "
+                       "folder) or --network FILE.py:FUNCTION (your own network)")
+    ckpts = load_checkpoints(folder, network=args.network, lrs=args.lrs, epochs=args.checkpoint_epochs,
+                             interval=args.checkpoint_interval, model=legacy_cfg)
     warnings = []
-    if not ckpts.has_manifest:
+    if args.network and not ckpts.has_manifest:
+        if args.lrs is None:
+            warnings.append(f"no --lrs: every checkpoint of {folder} weighs 1 (unweighted, as the original)")
+    elif not ckpts.has_manifest:
+        rates = "the learning rates of --lrs" if args.lrs else "learning rate 1 (unweighted, as the original)"
         warnings.append(f"{folder} has no {formats.MANIFEST}: scoring every params_*.h5 with --model {args.model} "
-                        "and learning rate 1 (unweighted, as the original)")
+                        f"and {rates}")
     elif args.model and args.model != ckpts.model["name"]:
         # the seed's command line names a model; the manifest, written by training, knows which one it was
         warnings.append(f"--model {args.model} ignored: {formats.MANIFEST} records {ckpts.model['name']}")
@@ -113,8 +123,8 @@ def resolve_checkpoints(args, x):
 def same_seed_warnings(ensemble):
     """Runs trained with the same seed on the same data are the same run: summing them only repeats it."""
     seeds = {}
-    for folder in ensemble.folders:
-        seeds.setdefault(checkpoints.read_manifest(folder)["train"]["seed"], []).append(folder)
+    for run in ensemble.runs:
+        seeds.setdefault(run.manifest["train"]["seed"], []).append(run.folder)
     return [f"{', '.join(fs)} were trained with the same --seed {s}: the ensemble counts that run {len(fs)} times"
             for s, fs in seeds.items() if len(fs) > 1]
 
@@ -124,7 +134,7 @@ def load_training_data(args):
     x, y = data["x_train"], data["y_shuffle_train"][:, 0]
     ckpts, warnings = resolve_checkpoints(args, x)
     model = ckpts.model
-    if tuple(x.shape[1:]) != tuple(model["input_shape"]):
+    if model["input_shape"] is not None and tuple(x.shape[1:]) != tuple(model["input_shape"]):
         raise CliError(f"{formats.X_TRAIN} holds images of shape {tuple(x.shape[1:])} but the checkpoints' model takes "
                        f"{tuple(model['input_shape'])}: --input and --checkpoint come from different runs")
     check_labels(y, model["n_classes"], f"{args.input}/{formats.Y_NOISY}")
@@ -136,11 +146,14 @@ def plan_run(args, ckpts, x, y):
     try:
         if args.mode == "influence":
             return prepare_influence(args, ckpts, x, y)
-        kind = EnsembleSelfInfluenceRun if isinstance(ckpts, CheckpointEnsemble) else SelfInfluenceRun
-        return {"run": kind(ckpts, x, y, args.layers, args.method, args.lr_weight, args.batch_size, context=None)}
+        return {"run": plan_self_influence(ckpts, x, y, layers=args.layers, method=args.method,
+                                           lr_weight=args.lr_weight, batch_size=args.batch_size)}
     except checkpoints.ModelMismatchError as e:
         if ckpts.has_manifest:
             raise
+        if args.network:
+            raise CliError(f"{e}; --network {args.network} must build the network the checkpoints were saved "
+                           "from, with the same parameter scopes") from None
         raise CliError(f"{e}; without {formats.MANIFEST} the model is --model {args.model} --nmaps "
                        f"{ckpts.model['nmaps']}: pass the ones the checkpoints were trained with") from None
 
@@ -162,13 +175,14 @@ def main(argv=None, comm=None):
             print(f"warning: {w}", file=sys.stderr)
         remove_temporaries(output)  # half-written outputs of a run that was killed (the ranks write only units)
     run = plan["run"]
-    result = run.run(os.path.join(output, formats.CACHE_DIR), comm, progress_bar(args, run, len(x), rank, world))
+    result = run.run(os.path.join(output, formats.CACHE_DIR), comm, progress_bar(run, rank, world))
     if result is None:  # another rank than 0: rank 0 writes
         return 0
+    n_classes = run.members[0].n_classes if isinstance(ckpts, CheckpointEnsemble) else run.n_classes
     record = {"input": os.path.abspath(args.input), "checkpoint": os.path.abspath(args.checkpoint),
-              "model": ckpts.model, "layers": args.layers, "method": args.method, "lr_weight": bool(args.lr_weight),
-              "batch_size": args.batch_size, "context": ctx.backend[0].split(":")[0],
-              "type_config": args.type_config, "ranks": world}
+              "model": dict(ckpts.model, input_shape=list(x.shape[1:]), n_classes=n_classes), "layers": args.layers,
+              "method": args.method, "lr_weight": bool(args.lr_weight), "batch_size": args.batch_size,
+              "context": ctx.backend[0].split(":")[0], "type_config": args.type_config, "ranks": world}
     if isinstance(ckpts, CheckpointEnsemble):
         return write_ensemble(args, ckpts, run, result, record, output)
     record["checkpoints"] = checkpoint_list(ckpts, result.etas)
@@ -179,25 +193,6 @@ def main(argv=None, comm=None):
 
 def checkpoint_list(ckpts, etas):
     return [{"epoch": c.epoch, "lr": c.lr, "eta": e, "params": os.path.basename(c.path)} for c, e in zip(ckpts, etas)]
-
-
-def progress_bar(args, run, n_train, rank, world):
-    """progress(count, label) drawing one bar over this rank's units (cached units count as done)."""
-    from tqdm import tqdm
-    if args.mode == "self":
-        desc, unit = f"self-influence, {len(run.ckpts)} checkpoints", "sample"
-    else:
-        desc, unit = (f"influence of {len(run.y_test)} test x {n_train} train samples, {len(run.ckpts)} "
-                      "checkpoints"), "grad"
-    # drawn by rank 0 on a terminal only (None: tqdm's test for one)
-    bar = tqdm(total=run.work(rank, world), unit=unit, dynamic_ncols=True, disable=True if rank else None, desc=desc)
-
-    def progress(count, label):
-        bar.set_postfix_str(label, refresh=False)
-        bar.update(count)
-        if bar.n >= bar.total:
-            bar.close()
-    return progress
 
 
 def versions():
@@ -232,7 +227,7 @@ def write_ensemble(args, ensemble, run, result, record, output):
     for r, (ckpts, res) in enumerate(zip(ensemble.runs, result.runs), start=1):
         save_npy(os.path.join(output, formats.run_scores_name(r)), res.scores)
         runs.append({"checkpoint": os.path.abspath(ckpts.folder), "scores": formats.run_scores_name(r),
-                     "seed": checkpoints.read_manifest(ckpts.folder)["train"]["seed"],
+                     "seed": ckpts.manifest["train"]["seed"],
                      "checkpoints": checkpoint_list(ckpts, res.etas)})
     save_npy(os.path.join(output, formats.LOSS), result.loss)
     save_npy(os.path.join(output, formats.PROBABILITIES), result.probabilities)
@@ -297,17 +292,17 @@ def load_test_samples(args, model):
 
 def prepare_influence(args, ckpts, x, y):
     """Validate every --mode influence input (before anything is written); the run fixes the test labels."""
-    test_dir, label_mode, idx, xt, yt = load_test_samples(args, ckpts.model)
+    test_dir, label_mode, idx, xt, yt = load_test_samples(args, dict(ckpts.model, input_shape=list(x.shape[1:])))
     limit = args.max_memory_gb * 2 ** 30 if args.max_memory_gb else (available_memory() or 2 ** 62) * 0.8
     need = len(idx) * len(x) * 8
     if args.save_matrix and need > limit:
         raise CliError(f"--save_matrix True needs {_gb(need)} for the ({len(idx)}, {len(x)}) matrix, more than the "
                        f"{_gb(limit)} allowed: leave it out and use --top_k K (top-k lists need no matrix), or "
                        "pass fewer --test_indices")
-    run = InfluenceRun(ckpts, x, y, xt, yt, top_k=args.top_k or 10, layers=args.layers, method=args.method,
-                       lr_weight=args.lr_weight, batch_size=args.batch_size, projection_dim=args.projection_dim,
-                       seed=args.seed, full_matrix=bool(args.save_matrix), test_chunk=args.test_chunk, context=None,
-                       normalize=args.normalize)
+    run = plan_influence(ckpts, x, y, xt, yt, top_k=args.top_k or 10, layers=args.layers, method=args.method,
+                         lr_weight=args.lr_weight, batch_size=args.batch_size, projection_dim=args.projection_dim,
+                         seed=args.seed, full_matrix=bool(args.save_matrix), test_chunk=args.test_chunk,
+                         normalize=args.normalize)
     need = run.n_params * (args.projection_dim or 0) * 4
     if need > limit:
         raise CliError(f"--projection_dim {args.projection_dim} needs a {_gb(need)} projection matrix, more "

@@ -28,7 +28,7 @@ from tracin.dataparallel import Shards
 from tracin.errors import MissingInputError
 from tracin.io import check_writable, ensure_dir, remove_temporaries, writes_to
 from tracin.training import Trainer, checkpoint_lr, learning_rate
-from utils import run_mpi_cli
+from utils import run_mpi_cli, skip_failed_imports
 
 
 def infer_dataset(x):
@@ -349,6 +349,7 @@ def main(argv=None, comm=None):
         if made:
             save_made_arrays(args, arrays, recipe["array_dir"])
         ensure_dir(ckpt_dir, "--model_save_path")
+    skip_failed_imports()  # process-wide: the script, not the library, changes sys.modules
     trainer = Trainer(model_cfg, recipe, min(args.val_batch_size, len(data[2])), functools.partial(models.build, model_cfg),
                       shards)
     start_epoch, manifest = start(trainer, manifest, entry, ckpt_dir, recipe, model_cfg, data[0])

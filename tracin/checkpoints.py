@@ -120,8 +120,8 @@ def discover(folder, model_cfg=None):
         raise InputError(f"no checkpoints (params_*.h5) in '{folder}': give the folder train.py saved its "
                          "checkpoints to")
     if model_cfg is None:
-        raise InputError(f"'{folder}' has no {MANIFEST} (an original-example folder): name its model "
-                         "(resnet23 or resnet56)")
+        raise InputError(f"'{folder}' has no {MANIFEST}: give the network its checkpoints belong to (network=, the "
+                         "function that builds it; or model=, resnet23 or resnet56 of the original example)")
     entries = [{"epoch": e, "path": os.path.join(folder, n), "lr": 1.0, "sha1": None}
                for e, n in sorted(found.items())]
     return model_cfg, entries, None
@@ -199,7 +199,7 @@ def _read_params(path):
 
 def load_into(path, params, sha1=None):
     """Copy the checkpoint at `path` (checked against its SHA-1 `sha1` when given) into the existing nnabla
-    parameters `params` ({name: Variable}).
+    parameters `params` ({name: Variable}); returns the file's SHA-1.
 
     Names and shapes must match the model exactly: a checkpoint of another model or width is a ModelMismatchError."""
     stored, digest = _read_params(path)
@@ -217,6 +217,7 @@ def load_into(path, params, sha1=None):
                          "it; restore it or leave that checkpoint out")
     for name, var in params.items():
         var.d = np.asarray(stored[name], dtype=np.float32)
+    return digest
 
 
 def load_solver(path, solver, sha1=None):

@@ -8,9 +8,9 @@ grads, sq_norms):
 - LoopGraph: the original example's method, as a reference: batch size 1, backprop, read param.g.
 
 The loss is the softmax cross-entropy of the model in inference mode (batch-norm running statistics, no
-augmentation) on the sample's label; `select_params` names the parameters ("layers") gradients are taken of.
+augmentation) on the sample's label; `select_params` (tracin.layers) names the parameters ("layers") gradients are
+taken of.
 """
-import fnmatch
 import itertools
 
 import numpy as np
@@ -18,37 +18,11 @@ import numpy as np
 from . import network
 from .checkpoints import load_into
 from .errors import InputError
+from .layers import check_inference_graph, find_head, select_params
 from .maths import bn_grads, conv_grads, conv_sq_norms, sq_rows
 
-SUPPORTED = ("Convolution", "Affine", "BatchNormalization")
-
-# --------------------------------------------------------------------------------------------- layer selection
-
-def select_params(names, spec):
-    """Parameter names selected by `spec`: 'last' (the final affine layer, as the original: names containing
-    'affine'), 'last_bias' (its bias only), 'last_block' (the final affine layer and the last top-level scope
-    before it: the last residual unit, whatever the model calls it), 'all' (every trainable parameter), or
-    comma-separated fnmatch patterns / name prefixes."""
-    names = list(names)
-    if spec == "last":
-        chosen = [n for n in names if "affine" in n]
-    elif spec == "last_block":  # names are in creation order, so the last non-affine scope is the last unit
-        body = [n.split("/")[0] for n in names if "affine" not in n]
-        chosen = [n for n in names if "affine" in n or (body and n.split("/")[0] == body[-1])]
-    elif spec == "last_bias":
-        chosen = [n for n in names if "affine" in n and n.endswith("/b")]
-    elif spec == "all":
-        chosen = names
-    else:
-        pats = [p.strip() for p in spec.split(",") if p.strip()]
-        chosen = [n for n in names if any(fnmatch.fnmatchcase(n, p) or n.startswith(p.rstrip("/") + "/") or n == p
-                                          for p in pats)]
-    if not chosen:
-        raise InputError(f"layers '{spec}' selects no trainable parameter; use last_bias, last, last_block, all, "
-                         f"or patterns such as 'affine/*' (names look like {names[0]}, {names[-1]})")
-    return chosen
-
-
+SUPPORTED = ("Convolution", "Affine", "BatchNormalization")  # layer types of batched per-sample gradients
+WEIGHT_CACHE_BYTES = 1 << 30  # checkpoint weights a graph keeps in memory, so each file is read once
 
 _EXACT_BN = []
 
@@ -170,28 +144,54 @@ def _scoring_copy(loss, outputs, params):
 _GRAPH_IDS = itertools.count()
 
 
+def _outputs(out, batch_size, what):
+    """(logits, features or None) of a builder's return value; InputError when it is not (batch, classes) logits."""
+    import nnabla as nn
+    logits, feats = (out[0], out[1]) if isinstance(out, (tuple, list)) and len(out) == 2 else (out, None)
+    if not isinstance(logits, nn.Variable):
+        raise InputError(f"{what} returned {type(out).__name__}, not an nnabla Variable of logits", arg="network")
+    if logits.ndim != 2 or logits.shape[0] != batch_size:
+        raise InputError(f"{what} returned logits of shape {tuple(logits.shape)} for a batch of {batch_size}; "
+                         "expected (batch, classes)", arg="network")
+    if logits.parent is not None and logits.parent.info.type_name == "Softmax":
+        raise InputError(f"{what} returns probabilities (a Softmax); return the logits before it", arg="network")
+    return logits, feats
+
+
 class ScoringGraph:
     """One inference-mode graph for a fixed batch size (the last batch is padded): logits, features, the summed
     loss, and the layer functions whose inputs and output gradients give per-sample parameter gradients."""
 
     def __init__(self, model_cfg, batch_size, builder=None):
-        """`builder(image, test) -> (logits, features)` (tracin.network); default: the manifest's builder."""
+        """`builder(image, test) -> logits or (logits, features)` (tracin.network); default: the manifest's. Without
+        features, those of the closed forms are the input of the final affine layer (`head`)."""
         import nnabla as nn
         import nnabla.functions as F
 
         builder = builder or network.from_config(model_cfg)
+        what = getattr(builder, "tracin_name", "the network")
         self.batch_size = batch_size
         shape = (batch_size,) + tuple(model_cfg["input_shape"])
         with nn.parameter_scope(f"tracin_bs{batch_size}_{next(_GRAPH_IDS)}"):  # id(self) can be reused
             # a private scope: graphs of several batch sizes, or a training run in the same process, never share
             self.x = nn.Variable(shape)
             self.y = nn.Variable((batch_size, 1))
-            self.logits, self.feats = builder(self.x, True)
+            self.logits, self.feats = _outputs(builder(self.x, True), batch_size, what)
             # summed (not averaged) so that each sample's output gradient is its own loss's gradient
             self.loss = F.sum(F.softmax_cross_entropy(self.logits, self.y))
             self.params = nn.get_parameters(grad_only=False)
             self.trainable = [k for k, v in nn.get_parameters(grad_only=True).items()]
-        self.feats.persistent = True
+        if not self.trainable:
+            raise InputError(f"{what} creates no trainable parameters: build its layers with "
+                             "nnabla.parametric_functions", arg="network")
+        check_inference_graph(self.loss, what)
+        self.n_classes = int(self.logits.shape[1])
+        head, self.head = find_head(self.logits, self.params)
+        self.head_from = self.logits.parent.info.type_name if self.logits.parent is not None else "the input"
+        if self.feats is None and head is not None:
+            self.feats = head.inputs[0]
+        if self.feats is not None:
+            self.feats.persistent = True
         self.logits.persistent = True
         # scoring runs on a copy of this graph (see _scoring_copy); the model graph above stays as built (LoopGraph)
         (self._logits, self._loss), self._layers = _scoring_copy(self.loss, [self.logits, self.loss], self.params)
@@ -200,11 +200,59 @@ class ScoringGraph:
             layer["x"].persistent = True
             layer["out"].persistent = True
         self._marked = set()  # layers whose output gradient the backward computes (only ever grows)
+        self._weights = {}  # checkpoint path -> (SHA-1, {name: array}): see load
+
+    def select(self, spec):
+        """select_params of this network: 'last', 'last_bias' and 'last_block' refer to the affine layer whose
+        output the logits are (InputError when there is none, or 'last_bias' without a bias)."""
+        if spec in ("last", "last_bias", "last_block"):
+            if self.head is None:
+                raise InputError(f"layers '{spec}' needs logits computed by an affine layer, but the network's come "
+                                 f"from {self.head_from}: use layers 'all' or parameter-name patterns",
+                                 arg="layers")
+            if spec == "last_bias" and len(self.head) < 2:
+                raise InputError(f"layers 'last_bias': the final affine layer ({self.head[0]}) has no bias; use "
+                                 "layers 'last'", arg="layers")
+        return select_params(self.trainable, spec, last=self.head)
+
+    def check_supported(self, names):
+        """InputError, before any work, when a selected parameter belongs to a layer whose per-sample gradients
+        are not implemented (tracin.maths) or is shared by several layers."""
+        wanted, seen = set(names), {}
+        for layer in self._layers:
+            mine = [n for n in layer["names"] if n in wanted]
+            if not mine:
+                continue
+            kind, args = layer["kind"], layer["args"]
+            problem = None
+            if kind not in SUPPORTED:
+                problem = f"{kind} layers are not supported (supported: {', '.join(SUPPORTED)})"
+            elif kind == "Affine" and args.get("base_axis", 1) != 1:
+                problem = f"an affine layer with base_axis {args['base_axis']} is not supported"
+            elif kind == "Convolution" and (args.get("group", 1) != 1 or args.get("channel_last")):
+                problem = "grouped or channel-last convolutions are not supported"
+            for n in mine:
+                if n in seen:
+                    problem = problem or f"it is shared by two layers ({seen[n]} and {kind})"
+                seen[n] = kind
+            if problem:
+                raise InputError(f"per-sample gradients of {mine[0]}: {problem}; leave it out of layers (e.g. "
+                                 "parameter-name patterns) or use method='loop'", arg="layers")
 
     def load(self, path, sha1=None):
         """Copy the checkpoint file `path` (checked against its SHA-1 `sha1` when given) into the graph's parameters
-        (InputError if it does not fit)."""
-        load_into(path, self.params, sha1)
+        (InputError if it does not fit); returns the file's SHA-1. The file is read and hashed once: the weights it
+        leaves are kept in memory (up to WEIGHT_CACHE_BYTES) for the next load of the same path."""
+        cached = self._weights.get(path)
+        if cached is not None:
+            for n, v in self.params.items():
+                v.d = cached[1][n]
+            return cached[0]
+        digest = load_into(path, self.params, sha1)
+        size = sum(v.size * 4 for v in self.params.values())
+        if size * (len(self._weights) + 1) <= WEIGHT_CACHE_BYTES:
+            self._weights[path] = (digest, {n: v.d.copy() for n, v in self.params.items()})
+        return digest
 
     def _set(self, x, y=None):
         m = len(x)
@@ -224,7 +272,8 @@ class ScoringGraph:
         batch-norm forward is the faster one; the copy's values are the same), buffers freed as it goes."""
         m = self._set(x)
         self.logits.forward(clear_buffer=True)
-        return self.logits.d[:m].copy(), self.feats.d[:m].reshape(m, -1).copy()
+        feats = None if self.feats is None else self.feats.d[:m].reshape(m, -1).copy()
+        return self.logits.d[:m].copy(), feats
 
     def _backward(self, x, y, names):
         """One forward and one backward of the summed loss that stops at the selected layers' outputs."""
@@ -298,7 +347,9 @@ class ScoringGraph:
         """Per-sample gradients of the selected parameters, flattened in `names` order: (m, P) float32."""
         m = self._backward(x, y, names)
         blocks = dict(self._blocks(names, m, want_sq=False))
-        return np.concatenate([blocks[n].reshape(m, -1).astype(np.float32) for n in names], axis=1)
+        # a parameter the loss does not depend on has a zero gradient
+        return np.concatenate([blocks[n].reshape(m, -1).astype(np.float32) if n in blocks else
+                               np.zeros((m, self.params[n].size), np.float32) for n in names], axis=1)
 
 
 class LoopGraph:
@@ -308,14 +359,19 @@ class LoopGraph:
     def __init__(self, model_cfg, builder=None):
         self.g = ScoringGraph(model_cfg, 1, builder)
         self.params, self.trainable, self.batch_size = self.g.params, self.g.trainable, 1
+        self.head, self.n_classes, self.select = self.g.head, self.g.n_classes, self.g.select
+
+    def check_supported(self, names):
+        """Backpropagation handles every layer type."""
 
     def load(self, path, sha1=None):
-        self.g.load(path, sha1)
+        return self.g.load(path, sha1)
 
     def forward(self, x):
         """(logits, features) of any number of samples, one at a time."""
         out = [self.g.forward(x[i:i + 1]) for i in range(len(x))]
-        return np.concatenate([o[0] for o in out]), np.concatenate([o[1] for o in out])
+        feats = None if self.g.feats is None else np.concatenate([o[1] for o in out])
+        return np.concatenate([o[0] for o in out]), feats
 
     def _loop(self, x, y, names):
         g = self.g

@@ -28,7 +28,6 @@ from .topk import KEYS, RunningTopK
 
 TEST_FEATURE_BUDGET = 512 << 20  # bytes of cached test features (all checkpoints) per test chunk
 MAX_TEST_CHUNK = 4096
-PARAM_CACHE_BUDGET = 2 << 30  # bytes of checkpoint weights kept in memory between units
 
 
 def test_chunk_size(n_test, width, n_ckpts, budget=TEST_FEATURE_BUDGET):
@@ -51,21 +50,10 @@ class InfluenceFeatures:
         self.seed = seed
         self.n_params = sum(int(np.prod(graph.params[n].shape)) for n in self.names)
         self.proj = None
-        self._weights = {}  # checkpoint path -> {param name: array}, the state graph.load(path) leaves
 
     def set_checkpoint(self, index, ckpt):
-        """Load checkpoint `ckpt` (number `index` in the run). Influence units reload every checkpoint, so the
-        weights a load leaves in the graph's parameters are kept in memory (up to PARAM_CACHE_BUDGET)."""
-        params = self.graph.params
-        cached = self._weights.get(ckpt["path"])
-        if cached is not None:
-            for n, v in params.items():
-                v.d = cached[n]
-        else:
-            self.graph.load(ckpt["path"])
-            size = sum(v.size * 4 for v in params.values())
-            if size * (len(self._weights) + 1) <= PARAM_CACHE_BUDGET:
-                self._weights[ckpt["path"]] = {n: v.d.copy() for n, v in params.items()}
+        """Load checkpoint `ckpt` (number `index` in the run; the graph keeps the weights it read in memory)."""
+        self.graph.load(ckpt["path"])
         if self.projection_dim:
             self.proj = projection_matrix(self.n_params, self.projection_dim, self.seed, index)
 
