@@ -183,7 +183,8 @@ def _fd_captured(fd):
     text once the block exits."""
     got = []
     with tempfile.TemporaryFile() as f:
-        sys.stdout.flush(), sys.stderr.flush()
+        sys.stdout.flush()
+        sys.stderr.flush()
         saved = os.dup(fd)
         os.dup2(f.fileno(), fd)
         try:
