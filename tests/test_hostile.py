@@ -31,10 +31,12 @@ CASES = cases_train.cases() + cases_score.cases() + cases_analysis.cases() + cas
 
 
 def sample(cases):
-    """The control runs, and the first case of each group (train-, score-, ana-, ...): run as processes too."""
+    """The control runs, and the first case of each group (train-, score-, ana-, ...) off a tmpfs: run as processes
+    too."""
     groups = {}
     for c in cases:
-        groups.setdefault(c.id.split("-")[0], c)
+        if c.mount is None:
+            groups.setdefault(c.id.split("-")[0], c)
     return [c for c in cases if c.id.endswith("-control") or c in groups.values()]
 
 
