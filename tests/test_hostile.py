@@ -31,12 +31,12 @@ CASES = cases_train.cases() + cases_score.cases() + cases_analysis.cases() + cas
 
 
 def sample(cases):
-    """The control runs, and the first case of each group (train-, score-, ana-, ...) off a tmpfs: run as processes
-    too."""
+    """The control runs, and the first case of each script with each expected outcome (bad input, success, ...) off
+    a tmpfs: run as processes too."""
     groups = {}
     for c in cases:
         if c.mount is None:
-            groups.setdefault(c.id.split("-")[0], c)
+            groups.setdefault((c.script, c.expect), c)
     return [c for c in cases if c.id.endswith("-control") or c in groups.values()]
 
 
