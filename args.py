@@ -56,9 +56,10 @@ def _bounded(convert, what, ok, bound):
     return parse
 
 
-positive_int = _bounded(int, "a whole number", lambda v: v >= 1, "must be at least 1")
+INT64_MAX = 2 ** 63 - 1  # counts and indices end up in numpy's int64
+positive_int = _bounded(int, "a whole number", lambda v: 1 <= v <= INT64_MAX, f"must be between 1 and {INT64_MAX}")
 # training batches: batch normalisation over one sample has no variance (the running variance becomes NaN)
-train_batch = _bounded(int, "a whole number", lambda v: v >= 2, "must be at least 2")
+train_batch = _bounded(int, "a whole number", lambda v: 2 <= v <= INT64_MAX, f"must be between 2 and {INT64_MAX}")
 rate = _bounded(float, "a number between 0 and 1", lambda v: 0.0 <= v <= 1.0, "must be between 0 and 1")
 open_rate = _bounded(float, "a number between 0 and 1", lambda v: 0.0 < v < 1.0, "must be above 0 and below 1")
 positive_float = _bounded(float, "a number", lambda v: math.isfinite(v) and v > 0, "must be a finite number above 0")
@@ -162,8 +163,9 @@ def _add_train_data_args(p):
                         "samples, wrong labels spread over the other classes), pair (random samples, each class "
                         "to its one most confusable class), instance (the samples a seeded logistic regression "
                         "finds most ambiguous, to their most plausible wrong class)")
-    p.add_argument("--seed", "-s", type=seed, default=0,
-                   help="seeds label shuffling, initialisation, data order and augmentation")
+    p.add_argument("--seed", "-s", type=seed, default=None,
+                   help="seeds label shuffling, initialisation, data order and augmentation (default 0; --resume "
+                        "keeps the recorded one)")
 
 
 def _add_train_run_args(p):
@@ -177,6 +179,10 @@ def _add_train_run_args(p):
     p.add_argument("--checkpoint", default=None, help="resume from this params_{epoch}.h5 (with its solver state)")
     p.add_argument("--resume", nargs="?", const=True, default=False, type=resume_value,
                    help="continue from the newest complete checkpoint in --model_save_path (or the epoch given)")
+    p.add_argument("--overwrite", nargs="?", const=True, default=False, type=str2bool,
+                   help="replace the files of an earlier run in the output folders (checkpoints, checkpoints.json, "
+                        "monitor series, arrays and the scores made from them); without it train.py refuses to "
+                        "write into a folder holding another run's files")
     p.add_argument("--train_batch_size", type=train_batch, default=None)
     p.add_argument("--micro_batches", type=positive_int, default=None,
                    help="split every batch into M equal micro-batches, each normalised by batch norm on its own "
@@ -219,7 +225,7 @@ def score_parser():
     p.add_argument("--save_every_epoch", type=str2bool, default=False,
                    help="also write {epoch}_influence.npy, each checkpoint's term of the sum")
     p.add_argument("--batch_size", type=positive_int, default=64)
-    p.add_argument("--seed", "-s", type=int, default=0, help="seed for random projections")
+    p.add_argument("--seed", "-s", type=seed, default=0, help="seed for random projections")
     # train -> test influence; every flag below but --mode is for --mode influence only
     p.add_argument("--mode", default="self", choices=["self", "influence"],
                    help="self: self-influence of every training sample; influence: TracIn(train, test) "
@@ -273,6 +279,8 @@ def index_list(value):
     out = int_list(value)
     if any(v < 0 for v in out):
         raise argparse.ArgumentTypeError(f"indices must be 0 or more, got '{value}'")
+    if any(v > INT64_MAX for v in out):
+        raise argparse.ArgumentTypeError(f"indices must be at most {INT64_MAX}, got '{value}'")
     return out
 
 

@@ -18,6 +18,7 @@ FileNotFoundError); nothing exits or prints.
 import os
 from typing import List, NamedTuple, Optional
 
+from . import validate
 from .checkpoints import check_same_data, discover, select
 from .errors import InputError
 from .normalize import DEFAULT as DEFAULT_NORMALIZE
@@ -105,6 +106,7 @@ def load_checkpoints(folder, epochs=None, interval=None, model=None):
         InputError: no checkpoints, a damaged manifest, absent epochs, or no model for a manifest-less folder;
             for a list: a folder listed twice, one without a manifest, or runs on different data.
     """
+    validate.selection(folder, epochs, interval)
     if isinstance(folder, (list, tuple)):
         return _load_ensemble(list(folder), epochs, interval)
     model_cfg, entries, manifest = discover(folder, model)
@@ -156,6 +158,8 @@ def self_influence(checkpoints, x, y, layers="last_bias", method="batched", lr_w
     Returns:
         np.ndarray (n,) float64, or a SelfInfluenceResult / EnsembleResult with details=True.
     """
+    _check_self_args(checkpoints, x, y, layers, method, lr_weight, batch_size, context, details, cache_dir, progress)
+    batch_size, lr_weight = int(batch_size), bool(lr_weight)  # numpy scalars as plain ones (cache keys are JSON)
     kind = EnsembleSelfInfluenceRun if isinstance(checkpoints, CheckpointEnsemble) else SelfInfluenceRun
     run = kind(checkpoints, x, y, layers, method, lr_weight, batch_size, context)
     result = run.run(cache_dir, comm, progress)
@@ -190,8 +194,32 @@ def influence(checkpoints, x_train, y_train, x_test, y_test=None, top_k=10, laye
         InfluenceResult: proponents, proponent_scores, opponents, opponent_scores (T, k); self_influence (T,);
         test_labels (T,); matrix (T, n) or None.
     """
+    _check_influence_args(checkpoints, x_train, y_train, x_test, y_test, top_k, layers, method, lr_weight, batch_size,
+                          projection_dim, seed, full_matrix, test_chunk, context, cache_dir, progress, normalize)
+    batch_size, lr_weight, top_k, seed, full_matrix = int(batch_size), bool(lr_weight), int(top_k), int(seed), \
+        bool(full_matrix)
+    projection_dim, test_chunk = (None if v is None else int(v) for v in (projection_dim, test_chunk))
     if isinstance(checkpoints, CheckpointEnsemble):
         raise InputError("influence takes the checkpoints of one training run; an ensemble is for self-influence")
     run = InfluenceRun(checkpoints, x_train, y_train, x_test, y_test, top_k, layers, method, lr_weight, batch_size,
                        projection_dim, seed, full_matrix, test_chunk, context, normalize)
     return run.run(cache_dir, comm, progress)
+
+
+def _check_self_args(checkpoints, x, y, layers, method, lr_weight, batch_size, context, details, cache_dir, progress):
+    validate.checkpoints(checkpoints, (CheckpointEnsemble,), (Checkpoints,))
+    validate.images("x", x)
+    validate.labels("y", y)
+    validate.common(layers, method, lr_weight, batch_size, context, cache_dir, progress)
+    validate.flag("details", details)
+
+
+def _check_influence_args(checkpoints, x_train, y_train, x_test, y_test, top_k, layers, method, lr_weight, batch_size,
+                          projection_dim, seed, full_matrix, test_chunk, context, cache_dir, progress, normalize):
+    validate.checkpoints(checkpoints, (CheckpointEnsemble,), (Checkpoints,))
+    validate.images("x_train", x_train)
+    validate.labels("y_train", y_train)
+    validate.images("x_test", x_test)
+    validate.labels("y_test", y_test, optional=True)
+    validate.common(layers, method, lr_weight, batch_size, context, cache_dir, progress)
+    validate.influence_only(top_k, projection_dim, seed, full_matrix, test_chunk, normalize)
