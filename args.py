@@ -57,9 +57,11 @@ def _bounded(convert, what, ok, bound):
 
 
 INT64_MAX = 2 ** 63 - 1  # counts and indices end up in numpy's int64
-positive_int = _bounded(int, "a whole number", lambda v: 1 <= v <= INT64_MAX, f"must be between 1 and {INT64_MAX}")
+positive_int = _bounded(int, "a whole number", lambda v: 1 <= v <= INT64_MAX,
+                        f"must be at least 1 and at most {INT64_MAX}")
 # training batches: batch normalisation over one sample has no variance (the running variance becomes NaN)
-train_batch = _bounded(int, "a whole number", lambda v: 2 <= v <= INT64_MAX, f"must be between 2 and {INT64_MAX}")
+train_batch = _bounded(int, "a whole number", lambda v: 2 <= v <= INT64_MAX,
+                       f"must be at least 2 and at most {INT64_MAX}")
 rate = _bounded(float, "a number between 0 and 1", lambda v: 0.0 <= v <= 1.0, "must be between 0 and 1")
 open_rate = _bounded(float, "a number between 0 and 1", lambda v: 0.0 < v < 1.0, "must be above 0 and below 1")
 positive_float = _bounded(float, "a number", lambda v: math.isfinite(v) and v > 0, "must be a finite number above 0")

@@ -126,10 +126,10 @@ def unfinished_warnings(folder):
     if not isinstance(total, int) or done is None or done >= total:
         return []
     if folder_in_use(folder):
-        return [f"{folder} is still training (epoch {done} of {total} so far): scoring the checkpoints written so "
-                "far; score again when training has finished"]
-    return [f"{folder} stopped after epoch {done} of {total}: scoring the checkpoints written so far (train.py "
-            "--resume continues the run)"]
+        return [(f"{folder} is still training (epoch {done} of {total} so far): scoring the checkpoints written so "
+                 "far; score again when training has finished")]
+    return [(f"{folder} stopped after epoch {done} of {total}: scoring the checkpoints written so far (train.py "
+             "--resume continues the run)")]
 
 
 def same_seed_warnings(ensemble):

@@ -70,15 +70,18 @@ def refuse_others(folders, overwrite):
     return found
 
 
-def claim(folders):
-    """Create and lock every folder of a run (by rank 0, once everything is validated); a folder this call made is
-    removed again when another run holds one of them."""
+def claim(folders, create=()):
+    """Lock every existing folder of a run, creating first those whose flag is in `create` (by rank 0, once
+    everything is validated); a folder this call made is removed again when another run holds one of them. A folder
+    neither existing nor created here is made by its writer later (a failure before then leaves no empty folder)."""
     made = []
     try:
         for flag, folder, _ in merge(folders):
             if not os.path.isdir(folder):
+                if flag not in create:
+                    continue
                 made.append(folder)
-            ensure_dir(folder, flag)
+                ensure_dir(folder, flag)
             lock_folder(folder, flag)
     except BaseException:
         for folder in reversed(made):

@@ -27,7 +27,7 @@ from tracin.arrays import check_labels, fingerprint
 from tracin.context import set_context
 from tracin.dataparallel import Shards
 from tracin.errors import MissingInputError
-from tracin.io import check_writable, ensure_dir, remove_temporaries, writes_to
+from tracin.io import check_writable, ensure_dir, lock_folder, remove_temporaries, writes_to
 from tracin.training import Trainer, checkpoint_lr, learning_rate
 from utils import run_mpi_cli, skip_failed_imports
 
@@ -125,14 +125,16 @@ def skipped_note(skipped):
     """A word on the files an import left out (not PNG/JPEG, outside the class folders, archive folders)."""
     if not skipped:
         return ""
-    return (f"; skipped {len(skipped)} file{'s' if len(skipped) > 1 else ''} that {'are' if len(skipped) > 1 else 'is'} "
-            f"not a PNG/JPEG in a class folder (e.g. '{skipped[0]}'; all listed in {formats.FILE_LIST})")
+    n = len(skipped)
+    return (f"; skipped {n} file{'s' if n > 1 else ''} that {'are' if n > 1 else 'is'} not a PNG/JPEG in a class "
+            f"folder (e.g. '{skipped[0]}'; all listed in {formats.FILE_LIST})")
 
 
 def open_monitors(path, start_epoch):
     """nnabla Monitor series; on resume, keeps the lines of the epochs already done (MonitorSeries truncates)."""
     from nnabla.monitor import Monitor, MonitorSeries, MonitorTimeElapsed
     ensure_dir(path, "--monitor-path")
+    lock_folder(path, "--monitor-path")  # made only now (see take_folders)
     kept = {}
     for name in formats.MONITOR_SERIES:
         f = os.path.join(path, formats.monitor_file(name))
@@ -205,9 +207,9 @@ def check_resume_flags(args, recipe, ckpt_dir):
     for key in RESUME_FLAGS:
         value = getattr(args, key, None)
         if value is not None and key in recipe and value != recipe[key]:
-            raise CliError(f"--{key} {value} conflicts with the run being resumed ({os.path.join(ckpt_dir, formats.MANIFEST)} "
-                           f"records {key} {recipe[key]}): drop --{key} (a resumed run keeps its recipe), or start "
-                           "a new run in another --model_save_path")
+            raise CliError(f"--{key} {value} conflicts with the run being resumed "
+                           f"({os.path.join(ckpt_dir, formats.MANIFEST)} records {key} {recipe[key]}): drop --{key} "
+                           "(a resumed run keeps its recipe), or start a new run in another --model_save_path")
 
 
 def fresh_state(args, ckpt_dir):
@@ -363,8 +365,8 @@ def check_run_flags(args):
     resuming = args.checkpoint or args.resume is not False
     if args.overwrite and resuming:
         raise CliError("--overwrite True replaces an earlier run, --resume / --checkpoint continues it: pass one")
-    if args.checkpoint and args.model_save_path and \
-            os.path.realpath(args.model_save_path) != os.path.realpath(os.path.dirname(os.path.abspath(args.checkpoint))):
+    ckpt_folder = os.path.realpath(os.path.dirname(os.path.abspath(args.checkpoint or ".")))
+    if args.checkpoint and args.model_save_path and os.path.realpath(args.model_save_path) != ckpt_folder:
         raise CliError(f"--model_save_path '{args.model_save_path}' conflicts with --checkpoint '{args.checkpoint}': "
                        "a resumed run writes into the folder of its checkpoint; drop --model_save_path")
 
@@ -384,7 +386,8 @@ def take_folders(args, manifest, ckpt_dir, made, array_dir):
     fresh = manifest is None
     if fresh:
         ownership.refuse_others(folders, args.overwrite)  # before creating anything
-    ownership.claim(folders)
+    # a fresh run writes its checkpoint (and array) folder at once; the monitor folder only after the first epoch
+    ownership.claim(folders, create=("--model_save_path", "--output") if fresh else ())
     if fresh:  # again under the lock: a run that ended since the first look left its files
         ownership.clear(ownership.refuse_others(folders, args.overwrite))
 
