@@ -238,8 +238,8 @@ def fresh_state(args, ckpt_dir):
         raise CliError(f"{os.path.join(where, formats.X_TRAIN)} holds {n} training samples, fewer than "
                        f"--train_batch_size {bs}: pass --train_batch_size {n} or less (or more data)")
     # array_dir relative to the checkpoint folder: the project folder can move and still resume
-    recipe.update(model=args.model, array_dir=os.path.relpath(array_dir, os.path.abspath(ckpt_dir)), noise=noise_record,
-                  data_fingerprint=fingerprint(arrays["x_train"], arrays["y_shuffle_train"]))
+    recipe.update(model=args.model, array_dir=os.path.relpath(array_dir, os.path.abspath(ckpt_dir)),
+                  noise=noise_record, data_fingerprint=fingerprint(arrays["x_train"], arrays["y_shuffle_train"]))
     model_cfg = models.model_config(args.model, n_classes, arrays["x_train"].shape[1:], recipe["nmaps"], dataset)
     return recipe, model_cfg, arrays
 
@@ -406,6 +406,9 @@ def main(argv=None, comm=None):
                          ("--output", args.output if made else None)):
         if folder:
             check_writable(folder, flag)
+    if manifest is None:  # another run's folders are refused before any data is read (again once they are locked)
+        ownership.refuse_others(output_folders(args, ckpt_dir, made, os.path.abspath(args.output or ckpt_dir)),
+                                args.overwrite)
     # under MPI, one GPU per rank: the rank's number on its node (as the scorer)
     set_context(args.context, str(comm.local_rank) if shards.size > 1 else args.device_id, args.type_config)
     recipe, model_cfg, arrays = (resumed_state(manifest, args, ckpt_dir) if manifest is not None

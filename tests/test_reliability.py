@@ -474,3 +474,14 @@ def test_api_accepts_numpy_integers_and_bools(api):
     a = tracin.self_influence(api["ck"], api["x"], api["y"], batch_size=np.int64(16), lr_weight=np.bool_(True))
     b = tracin.self_influence(api["ck"], api["x"], api["y"], batch_size=16, lr_weight=True)
     np.testing.assert_array_equal(a, b)
+
+
+def test_a_large_valid_image_is_called_large_not_damaged(tmp_path, image_tree, monkeypatch):
+    """PIL refuses images above twice MAX_IMAGE_PIXELS as a decompression bomb: lowered here so that the 12x12
+    test images count as such."""
+    from PIL import Image
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50)
+    code, _, err = run_main("train.py", "--dataset", "imagefolder", "--data-dir", image_tree, "--output", "d",
+                            "--model_save_path", "c", "--monitor-path", "m", "-c", "cpu", cwd=tmp_path, check=False)
+    line = one_line(code, err, "is too large to read")
+    assert "damaged" not in line
