@@ -227,7 +227,7 @@ def score_parser():
     p.add_argument("--save_every_epoch", type=str2bool, default=False,
                    help="also write {epoch}_influence.npy, each checkpoint's term of the sum")
     p.add_argument("--batch_size", type=positive_int, default=64)
-    p.add_argument("--seed", "-s", type=seed, default=0, help="seed for random projections")
+    p.add_argument("--seed", "-s", type=int, default=0, help="seed for random projections")
     # train -> test influence; every flag below but --mode is for --mode influence only
     p.add_argument("--mode", default="self", choices=["self", "influence"],
                    help="self: self-influence of every training sample; influence: TracIn(train, test) "

@@ -191,6 +191,9 @@ def resumed_state(manifest, args, ckpt_dir):
         raise CliError(f"cannot resume: the arrays of the run ('{recipe['array_dir']}' in "
                        f"{os.path.join(ckpt_dir, formats.MANIFEST)}) are not at {folder}; if the folders were moved, "
                        "pass --input FOLDER holding them")
+    if args.output and os.path.realpath(args.output) != os.path.realpath(folder):
+        raise CliError(f"--output '{args.output}' conflicts with the run being resumed: its arrays are in {folder} "
+                       "(a resumed run writes no arrays); drop --output")
     arrays = load_array_folder(folder)
     if fingerprint(arrays["x_train"], arrays["y_shuffle_train"]) != recipe["data_fingerprint"]:
         raise CliError(f"the arrays in {folder} changed since training started (or are another run's): cannot "

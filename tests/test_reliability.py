@@ -285,6 +285,14 @@ def test_resume_refuses_conflicting_flags(run, flag, value):
     assert snapshot(run) == before
 
 
+def test_resume_refuses_another_output_and_accepts_the_recorded_one(run):
+    code, _, err = train(run, "--model_save_path", "ckpt", "--monitor-path", "mon", "--resume", "--output", "other",
+                         check=False)
+    one_line(code, err, "--output 'other' conflicts with the run being resumed")
+    _, _, err = train(run, "--model_save_path", "ckpt", "--monitor-path", "mon", "--resume", "--output", "data")
+    assert "nothing to do" in err
+
+
 def test_checkpoint_refuses_another_model_save_path(run):
     code, _, err = train(run, "--checkpoint", "ckpt/params_1.h5", "--model_save_path", "other", "--monitor-path",
                          "mon", check=False)
@@ -431,7 +439,7 @@ SELF_BAD = [("checkpoints", "FOLDER"), ("batch_size", None), ("batch_size", 2.0)
             ("lr_weight", 0), ("cache_dir", "FILE"), ("method", None), ("context", "gpu"), ("details", "yes"),
             ("progress", 3), ("x", "X01"), ("x", "LIST"), ("y", "LIST")]
 INFL_BAD = [("top_k", 2.5), ("top_k", 0), ("top_k", None), ("projection_dim", -3), ("projection_dim", 0),
-            ("projection_dim", 1.5), ("test_chunk", -1), ("test_chunk", 0), ("seed", -1), ("seed", 2 ** 40),
+            ("projection_dim", 1.5), ("test_chunk", -1), ("test_chunk", 0), ("seed", 1.5), ("seed", "0"),
             ("full_matrix", "True"), ("normalize", None), ("x_test", "X01"), ("y_test", "LIST")]
 
 

@@ -120,7 +120,7 @@ def influence_only(top_k, projection_dim, seed, full_matrix, test_chunk, normali
     """The arguments of influence alone."""
     whole("top_k", top_k)
     whole("projection_dim", projection_dim, optional=True)
-    whole("seed", seed, low=0, high=2 ** 32 - 1)
+    whole("seed", seed, low=-2 ** 63, high=2 ** 63 - 1)  # any integer: its low 32 bits seed the projection
     flag("full_matrix", full_matrix)
     whole("test_chunk", test_chunk, optional=True)
     choice("normalize", normalize, NORMALIZATIONS)

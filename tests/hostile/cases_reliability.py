@@ -148,7 +148,7 @@ def int64_cases():
     flags += [("score", "calculate_score.py", SCORE, ("data", "ckpt"), f) for f in ("--batch_size",
                                                                                      "--checkpoint_interval")]
     flags += [("infl", "calculate_score.py", INFL, ("data", "ckpt"), f) for f in
-              ("--top_k", "--projection_dim", "--test_chunk", "--test_indices", "--seed")]
+              ("--top_k", "--projection_dim", "--test_chunk", "--test_indices")]
     flags += [("ana", "mislabel_analysis.py", ANA, ("data", "scores"), f) for f in ("--sheet_size", "--influence_rows")]
     out = []
     for prefix, script, args, needs, flag in flags:
