@@ -171,7 +171,9 @@ def main(argv=None, comm=None):
     args = parse_score_args(argv)
     check_flags(args)
     rank, world = (comm.rank, comm.size) if comm is not None else (0, 1)
-    output = check_writable(args.output or args.input, "--output")
+    output = args.output or args.input
+    if rank == 0:  # the probe creates and removes folders, which ranks doing it at once would trip over
+        check_writable(output, "--output")
     x, y, ckpts, warnings = load_training_data(args)
     # under MPI every rank takes the GPU of its rank on its node (mpiexec -n 8 on 8 GPUs: devices 0..7)
     device_id = str(getattr(comm, "local_rank", rank)) if world > 1 else args.device_id

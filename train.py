@@ -405,9 +405,10 @@ def main(argv=None, comm=None):
     if manifest is None and args.seed is None:
         args.seed = 0
     made = manifest is None and not args.input  # arrays made from --dataset, written to --output
+    # by rank 0 only: the probe creates and removes folders, which ranks doing it at once would trip over
     for flag, folder in (("--model_save_path", ckpt_dir), ("--monitor-path", args.monitor_path),
                          ("--output", args.output if made else None)):
-        if folder:
+        if folder and shards.rank == 0:
             check_writable(folder, flag)
     if manifest is None:  # another run's folders are refused before any data is read (again once they are locked)
         ownership.refuse_others(output_folders(args, ckpt_dir, made, os.path.abspath(args.output or ckpt_dir)),
