@@ -107,9 +107,12 @@ def _bounded(convert, what, ok, bound):
     return parse
 
 
-positive_int = _bounded(int, "a whole number", lambda v: v >= 1, "must be at least 1")
+INT64_MAX = 2 ** 63 - 1  # counts and indices end up in numpy's int64
+positive_int = _bounded(int, "a whole number", lambda v: 1 <= v <= INT64_MAX,
+                        f"must be at least 1 and at most {INT64_MAX}")
 # training batches: batch normalisation over one sample has no variance (the running variance becomes NaN)
-train_batch = _bounded(int, "a whole number", lambda v: v >= 2, "must be at least 2")
+train_batch = _bounded(int, "a whole number", lambda v: 2 <= v <= INT64_MAX,
+                       f"must be at least 2 and at most {INT64_MAX}")
 rate = _bounded(float, "a number between 0 and 1", lambda v: 0.0 <= v <= 1.0, "must be between 0 and 1")
 open_rate = _bounded(float, "a number between 0 and 1", lambda v: 0.0 < v < 1.0, "must be above 0 and below 1")
 positive_float = _bounded(float, "a number", lambda v: math.isfinite(v) and v > 0, "must be a finite number above 0")
@@ -230,8 +233,9 @@ def _add_train_data_args(p):
                         "samples, wrong labels spread over the other classes), pair (random samples, each class "
                         "to its one most confusable class), instance (the samples a seeded logistic regression "
                         "finds most ambiguous, to their most plausible wrong class)")
-    p.add_argument("--seed", "-s", type=seed, default=0,
-                   help="seeds label shuffling, initialisation, data order and augmentation")
+    p.add_argument("--seed", "-s", type=seed, default=None,
+                   help="seeds label shuffling, initialisation, data order and augmentation (default 0; --resume "
+                        "keeps the recorded one)")
 
 
 def _add_train_run_args(p):
@@ -247,6 +251,10 @@ def _add_train_run_args(p):
                         "none; calculate_score.py's --checkpoint is the folder)")
     p.add_argument("--resume", nargs="?", const=True, default=False, type=resume_value,
                    help="continue from the newest complete checkpoint in --model_save_path (or the epoch given)")
+    p.add_argument("--overwrite", action=Switch, default=False,
+                   help="replace the files of an earlier run in the output folders (checkpoints, checkpoints.json, "
+                        "monitor series, arrays and the scores made from them); without it train.py refuses to "
+                        "write into a folder holding another run's files")
     p.add_argument("--train_batch_size", type=train_batch, default=None,
                    help="samples per training batch (" + per_dataset("train_batch_size") + "; at most the number "
                         "of training samples)")
@@ -378,6 +386,8 @@ def index_list(value):
     out = int_list(value)
     if any(v < 0 for v in out):
         raise argparse.ArgumentTypeError(f"indices must be 0 or more, got '{value}'")
+    if any(v > INT64_MAX for v in out):
+        raise argparse.ArgumentTypeError(f"indices must be at most {INT64_MAX}, got '{value}'")
     return out
 
 
