@@ -282,7 +282,7 @@ def plan_self_influence(checkpoints, x, y, *, layers: str = "last_bias", method:
     computed anything yet: `.work()` is its length, `.run(cache_dir, comm, progress)` its result. For callers
     that must validate everything before writing (calculate_score.py); arguments as in self_influence."""
     validate.checkpoints(checkpoints, (CheckpointEnsemble,), (Checkpoints,))
-    validate.images("x", x)
+    validate.images("x", x, checkpoints.model.get("pixel_max"))
     validate.labels("y", y)
     # numpy scalars become plain ones (cache keys are JSON)
     lr_weight, batch_size = validate.scoring(layers, method, lr_weight, batch_size)
@@ -338,7 +338,7 @@ def plan_influence(checkpoints, x_train, y_train, x_test, y_test=None, *, top_k:
     if isinstance(checkpoints, CheckpointEnsemble):
         raise InputError("influence takes the checkpoints of one training run; an ensemble is for self-influence")
     for name, value in (("x_train", x_train), ("x_test", x_test)):
-        validate.images(name, value)
+        validate.images(name, value, checkpoints.model.get("pixel_max"))
     validate.labels("y_train", y_train)
     validate.labels("y_test", y_test, optional=True)
     lr_weight, batch_size = validate.scoring(layers, method, lr_weight, batch_size)

@@ -60,17 +60,19 @@ def folder(name, value, optional=True):
     return value
 
 
-def images(name, value, optional=False):
-    """An array of pixels as stored (uint8 0-255): float images scaled to [0, 1] are refused (the models divide
-    by 255 themselves, so such images would look black to them)."""
+def images(name, value, pixel_max=None, optional=False):
+    """An array of images. A model that records the pixel range it was trained on (model["pixel_max"]: 255 for
+    the bundled zoo, trained on pixels as stored) refuses float images scaled to [0, 1], which would look black
+    to it. Other networks take whatever scale they were trained on."""
     if value is None and optional:
         return None
     if not isinstance(value, np.ndarray):
         raise _fail(name, value, "a numpy array of images (N, channels, height, width)")
-    if value.dtype.kind == "f" and value.size and np.isfinite(value).all() and 0 < float(value.max()) <= 1.0:
-        raise InputError(f"{name} holds pixels scaled to [0, 1] (max {float(value.max()):.3g}); pass them as "
-                         "stored, 0-255 (e.g. (x * 255).round().astype(np.uint8)): the models scale by 1/255 "
-                         "themselves", arg=name)
+    if (pixel_max is not None and pixel_max > 1 and value.dtype.kind == "f" and value.size
+            and np.isfinite(value).all() and 0 < float(value.max()) <= 1.0):
+        raise InputError(f"{name} holds pixels scaled to [0, 1] (max {float(value.max()):.3g}) but the model was "
+                         f"trained on 0-{pixel_max:g}: pass them as stored (e.g. (x * {pixel_max:g}).round()"
+                         ".astype(np.uint8))", arg=name)
     return value
 
 
