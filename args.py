@@ -281,7 +281,9 @@ def parse_train_args(argv=None):
 def train_folders(args):
     """--monitor-path and --model_save_path when not given: the original's (tmp.monitor, the checkpoints beside
     the series) for its own run, --dataset cifar10, and for a run given no folder; any other run writes only
-    under the folders it is given."""
+    under the folders it is given. A run resumed from --checkpoint FILE writes into the folder of that file."""
+    if args.checkpoint and not args.model_save_path:
+        args.model_save_path = os.path.dirname(os.path.abspath(args.checkpoint))
     if (args.dataset == "cifar10" and not args.input) or not (args.model_save_path or args.monitor_path or
                                                               args.output):
         args.monitor_path = args.monitor_path or ORIGINAL_MONITOR

@@ -468,11 +468,11 @@ def test_api_influence_validates_up_front(api, arg, value):
     assert arg in str(e.value) or e.value.arg == arg
 
 
-@pytest.mark.parametrize("kw", [{"folder": None}, {"folder": 3}, {"epochs": "1,2"}, {"epochs": [1.5]},
+@pytest.mark.parametrize("kw", [{"source": None}, {"source": 3}, {"epochs": "1,2"}, {"epochs": [1.5]},
                                 {"interval": 0}, {"interval": "2"}])
 def test_api_load_checkpoints_validates_up_front(api, kw):
     import tracin
-    kw = dict({"folder": str(api["root"] / "ckpt")}, **kw)
+    kw = dict({"source": str(api["root"] / "ckpt")}, **kw)
     with pytest.raises(tracin.InputError):
         tracin.load_checkpoints(**kw)
 

@@ -107,11 +107,11 @@ def call(context, cache_dir, details=False):
     flag("details", details)
 
 
-def selection(folders, epochs, interval):
+def selection(source, epochs, interval):
     """load_checkpoints' folder(s), epochs and interval."""
-    for f in folders if isinstance(folders, (list, tuple)) else [folders]:
+    for f in source if isinstance(source, (list, tuple)) else [source]:
         if not isinstance(f, (str, os.PathLike)) or not os.fspath(f):
-            raise _fail("folder", f, "a checkpoint folder path (or a list of them)")
+            raise _fail("source", f, "a checkpoint folder path, or a list of folders or files")
     if epochs is not None:
         if isinstance(epochs, (str, bytes)) or not hasattr(epochs, "__iter__"):
             raise _fail("epochs", epochs, "a list of whole numbers or None")
