@@ -32,6 +32,7 @@ writes the same files as one process.
 """
 import os
 import platform
+import re
 import sys
 
 import numpy as np
@@ -41,11 +42,13 @@ from args import CliError, parse_score_args
 from tracin import checkpoints, defaults, formats, normalize
 from tracin.api import CheckpointEnsemble, load_checkpoints, plan_influence, plan_self_influence
 from tracin.arrays import check_labels
-from tracin.errors import InputError
 from tracin.context import set_context
+from tracin.errors import InputError
 from tracin.io import (
     check_writable,
     ensure_dir,
+    folder_in_use,
+    lock_folder,
     remove_temporaries,
     save_json,
     save_npy,
@@ -53,6 +56,7 @@ from tracin.io import (
 from tracin.runs import progress_bar
 from utils import run_mpi_cli, skip_failed_imports
 
+RUN_SCORES_RE = re.compile(r"^influence_run\d+\.npy$")  # formats.run_scores_name
 INFLUENCE_ONLY = ("test_input", "test_indices", "test_label", "top_k", "save_matrix", "projection_dim",
                   "test_chunk", "max_memory_gb", "normalize")
 
@@ -78,6 +82,9 @@ def check_flags(args):
                                f"folders need train.py's {formats.MANIFEST}")
     if args.network and args.model:
         raise CliError("give either --network (your own network) or --model (a model of the original example)")
+    if args.mode == "influence" and args.save_every_epoch:
+        raise CliError("--save_every_epoch True applies to --mode self (per-checkpoint self-influence); --mode "
+                       "influence writes influence_topk.npz: drop one of them")
     if args.mode == "self":
         given = [f"--{n}" for n in INFLUENCE_ONLY if getattr(args, n) is not None]
         if given:
@@ -113,7 +120,22 @@ def resolve_checkpoints(args, x):
     elif args.model and args.model != ckpts.model["name"]:
         # the seed's command line names a model; the manifest, written by training, knows which one it was
         warnings.append(f"--model {args.model} ignored: {formats.MANIFEST} records {ckpts.model['name']}")
+    warnings += unfinished_warnings(folder)
     return ckpts, warnings
+
+
+def unfinished_warnings(folder):
+    """A run that has not reached its last epoch: still training (its folder is locked by train.py) or stopped."""
+    manifest = checkpoints.read_manifest(folder)
+    total = (manifest or {}).get("train", {}).get("train_epochs")
+    done = max((c["epoch"] for c in (manifest or {}).get("checkpoints", [])), default=None)
+    if not isinstance(total, int) or done is None or done >= total:
+        return []
+    if folder_in_use(folder):
+        return [(f"{folder} is still training (epoch {done} of {total} so far): scoring the checkpoints written so "
+                 "far; score again when training has finished")]
+    return [(f"{folder} stopped after epoch {done} of {total}: scoring the checkpoints written so far (train.py "
+             "--resume continues the run)")]
 
 
 def same_seed_warnings(ensemble):
@@ -177,7 +199,9 @@ def main(argv=None, comm=None):
     check_flags(args)
     skip_failed_imports()  # process-wide, so the script's business: every checkpoint load sets ~100 nnabla arrays
     rank, world = (comm.rank, comm.size) if comm is not None else (0, 1)
-    output = check_writable(args.output or args.input, "--output")
+    output = args.output or args.input
+    if rank == 0:  # the probe creates and removes folders, which ranks doing it at once would trip over
+        check_writable(output, "--output")
     x, y, ckpts, warnings = load_training_data(args)
     # under MPI every rank takes the GPU of its rank on its node (mpiexec -n 8 on 8 GPUs: devices 0..7)
     device_id = str(getattr(comm, "local_rank", rank)) if world > 1 else args.device_id
@@ -186,6 +210,7 @@ def main(argv=None, comm=None):
     # only now: a mistake found above leaves nothing behind, not even an empty folder
     ensure_dir(output, "--output")
     if rank == 0:
+        lock_folder(output, "--output")
         for w in warnings:
             print(f"warning: {w}", file=sys.stderr)
         remove_temporaries(output)  # half-written outputs of a run that was killed (the ranks write only units)
@@ -215,8 +240,17 @@ def versions():
     return {"nnabla": nnabla.__version__, "numpy": np.__version__, "python": platform.python_version()}
 
 
+def remove_stale(output, keep):
+    """Remove per-checkpoint and per-run score files of an earlier scoring in `output` that this run did not write
+    (`keep`): every such file beside scores.json belongs to the run it describes."""
+    for name in os.listdir(output):
+        if (formats.EPOCH_SCORES_RE.match(name) or RUN_SCORES_RE.match(name)) and name not in keep:
+            os.remove(os.path.join(output, name))
+
+
 def write_self(args, run, result, record, output):
     n = len(result.scores)
+    remove_stale(output, {formats.epoch_scores_name(e) for e in result.epochs} if args.save_every_epoch else ())
     if args.save_every_epoch:
         for epoch, term in zip(result.epochs, result.terms):
             save_npy(os.path.join(output, formats.epoch_scores_name(epoch)), term)
@@ -239,6 +273,7 @@ def write_ensemble(args, ensemble, run, result, record, output):
     """The sum of the runs' self-influence, each run's score (influence_run{r}.npy), the mean loss and
     probabilities, and scores.json listing the runs."""
     runs = []
+    remove_stale(output, {formats.run_scores_name(r) for r in range(1, len(ensemble.runs) + 1)})
     for r, (ckpts, res) in enumerate(zip(ensemble.runs, result.runs), start=1):
         save_npy(os.path.join(output, formats.run_scores_name(r)), res.scores)
         runs.append({"checkpoint": os.path.abspath(ckpts.folder), "scores": formats.run_scores_name(r),

@@ -8,7 +8,7 @@ import sys
 
 from tracin.context import quiet_nnabla
 from tracin.errors import InputError
-from tracin.io import WriteError
+from tracin.io import WriteError, release_locks
 from tracin.parallel import PeerFailed, world
 
 WRITE_HINTS = {errno.ENOSPC: "the disk is full: free some space or choose another folder",
@@ -37,11 +37,31 @@ def error_exit(e):
     return None
 
 
+def safe_streams():
+    """Let stdout and stderr print any text: a terminal in another encoding (LANG=C: ASCII) or a file name that is
+    not UTF-8 (Python keeps its bytes as surrogates) shows escapes instead of raising UnicodeEncodeError."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            try:
+                reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):  # a stream already written to in another mode: leave it as it is
+                pass
+
+
 def run_cli(main_fn, argv=None, prog=None, resume_hint="rerun the same command to continue"):
     """Run an entry script's main(argv); an InputError (or an OS error on a file, or Ctrl-C) becomes one line on
-    stderr and an exit code."""
+    stderr and an exit code. The folder locks of the run are released when it ends."""
+    try:
+        return _run_cli(main_fn, argv, prog, resume_hint)
+    finally:
+        release_locks()
+
+
+def _run_cli(main_fn, argv, prog, resume_hint):
     prog = prog or os.path.basename(sys.argv[0])
     quiet_nnabla()
+    safe_streams()
     try:
         return main_fn(argv)
     except KeyboardInterrupt:
@@ -60,8 +80,16 @@ def run_mpi_cli(main_fn, argv=None, prog=None, resume_hint="rerun the same comma
 
     Exit codes are those of run_cli on every rank (2 for a bad input). Only rank 0 prints an error, except an error
     of another rank that rank 0 did not have itself."""
+    try:
+        return _run_mpi_cli(main_fn, argv, prog, resume_hint)
+    finally:
+        release_locks()
+
+
+def _run_mpi_cli(main_fn, argv, prog, resume_hint):
     prog = prog or os.path.basename(sys.argv[0])
     quiet_nnabla()
+    safe_streams()
     try:
         comm = world()
     except InputError as e:

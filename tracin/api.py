@@ -30,6 +30,7 @@ import numpy as np
 
 from . import defaults
 from . import network as networks
+from . import validate
 from .checkpoints import check_same_data, discover, select
 from .errors import InputError, MissingInputError
 from .formats import PARAMS_RE
@@ -136,6 +137,7 @@ def load_checkpoints(source: Union[str, Sequence[str]], *, network: Optional[Net
             learning rates that do not match the checkpoints; for an ensemble: a folder listed twice, one without a
             manifest, or runs on different data.
     """
+    validate.selection(source, epochs, interval)
     builder = _builder(network)
     files = _files(source)
     if files is not None:
@@ -280,6 +282,11 @@ def plan_self_influence(checkpoints, x, y, *, layers: str = defaults.SELF_LAYERS
     batch) that has computed nothing else yet: `.work()` is its length, `.run(cache_dir, comm, progress)` its
     result. For callers that must validate everything before writing (calculate_score.py); arguments as in
     self_influence."""
+    validate.checkpoints(checkpoints, (CheckpointEnsemble,), (Checkpoints,))
+    validate.images("x", x, checkpoints.model.get("pixel_max"))
+    validate.labels("y", y)
+    # numpy scalars become plain ones (cache keys are JSON)
+    lr_weight, batch_size = validate.scoring(layers, method, lr_weight, batch_size)
     run_class = EnsembleSelfInfluenceRun if isinstance(checkpoints, CheckpointEnsemble) else SelfInfluenceRun
     return run_class(checkpoints, x, y, layers=layers, method=method, lr_weight=lr_weight, batch_size=batch_size)
 
@@ -316,6 +323,7 @@ def self_influence(checkpoints: Union[Checkpoints, CheckpointEnsemble], x: np.nd
     Returns:
         np.ndarray (n,) float64, or a SelfInfluenceResult / EnsembleResult with details=True.
     """
+    validate.call(context, cache_dir, details)
     with _context(context):
         run = plan_self_influence(checkpoints, x, y, layers=layers, method=method, lr_weight=lr_weight,
                                   batch_size=batch_size)
@@ -328,8 +336,16 @@ def plan_influence(checkpoints, x_train, y_train, x_test, y_test=None, *, top_k:
                    batch_size: int = defaults.BATCH_SIZE, projection_dim: Optional[int] = None, seed: int = 0,
                    full_matrix: bool = False, test_chunk: Optional[int] = None, normalize: str = defaults.NORMALIZE):
     """A validated influence run, not computed yet (see plan_self_influence); arguments as in influence."""
+    validate.checkpoints(checkpoints, (CheckpointEnsemble,), (Checkpoints,))
     if isinstance(checkpoints, CheckpointEnsemble):
         raise InputError("influence takes the checkpoints of one training run; an ensemble is for self-influence")
+    for name, value in (("x_train", x_train), ("x_test", x_test)):
+        validate.images(name, value, checkpoints.model.get("pixel_max"))
+    validate.labels("y_train", y_train)
+    validate.labels("y_test", y_test, optional=True)
+    lr_weight, batch_size = validate.scoring(layers, method, lr_weight, batch_size)
+    top_k, projection_dim, seed, full_matrix, test_chunk = validate.influence_only(
+        top_k, projection_dim, seed, full_matrix, test_chunk, normalize)
     return InfluenceRun(checkpoints, x_train, y_train, x_test, y_test, top_k=top_k, layers=layers, method=method,
                         lr_weight=lr_weight, batch_size=batch_size, projection_dim=projection_dim, seed=seed,
                         full_matrix=full_matrix, test_chunk=test_chunk, normalize=normalize)
@@ -367,6 +383,7 @@ def influence(checkpoints: Checkpoints, x_train: np.ndarray, y_train: np.ndarray
         InfluenceResult: proponents, proponent_scores, opponents, opponent_scores (T, k); self_influence (T,);
         test_labels (T,); matrix (T, n) or None.
     """
+    validate.call(context, cache_dir)
     with _context(context):
         run = plan_influence(checkpoints, x_train, y_train, x_test, y_test, top_k=top_k, layers=layers,
                              method=method, lr_weight=lr_weight, batch_size=batch_size, projection_dim=projection_dim,
