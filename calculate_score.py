@@ -120,13 +120,13 @@ def resolve_checkpoints(args, x):
     elif args.model and args.model != ckpts.model["name"]:
         # the seed's command line names a model; the manifest, written by training, knows which one it was
         warnings.append(f"--model {args.model} ignored: {formats.MANIFEST} records {ckpts.model['name']}")
-    warnings += unfinished_warnings(folder)
+    warnings += unfinished_warnings(folder, ckpts.manifest)
     return ckpts, warnings
 
 
-def unfinished_warnings(folder):
-    """A run that has not reached its last epoch: still training (its folder is locked by train.py) or stopped."""
-    manifest = checkpoints.read_manifest(folder)
+def unfinished_warnings(folder, manifest):
+    """A run that has not reached its last epoch: still training (its folder is locked by train.py) or stopped.
+    `manifest`: the folder's, as load_checkpoints read it (None without one)."""
     total = (manifest or {}).get("train", {}).get("train_epochs")
     done = max((c["epoch"] for c in (manifest or {}).get("checkpoints", [])), default=None)
     if not isinstance(total, int) or done is None or done >= total:
