@@ -13,8 +13,8 @@ import datasets
 from imagefolder import OWN_DATA, parse_image_size
 from models import MODELS
 from noise import MODELS as NOISE_MODELS
-from tracin.errors import InputError
 from tracin import defaults
+from tracin.errors import InputError
 from tracin.normalize import NORMALIZATIONS
 
 DATASETS = ("cifar10", "digits", "imagefolder")

@@ -32,7 +32,6 @@ writes the same files as one process.
 """
 import os
 import platform
-import re
 import sys
 
 import numpy as np
@@ -40,7 +39,12 @@ import numpy as np
 import datasets
 from args import CliError, parse_score_args
 from tracin import checkpoints, defaults, formats, normalize
-from tracin.api import CheckpointEnsemble, load_checkpoints, plan_influence, plan_self_influence
+from tracin.api import (
+    CheckpointEnsemble,
+    load_checkpoints,
+    plan_influence,
+    plan_self_influence,
+)
 from tracin.arrays import check_labels
 from tracin.context import set_context
 from tracin.errors import InputError
@@ -56,7 +60,6 @@ from tracin.io import (
 from tracin.runs import progress_bar
 from utils import run_mpi_cli, skip_failed_imports
 
-RUN_SCORES_RE = re.compile(r"^influence_run\d+\.npy$")  # formats.run_scores_name
 INFLUENCE_ONLY = ("test_input", "test_indices", "test_label", "top_k", "save_matrix", "projection_dim",
                   "test_chunk", "max_memory_gb", "normalize")
 
@@ -244,7 +247,7 @@ def remove_stale(output, keep):
     """Remove per-checkpoint and per-run score files of an earlier scoring in `output` that this run did not write
     (`keep`): every such file beside scores.json belongs to the run it describes."""
     for name in os.listdir(output):
-        if (formats.EPOCH_SCORES_RE.match(name) or RUN_SCORES_RE.match(name)) and name not in keep:
+        if (formats.EPOCH_SCORES_RE.match(name) or formats.RUN_SCORES_RE.match(name)) and name not in keep:
             os.remove(os.path.join(output, name))
 
 

@@ -20,16 +20,27 @@ import numpy as np
 import datasets
 import imagefolder
 import models
-import ownership
 from args import CliError, parse_train_args
 from tracin import checkpoints, formats
 from tracin.arrays import check_labels, fingerprint
 from tracin.context import set_context
 from tracin.dataparallel import Shards
 from tracin.errors import MissingInputError
-from tracin.io import check_writable, ensure_dir, lock_folder, remove_temporaries, writes_to
+from tracin.io import (
+    check_writable,
+    ensure_dir,
+    lock_folder,
+    remove_temporaries,
+    writes_to,
+)
 from tracin.training import Trainer, checkpoint_lr, learning_rate
-from utils import run_mpi_cli, skip_failed_imports
+from utils import (
+    claim_folders,
+    clear_run_files,
+    refuse_other_runs,
+    run_mpi_cli,
+    skip_failed_imports,
+)
 
 
 def infer_dataset(x):
@@ -388,11 +399,11 @@ def take_folders(args, manifest, ckpt_dir, made, array_dir):
     folders = output_folders(args, ckpt_dir, made, array_dir)
     fresh = manifest is None
     if fresh:
-        ownership.refuse_others(folders, args.overwrite)  # before creating anything
+        refuse_other_runs(folders, args.overwrite)  # before creating anything
     # a fresh run writes its checkpoint (and array) folder at once; the monitor folder only after the first epoch
-    ownership.claim(folders, create=("--model_save_path", "--output") if fresh else ())
+    claim_folders(folders, create=("--model_save_path", "--output") if fresh else ())
     if fresh:  # again under the lock: a run that ended since the first look left its files
-        ownership.clear(ownership.refuse_others(folders, args.overwrite))
+        clear_run_files(refuse_other_runs(folders, args.overwrite))
 
 
 def main(argv=None, comm=None):
@@ -410,7 +421,7 @@ def main(argv=None, comm=None):
         if folder and shards.rank == 0:
             check_writable(folder, flag)
     if manifest is None:  # another run's folders are refused before any data is read (again once they are locked)
-        ownership.refuse_others(output_folders(args, ckpt_dir, made, os.path.abspath(args.output or ckpt_dir)),
+        refuse_other_runs(output_folders(args, ckpt_dir, made, os.path.abspath(args.output or ckpt_dir)),
                                 args.overwrite)
     # under MPI, one GPU per rank: the rank's number on its node (as the scorer)
     set_context(args.context, str(comm.local_rank) if shards.size > 1 else args.device_id, args.type_config)

@@ -5,7 +5,6 @@ checkpoint manifest records), so no script restates the model by hand.
 """
 from tracin.errors import InputError
 
-
 MODELS = ("resnet23", "resnet56")  # names only: nnabla is imported when a graph is built, not with the zoo
 DEFAULT_NMAPS = {"resnet23": 64, "resnet56": None}
 BUILDER = "models:build"  # how a checkpoint manifest names this zoo (tracin.network)

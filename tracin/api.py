@@ -28,9 +28,8 @@ from typing import Callable, List, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
-from . import defaults
+from . import defaults, validate
 from . import network as networks
-from . import validate
 from .checkpoints import check_same_data, discover, select
 from .errors import InputError, MissingInputError
 from .formats import PARAMS_RE

@@ -19,7 +19,13 @@ from . import defaults, network
 from .checkpoints import read_fitting
 from .errors import InputError
 from .graph_copy import scoring_copy
-from .layers import HEAD_RELATIVE, LAST_BIAS, check_inference_graph, find_head, select_params
+from .layers import (
+    HEAD_RELATIVE,
+    LAST_BIAS,
+    check_inference_graph,
+    find_head,
+    select_params,
+)
 from .maths import bn_grads, conv_grads, conv_sq_norms, sq_rows
 
 SUPPORTED = ("Convolution", "Affine", "BatchNormalization")  # layer types of batched per-sample gradients
