@@ -1,21 +1,24 @@
 """The entry scripts' flags: one parser per script, the converters that validate each flag. Only the scripts import it.
 
-Spellings follow the original nnabla-examples TracIn example (`--model_save_path`, `--shuffle_label True`,
-`-c cudnn`, ...). Defaults that depend on the data set are None here and resolved from `datasets.SPECS`.
+Spellings follow the original nnabla-examples TracIn example (`--model_save_path`, `-o`, `--shuffle_label True`,
+`-c cudnn`, ...); an on/off flag also takes `--flag` and `--no-flag`. Defaults that depend on the data set are None
+here, resolved from the data set's recipe (`datasets.SPECS`, `imagefolder.OWN_DATA`) and shown from it in `-h`.
 """
 import argparse
 import math
+import os
 import sys
 
-from imagefolder import parse_image_size
+import datasets
+from imagefolder import OWN_DATA, parse_image_size
 from models import MODELS
 from noise import MODELS as NOISE_MODELS
+from tracin import defaults
 from tracin.errors import InputError
-from tracin.normalize import DEFAULT as DEFAULT_NORMALIZE
-from tracin.normalize import DEFAULT_LAYERS as DEFAULT_INFLUENCE_LAYERS
 from tracin.normalize import NORMALIZATIONS
 
 DATASETS = ("cifar10", "digits", "imagefolder")
+ORIGINAL_MONITOR = "tmp.monitor"  # the original's --monitor-path, and so its --model_save_path
 
 
 class CliError(InputError):
@@ -23,12 +26,60 @@ class CliError(InputError):
     name flags (library errors, InputError, do not)."""
 
 
+class Switch(argparse.Action):
+    """An on/off flag: `--flag` or `--flag True` turns it on, `--no-flag` or `--flag False` off (the original's
+    spelling: a True/False word)."""
+
+    def __init__(self, option_strings, dest, default=None, help=None):
+        off = [f"--no-{s[2:]}" for s in option_strings if s.startswith("--")]
+        super().__init__(list(option_strings) + off, dest, nargs="?", const=None, default=default, type=str2bool,
+                         help=help, metavar="True|False")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        off = option_string.startswith("--no-")
+        if off and values is not None:  # None: the flag alone (the const)
+            parser.error(f"argument {option_string}: takes no value (use {option_string} alone, or "
+                         f"--{option_string[5:]} {values})")
+        setattr(namespace, self.dest, not off if values is None else values)
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """-h shows every flag's default (a help text naming no default gets '(default: X)'), an on/off flag as
+    `--flag [True|False], --no-flag`."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, argparse.SUPPRESS) or action.required:
+            return text
+        return f"{text} (default: {action.default})"
+
+    def _format_action_invocation(self, action):
+        if not isinstance(action, Switch):
+            return super()._format_action_invocation(action)
+        on = [s for s in action.option_strings if not s.startswith("--no-")]
+        off = [s for s in action.option_strings if s.startswith("--no-")]
+        return ", ".join([f"{s} [True|False]" for s in on] + off)
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse that reports a bad flag as one line (no usage block), exit code 2."""
+    """argparse that reports a bad flag as one line (no usage block), exit code 2, and shows every default."""
+
+    def __init__(self, **kw):
+        super().__init__(formatter_class=HelpFormatter, **kw)
 
     def error(self, message):
         sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
         sys.exit(2)
+
+
+# the recipes train.py falls back on, by --dataset (imagefolder's also for --input arrays of another shape)
+RECIPES = {**{name: spec.train_defaults for name, spec in datasets.SPECS.items()}, "imagefolder": OWN_DATA.train_defaults}
+
+
+def per_dataset(key):
+    """'default per data set: cifar10 270, digits 30, imagefolder 30' for a key of the recipes."""
+    return "default per data set: " + ", ".join(f"{name} {'from the data' if r[key] is None else r[key]}"
+                                                for name, r in RECIPES.items())
 
 
 def str2bool(value):
@@ -56,9 +107,12 @@ def _bounded(convert, what, ok, bound):
     return parse
 
 
-positive_int = _bounded(int, "a whole number", lambda v: v >= 1, "must be at least 1")
+INT64_MAX = 2 ** 63 - 1  # counts and indices end up in numpy's int64
+positive_int = _bounded(int, "a whole number", lambda v: 1 <= v <= INT64_MAX,
+                        f"must be at least 1 and at most {INT64_MAX}")
 # training batches: batch normalisation over one sample has no variance (the running variance becomes NaN)
-train_batch = _bounded(int, "a whole number", lambda v: v >= 2, "must be at least 2")
+train_batch = _bounded(int, "a whole number", lambda v: 2 <= v <= INT64_MAX,
+                       f"must be at least 2 and at most {INT64_MAX}")
 rate = _bounded(float, "a number between 0 and 1", lambda v: 0.0 <= v <= 1.0, "must be between 0 and 1")
 open_rate = _bounded(float, "a number between 0 and 1", lambda v: 0.0 < v < 1.0, "must be above 0 and below 1")
 positive_float = _bounded(float, "a number", lambda v: math.isfinite(v) and v > 0, "must be a finite number above 0")
@@ -91,6 +145,18 @@ def int_list(value):
         raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers like 29,59,89, got '{value}'") from None
     if not out:
         raise argparse.ArgumentTypeError("expected at least one number")
+    return out
+
+
+def float_list(value):
+    """Comma-separated finite numbers above 0 (learning rates)."""
+    try:
+        out = [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 0.1,0.1,0.01, got '{value}'") \
+            from None
+    if not out or not all(math.isfinite(v) and v > 0 for v in out):
+        raise argparse.ArgumentTypeError(f"expected finite numbers above 0, got '{value}'")
     return out
 
 
@@ -140,19 +206,24 @@ def _add_train_data_args(p):
                         "most 64 pixels a side; others are centre-cropped to its aspect and resized)")
     p.add_argument("--val_fraction", type=open_rate, default=None,
                    help="imagefolder: fraction of each class held out for validation, seeded by --seed (default 0.1)")
-    p.add_argument("--input", default=None, help="train from a folder of arrays written by an earlier run")
+    p.add_argument("--input", default=None, help="train from a folder of arrays written by an earlier run (default: "
+                                                "none; the arrays are made from --dataset)")
     p.add_argument("--output", default=None,
                    help="folder for x_train.npy, y_train.npy, y_shuffle_train.npy, x_val.npy, y_val.npy "
                         "(default: --model_save_path)")
-    p.add_argument("--monitor-path", "--monitor_path", "-m", dest="monitor_path", default="tmp.monitor",
-                   help="folder for nnabla Monitor series")
+    p.add_argument("--monitor-path", "--monitor_path", "-m", dest="monitor_path", default=None,
+                   help=f"folder for nnabla Monitor series (default: {ORIGINAL_MONITOR} for --dataset cifar10, as "
+                        "the original; otherwise MODEL_SAVE_PATH/monitor, so that a run writes only under the "
+                        f"folders it is given; {ORIGINAL_MONITOR} when it is given none)")
     p.add_argument("--model_save_path", "-o", default=None,
-                   help="folder for checkpoints and checkpoints.json (default: --monitor-path)")
+                   help="folder for checkpoints and checkpoints.json; -o is the original's short flag (default: "
+                        "--monitor-path, as the original; for --dataset other than cifar10 or with --input, given no "
+                        "--monitor-path: --output)")
     p.add_argument("--model_save_interval", type=positive_int, default=None,
                    help="save a checkpoint every K epochs (default 1; own data: at most 30 checkpoints)")
-    p.add_argument("--model", default="resnet23", choices=sorted(MODELS))
-    p.add_argument("--nmaps", type=width, default=None, help="resnet23 width (default per data set)")
-    p.add_argument("--shuffle_label", type=str2bool, default=None,
+    p.add_argument("--model", default="resnet23", choices=sorted(MODELS), help="the network (models/)")
+    p.add_argument("--nmaps", type=width, default=None, help="resnet23 width (" + per_dataset("nmaps") + ")")
+    p.add_argument("--shuffle_label", action=Switch,
                    help="shuffle --shuffle_rate of each class (default: True, except for imagefolder)")
     p.add_argument("--shuffle_rate", type=rate, default=None,
                    help="fraction of each class given another label (default 0.1; not with --input, whose labels "
@@ -163,33 +234,65 @@ def _add_train_data_args(p):
                         "samples, wrong labels spread over the other classes), pair (random samples, each class "
                         "to its one most confusable class), instance (the samples a seeded logistic regression "
                         "finds most ambiguous, to their most plausible wrong class)")
-    p.add_argument("--seed", "-s", type=seed, default=0,
-                   help="seeds label shuffling, initialisation, data order and augmentation")
+    p.add_argument("--seed", "-s", type=seed, default=None,
+                   help="seeds label shuffling, initialisation, data order and augmentation (default 0; --resume "
+                        "keeps the recorded one)")
 
 
 def _add_train_run_args(p):
     """The training recipe and resuming."""
-    p.add_argument("--augmentation", type=str2bool, default=True, help="data augmentation in the training graph")
-    p.add_argument("--precise_bn", type=str2bool, default=True,
+    p.add_argument("--augmentation", action=Switch, default=True, help="data augmentation in the training graph")
+    p.add_argument("--precise_bn", action=Switch, default=True,
                    help="before every checkpoint, set the batch-norm running statistics to the average batch "
                         "statistics of the (un-augmented) training set under the current weights, so inference "
                         "mode, and thus TracIn's gradients, fit the weights; False = the training-time moving "
                         "averages (the original)")
-    p.add_argument("--checkpoint", default=None, help="resume from this params_{epoch}.h5 (with its solver state)")
+    p.add_argument("--checkpoint", default=None,
+                   help="resume from this params_{epoch}.h5 file, with its solver state, as the original (default: "
+                        "none; calculate_score.py's --checkpoint is the folder)")
     p.add_argument("--resume", nargs="?", const=True, default=False, type=resume_value,
                    help="continue from the newest complete checkpoint in --model_save_path (or the epoch given)")
-    p.add_argument("--train_batch_size", type=train_batch, default=None)
+    p.add_argument("--overwrite", action=Switch, default=False,
+                   help="replace the files of an earlier run in the output folders (checkpoints, checkpoints.json, "
+                        "monitor series, arrays and the scores made from them); without it train.py refuses to "
+                        "write into a folder holding another run's files")
+    p.add_argument("--train_batch_size", type=train_batch, default=None,
+                   help="samples per training batch (" + per_dataset("train_batch_size") + "; at most the number "
+                        "of training samples)")
     p.add_argument("--micro_batches", type=positive_int, default=None,
                    help="split every batch into M equal micro-batches, each normalised by batch norm on its own "
                         "and dealt to the MPI ranks; the weights depend on M, not on the number of ranks (default: "
                         "the number of ranks, 1 without mpiexec; --resume keeps the recorded M)")
-    p.add_argument("--val_batch_size", type=positive_int, default=100)
-    p.add_argument("--train_epochs", type=positive_int, default=None)
-    p.add_argument("--learning_rate", type=positive_float, default=None, help="peak learning rate")
+    p.add_argument("--val_batch_size", type=positive_int, default=100, help="batch size of the validation pass")
+    p.add_argument("--train_epochs", type=positive_int, default=None,
+                   help="epochs to train (" + per_dataset("train_epochs") + ")")
+    p.add_argument("--learning_rate", type=positive_float, default=None,
+                   help="peak learning rate (" + per_dataset("learning_rate") + ")")
     p.add_argument("--lr_schedule", default=None, choices=["step", "cosine"],
                    help="step: the original's warm-up then x0.1 at 1/3, 2/3, 8/9 of training; cosine: warm-up then "
-                        "cosine decay")
-    p.add_argument("--weight_decay", type=non_negative_float, default=None)
+                        "cosine decay (" + per_dataset("lr_schedule") + ")")
+    p.add_argument("--weight_decay", type=non_negative_float, default=None,
+                   help="L2 weight decay (" + per_dataset("weight_decay") + ")")
+
+
+def parse_train_args(argv=None):
+    return train_folders(train_parser().parse_args(argv))
+
+
+def train_folders(args):
+    """--monitor-path and --model_save_path when not given: the original's (tmp.monitor, the checkpoints beside
+    the series) for its own run, --dataset cifar10, and for a run given no folder; any other run writes only
+    under the folders it is given. A run resumed from --checkpoint FILE writes into the folder of that file."""
+    if args.checkpoint and not args.model_save_path:
+        args.model_save_path = os.path.dirname(os.path.abspath(args.checkpoint))
+    if (args.dataset == "cifar10" and not args.input) or not (args.model_save_path or args.monitor_path or
+                                                              args.output):
+        args.monitor_path = args.monitor_path or ORIGINAL_MONITOR
+        args.model_save_path = args.model_save_path or args.monitor_path
+        return args
+    args.model_save_path = args.model_save_path or args.monitor_path or args.output
+    args.monitor_path = args.monitor_path or os.path.join(args.model_save_path, "monitor")
+    return args
 
 
 def score_parser():
@@ -201,25 +304,36 @@ def score_parser():
                         "arrays (other --seed), their self-influence summed (an ensemble)")
     p.add_argument("--output", default=None, help="folder for the scores (default: --input)")
     p.add_argument("--model", default=None, choices=sorted(MODELS),
-                   help="only for checkpoint folders without checkpoints.json (the original example's)")
+                   help="only for checkpoint folders without checkpoints.json (the original example's; default: "
+                        "the model checkpoints.json records)")
     p.add_argument("--nmaps", type=width, default=None, help="with --model: resnet23 width (default 64)")
-    p.add_argument("--checkpoint_epochs", type=int_list, default=None, help="e.g. 29,59,89")
+    p.add_argument("--network", default=None,
+                   help="your own network, for a folder of nn.save_parameters files without checkpoints.json: "
+                        "FILE.py:FUNCTION or MODULE:FUNCTION, a function fn(x) -> logits or fn(x, test) -> logits "
+                        "(docs/networks.md; default: the network checkpoints.json records)")
+    p.add_argument("--lrs", type=float_list, default=None,
+                   help="learning rate of each selected checkpoint, in epoch order (e.g. 0.1,0.1,0.01), or one for "
+                        "all; for folders without checkpoints.json (default 1, the original's plain sum)")
+    p.add_argument("--checkpoint_epochs", type=int_list, default=None,
+                   help="the checkpoints to sum, e.g. 29,59,89 (default: every checkpoint but the initialisation, "
+                        "params_0)")
     p.add_argument("--checkpoint_interval", type=positive_int, default=None,
                    help="the checkpoints of epochs K-1, 2K-1, ... (the weights at the start of every K-th epoch; "
-                        "30 gives the original's params_29, 59, ..., 269)")
+                        "30 gives the original's params_29, 59, ..., 269; default: every checkpoint but params_0)")
     p.add_argument("--layers", default=None,
                    help="last_bias (the final affine layer's bias b: ||p - y||^2; default of --mode self, the best "
                         "detector in bench/detection.py), last (final affine W and b, the original's), last_block "
                         "(the last residual unit and the final affine layer; default of --mode influence), all "
                         "(every trainable parameter), or comma-separated parameter-name patterns (fnmatch, e.g. "
                         "'affine/*,conv8/*')")
-    p.add_argument("--method", default="batched", choices=["batched", "loop"],
+    p.add_argument("--method", default=defaults.METHOD, choices=["batched", "loop"],
                    help="batched per-sample gradients, or the original's batch-size-1 backprop loop (reference)")
-    p.add_argument("--lr_weight", type=str2bool, default=True,
+    p.add_argument("--lr_weight", action=Switch, default=True,
                    help="weight each checkpoint by its learning rate (TracIn); False = the original's plain sum")
-    p.add_argument("--save_every_epoch", type=str2bool, default=False,
+    p.add_argument("--save_every_epoch", action=Switch, default=False,
                    help="also write {epoch}_influence.npy, each checkpoint's term of the sum")
-    p.add_argument("--batch_size", type=positive_int, default=64)
+    p.add_argument("--batch_size", type=positive_int, default=defaults.BATCH_SIZE,
+                   help="samples per batch of the scoring passes")
     p.add_argument("--seed", "-s", type=int, default=0, help="seed for random projections")
     # train -> test influence; every flag below but --mode is for --mode influence only
     p.add_argument("--mode", default="self", choices=["self", "influence"],
@@ -233,16 +347,18 @@ def score_parser():
                    help="label of a test sample: its y_val.npy label (true, default) or the class the last "
                         "selected checkpoint predicts (predicted)")
     p.add_argument("--top_k", type=positive_int, default=None,
-                   help="proponents and opponents kept per test sample (default 10)")
+                   help=f"proponents and opponents kept per test sample (default {defaults.TOP_K})")
     p.add_argument("--normalize", default=None, choices=NORMALIZATIONS,
-                   help=f"scores of --mode influence (tracin/normalize.py; default {DEFAULT_NORMALIZE}): none = raw "
-                        "TracIn, sum_i eta_i g_i(z) . g_i(z'), where training samples with large gradients (often "
+                   help=f"scores of --mode influence (tracin/normalize.py; default {defaults.NORMALIZE}): none = "
+                        "raw TracIn, sum_i eta_i g_i(z) . g_i(z'), where training samples with large gradients (often "
                         "mislabeled) top every list; cosine = sum_i eta_i cos(g_i(z), g_i(z')); renorm = sum_i "
                         "eta_i g_i(z) . g_i(z') / ||g_i(z)||; total_cosine = TracIn / sqrt(self(z) self(z'))")
-    p.add_argument("--save_matrix", type=str2bool, default=None,
-                   help="also write the full (n_test, n_train) influence_matrix.npy (needs the memory)")
+    p.add_argument("--save_matrix", action=Switch,
+                   help="also write the full (n_test, n_train) influence_matrix.npy (needs the memory; default: "
+                        "False)")
     p.add_argument("--projection_dim", type=positive_int, default=None,
-                   help="Gaussian random projection of the gradients to D dimensions (layers all or patterns)")
+                   help="Gaussian random projection of the gradients to D dimensions (layers all or patterns; "
+                        "default: none, the exact gradients)")
     p.add_argument("--test_chunk", type=positive_int, default=None,
                    help="test samples per work unit (default: as many as 512 MB of their gradients allow); "
                         "smaller chunks spread test samples over more MPI ranks")
@@ -253,12 +369,8 @@ def score_parser():
     return p
 
 
-# --layers when not given. Self-influence: the bias alone detects mislabeled samples best, because the weight
-# gradient multiplies the label-dependent error p - y by the label-agnostic feature norm ||h||^2 + 1 (README,
-# "Detection quality"). Train -> test influence: the last residual unit and the affine layer, so that a proponent
-# must share the test sample's features, not only its error direction; with the cosine, its top-1 proponent is a
-# clean example of the predicted class on every seed benchmarked, which W and b alone miss (docs/explanations.md).
-DEFAULT_LAYERS = {"self": "last_bias", "influence": DEFAULT_INFLUENCE_LAYERS}
+# --layers when not given, per --mode (why: tracin/defaults.py)
+DEFAULT_LAYERS = {"self": defaults.SELF_LAYERS, "influence": defaults.INFLUENCE_LAYERS}
 
 
 def parse_score_args(argv=None):
@@ -266,7 +378,7 @@ def parse_score_args(argv=None):
     if args.layers is None:
         args.layers = DEFAULT_LAYERS[args.mode]
     if args.normalize is None and args.mode == "influence":  # self-influence takes none (calculate_score checks)
-        args.normalize = DEFAULT_NORMALIZE
+        args.normalize = defaults.NORMALIZE
     return args
 
 
@@ -274,6 +386,8 @@ def index_list(value):
     out = int_list(value)
     if any(v < 0 for v in out):
         raise argparse.ArgumentTypeError(f"indices must be 0 or more, got '{value}'")
+    if any(v > INT64_MAX for v in out):
+        raise argparse.ArgumentTypeError(f"indices must be at most {INT64_MAX}, got '{value}'")
     return out
 
 
@@ -283,14 +397,15 @@ def analysis_parser():
                                                            "with a suggested label.")
     p.add_argument("--input", default=None,
                    help="folder with x_train.npy, y_train.npy, y_shuffle_train.npy, influence_all_epoch.npy "
-                        "(optional with --influence: then taken from the .npz and only its figure is drawn)")
+                        "(default: none, which only --influence allows: the arrays are then taken from the .npz "
+                        "and only its figure is drawn)")
     p.add_argument("--scores", default=None,
                    help="score file (default: --input/influence_all_epoch.npy); loss_last_epoch.npy, scores.json and "
                         "{epoch}_influence.npy are looked up beside it")
     p.add_argument("--output", default="figure", help="folder for figures, metrics.json and report.html")
-    p.add_argument("--ckpt_analysis", type=str2bool, default=False,
+    p.add_argument("--ckpt_analysis", action=Switch, default=False,
                    help="per-checkpoint analysis from {epoch}_influence.npy (calculate_score.py --save_every_epoch True)")
-    p.add_argument("--save_extracted", type=str2bool, default=False,
+    p.add_argument("--save_extracted", action=Switch, default=False,
                    help="image sheets of the top-ranked samples of each decile (extracted_samples/decile_XX.png)")
     p.add_argument("--sheet_size", type=positive_int, default=64,
                    help="with --save_extracted: samples per decile sheet (the highest-ranked of the decile)")
@@ -299,7 +414,8 @@ def analysis_parser():
                         "table (at most 100 rows): a count N, or a fraction such as 0.1 (label_issues.csv always "
                         "lists every sample)")
     p.add_argument("--influence", default=None,
-                   help="influence_topk.npz of calculate_score.py --mode influence: draws influence_examples.png")
+                   help="influence_topk.npz of calculate_score.py --mode influence: draws influence_examples.png "
+                        "(default: none)")
     p.add_argument("--influence_rows", type=positive_int, default=20,
                    help="with --influence: at most this many test samples (rows) in influence_examples.png")
     return p

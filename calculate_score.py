@@ -2,6 +2,8 @@
 
     python calculate_score.py --input out/data --checkpoint out/ckpt [--output out/data] [-c cudnn]
     python calculate_score.py --input out/data --checkpoint run1/ckpt,run2/ckpt,run3/ckpt   (an ensemble)
+    python calculate_score.py --input my/data --checkpoint my/ckpt --network my_net.py:net --lrs 0.1,0.01
+                                                                    (your own network: docs/networks.md)
 
 Reads x_train.npy and y_shuffle_train.npy (the noisy labels training saw) from --input and the checkpoints, their
 learning rates and the model from --checkpoint (checkpoints.json). Writes into --output (layouts: tracin/formats.py):
@@ -36,19 +38,27 @@ import numpy as np
 
 import datasets
 from args import CliError, parse_score_args
-from tracin import checkpoints, formats, normalize
-from tracin.api import CheckpointEnsemble, load_checkpoints
+from tracin import checkpoints, defaults, formats, normalize
+from tracin.api import (
+    CheckpointEnsemble,
+    load_checkpoints,
+    plan_influence,
+    plan_self_influence,
+)
 from tracin.arrays import check_labels
 from tracin.context import set_context
+from tracin.errors import InputError
 from tracin.io import (
     check_writable,
     ensure_dir,
+    folder_in_use,
+    lock_folder,
     remove_temporaries,
     save_json,
     save_npy,
 )
-from tracin.runs import EnsembleSelfInfluenceRun, InfluenceRun, SelfInfluenceRun
-from utils import run_mpi_cli
+from tracin.runs import progress_bar
+from utils import run_mpi_cli, skip_failed_imports
 
 INFLUENCE_ONLY = ("test_input", "test_indices", "test_label", "top_k", "save_matrix", "projection_dim",
                   "test_chunk", "max_memory_gb", "normalize")
@@ -69,66 +79,100 @@ def check_flags(args):
         if args.save_every_epoch:
             raise CliError("--save_every_epoch True takes one --checkpoint folder: score a run alone for its "
                            "per-checkpoint terms")
-        if args.model:
-            raise CliError("--model is for one folder of the original example; an ensemble's folders need "
-                           f"train.py's {formats.MANIFEST}")
+        for flag in ("model", "network", "lrs"):
+            if getattr(args, flag):
+                raise CliError(f"--{flag} is for one checkpoint folder without {formats.MANIFEST}; an ensemble's "
+                               f"folders need train.py's {formats.MANIFEST}")
+    if args.network and args.model:
+        raise CliError("give either --network (your own network) or --model (a model of the original example)")
+    if args.mode == "influence" and args.save_every_epoch:
+        raise CliError("--save_every_epoch True applies to --mode self (per-checkpoint self-influence); --mode "
+                       "influence writes influence_topk.npz: drop one of them")
     if args.mode == "self":
         given = [f"--{n}" for n in INFLUENCE_ONLY if getattr(args, n) is not None]
         if given:
             raise CliError(f"{', '.join(given)} only appl{'ies' if len(given) == 1 else 'y'} to --mode influence")
-    if args.checkpoint_epochs is not None and args.checkpoint_interval is not None:
-        raise CliError("use either --checkpoint_epochs or --checkpoint_interval, not both")
-    if args.projection_dim and args.layers == "last":
-        raise CliError("--projection_dim applies to --layers all or parameter patterns; the last-layer closed form "
-                       "is exact and already compact")
 
 
 def resolve_checkpoints(args, x):
-    """(the selected checkpoints, warnings to print once everything is validated); a folder of the original
-    example (no manifest) needs --model."""
+    """(the selected checkpoints, warnings to print once everything is validated); a folder without a manifest
+    needs --network (your own network) or --model (the original example's)."""
     import models
     if len(args.checkpoints) > 1:
-        ensemble = load_checkpoints(args.checkpoints, args.checkpoint_epochs, args.checkpoint_interval)
+        ensemble = load_checkpoints(args.checkpoints, epochs=args.checkpoint_epochs, interval=args.checkpoint_interval)
         return ensemble, same_seed_warnings(ensemble)
     legacy_cfg = models.model_config(args.model, 10, x.shape[1:], args.nmaps) if args.model else None
     folder = args.checkpoint
     if os.path.isfile(folder):
         raise CliError(f"--checkpoint '{folder}' is a file: give the folder holding it "
                        f"('{os.path.dirname(folder) or '.'}'), and pick epochs with --checkpoint_epochs")
-    manifest = checkpoints.read_manifest(folder) if folder and os.path.isdir(folder) else None
-    if manifest is None and legacy_cfg is None and os.path.isdir(folder) and checkpoints.scan_params(folder):
-        raise CliError(f"'{folder}' has no {formats.MANIFEST} (an original-example folder): pass --model "
-                       "resnet23|resnet56")
-    ckpts = load_checkpoints(folder, args.checkpoint_epochs, args.checkpoint_interval, legacy_cfg)
+    if (legacy_cfg is None and not args.network and folder and os.path.isdir(folder)
+            and not os.path.isfile(os.path.join(folder, formats.MANIFEST)) and checkpoints.scan_params(folder)):
+        raise CliError(f"'{folder}' has no {formats.MANIFEST}: pass --model resnet23|resnet56 (an original-example "
+                       "folder) or --network FILE.py:FUNCTION (your own network)")
+    ckpts = load_checkpoints(folder, network=args.network, lrs=args.lrs, epochs=args.checkpoint_epochs,
+                             interval=args.checkpoint_interval, model=legacy_cfg)
     warnings = []
-    if not ckpts.has_manifest:
+    if args.network and not ckpts.has_manifest:
+        if args.lrs is None:
+            warnings.append(f"no --lrs: every checkpoint of {folder} weighs 1 (unweighted, as the original)")
+    elif not ckpts.has_manifest:
+        rates = "the learning rates of --lrs" if args.lrs else "learning rate 1 (unweighted, as the original)"
         warnings.append(f"{folder} has no {formats.MANIFEST}: scoring every params_*.h5 with --model {args.model} "
-                        "and learning rate 1 (unweighted, as the original)")
+                        f"and {rates}")
     elif args.model and args.model != ckpts.model["name"]:
         # the seed's command line names a model; the manifest, written by training, knows which one it was
         warnings.append(f"--model {args.model} ignored: {formats.MANIFEST} records {ckpts.model['name']}")
+    warnings += unfinished_warnings(folder, ckpts.manifest)
     return ckpts, warnings
+
+
+def unfinished_warnings(folder, manifest):
+    """A run that has not reached its last epoch: still training (its folder is locked by train.py) or stopped.
+    `manifest`: the folder's, as load_checkpoints read it (None without one)."""
+    total = (manifest or {}).get("train", {}).get("train_epochs")
+    done = max((c["epoch"] for c in (manifest or {}).get("checkpoints", [])), default=None)
+    if not isinstance(total, int) or done is None or done >= total:
+        return []
+    if folder_in_use(folder):
+        return [(f"{folder} is still training (epoch {done} of {total} so far): scoring the checkpoints written so "
+                 "far; score again when training has finished")]
+    return [(f"{folder} stopped after epoch {done} of {total}: scoring the checkpoints written so far (train.py "
+             "--resume continues the run)")]
 
 
 def same_seed_warnings(ensemble):
     """Runs trained with the same seed on the same data are the same run: summing them only repeats it."""
     seeds = {}
-    for folder in ensemble.folders:
-        seeds.setdefault(checkpoints.read_manifest(folder)["train"]["seed"], []).append(folder)
+    for run in ensemble.runs:
+        seeds.setdefault(run.manifest["train"]["seed"], []).append(run.folder)
     return [f"{', '.join(fs)} were trained with the same --seed {s}: the ensemble counts that run {len(fs)} times"
             for s, fs in seeds.items() if len(fs) > 1]
 
 
 def load_training_data(args):
+    """The arrays (checked as files by datasets.load_arrays; against the model by the library, plan_run) and the
+    checkpoints."""
     data = datasets.load_arrays(args.input, need=(formats.X_TRAIN, formats.Y_NOISY))
     x, y = data["x_train"], data["y_shuffle_train"][:, 0]
     ckpts, warnings = resolve_checkpoints(args, x)
-    model = ckpts.model
-    if tuple(x.shape[1:]) != tuple(model["input_shape"]):
-        raise CliError(f"{formats.X_TRAIN} holds images of shape {tuple(x.shape[1:])} but the checkpoints' model takes "
-                       f"{tuple(model['input_shape'])}: --input and --checkpoint come from different runs")
-    check_labels(y, model["n_classes"], f"{args.input}/{formats.Y_NOISY}")
     return x, y, ckpts, warnings
+
+
+def array_files(args):
+    """The file behind each array argument of the API: the library's error about one names the file instead."""
+    test_dir = args.test_input or args.input
+    files = {"x": formats.X_TRAIN, "y": formats.Y_NOISY, "x_train": formats.X_TRAIN, "y_train": formats.Y_NOISY}
+    files = {arg: f"{args.input}/{name}" for arg, name in files.items()}
+    return dict(files, x_test=f"{test_dir}/{formats.X_VAL}", y_test=f"{test_dir}/{formats.Y_VAL}")
+
+
+def name_file(error, files):
+    """`error` with the argument name its message starts with replaced by the file in `files`, else None."""
+    path, message = files.get(error.arg), str(error)
+    if path is None or not message.startswith(f"{error.arg} "):
+        return None
+    return InputError(path + message[len(error.arg):])
 
 
 def plan_run(args, ckpts, x, y):
@@ -136,20 +180,31 @@ def plan_run(args, ckpts, x, y):
     try:
         if args.mode == "influence":
             return prepare_influence(args, ckpts, x, y)
-        kind = EnsembleSelfInfluenceRun if isinstance(ckpts, CheckpointEnsemble) else SelfInfluenceRun
-        return {"run": kind(ckpts, x, y, args.layers, args.method, args.lr_weight, args.batch_size, context=None)}
+        return {"run": plan_self_influence(ckpts, x, y, layers=args.layers, method=args.method,
+                                           lr_weight=args.lr_weight, batch_size=args.batch_size)}
     except checkpoints.ModelMismatchError as e:
         if ckpts.has_manifest:
             raise
+        if args.network:
+            raise CliError(f"{e}; --network {args.network} must build the network the checkpoints were saved "
+                           "from, with the same parameter scopes") from None
         raise CliError(f"{e}; without {formats.MANIFEST} the model is --model {args.model} --nmaps "
                        f"{ckpts.model['nmaps']}: pass the ones the checkpoints were trained with") from None
+    except InputError as e:
+        named = name_file(e, array_files(args))
+        if named is None:
+            raise
+        raise named from None
 
 
 def main(argv=None, comm=None):
     args = parse_score_args(argv)
     check_flags(args)
+    skip_failed_imports()  # process-wide, so the script's business: every checkpoint load sets ~100 nnabla arrays
     rank, world = (comm.rank, comm.size) if comm is not None else (0, 1)
-    output = check_writable(args.output or args.input, "--output")
+    output = args.output or args.input
+    if rank == 0:  # the probe creates and removes folders, which ranks doing it at once would trip over
+        check_writable(output, "--output")
     x, y, ckpts, warnings = load_training_data(args)
     # under MPI every rank takes the GPU of its rank on its node (mpiexec -n 8 on 8 GPUs: devices 0..7)
     device_id = str(getattr(comm, "local_rank", rank)) if world > 1 else args.device_id
@@ -158,17 +213,19 @@ def main(argv=None, comm=None):
     # only now: a mistake found above leaves nothing behind, not even an empty folder
     ensure_dir(output, "--output")
     if rank == 0:
+        lock_folder(output, "--output")
         for w in warnings:
             print(f"warning: {w}", file=sys.stderr)
         remove_temporaries(output)  # half-written outputs of a run that was killed (the ranks write only units)
     run = plan["run"]
-    result = run.run(os.path.join(output, formats.CACHE_DIR), comm, progress_bar(args, run, len(x), rank, world))
+    result = run.run(os.path.join(output, formats.CACHE_DIR), comm, progress_bar(run, rank, world))
     if result is None:  # another rank than 0: rank 0 writes
         return 0
+    n_classes = run.members[0].n_classes if isinstance(ckpts, CheckpointEnsemble) else run.n_classes
     record = {"input": os.path.abspath(args.input), "checkpoint": os.path.abspath(args.checkpoint),
-              "model": ckpts.model, "layers": args.layers, "method": args.method, "lr_weight": bool(args.lr_weight),
-              "batch_size": args.batch_size, "context": ctx.backend[0].split(":")[0],
-              "type_config": args.type_config, "ranks": world}
+              "model": dict(ckpts.model, input_shape=list(x.shape[1:]), n_classes=n_classes), "layers": args.layers,
+              "method": args.method, "lr_weight": bool(args.lr_weight), "batch_size": args.batch_size,
+              "context": ctx.backend[0].split(":")[0], "type_config": args.type_config, "ranks": world}
     if isinstance(ckpts, CheckpointEnsemble):
         return write_ensemble(args, ckpts, run, result, record, output)
     record["checkpoints"] = checkpoint_list(ckpts, result.etas)
@@ -181,32 +238,22 @@ def checkpoint_list(ckpts, etas):
     return [{"epoch": c.epoch, "lr": c.lr, "eta": e, "params": os.path.basename(c.path)} for c, e in zip(ckpts, etas)]
 
 
-def progress_bar(args, run, n_train, rank, world):
-    """progress(count, label) drawing one bar over this rank's units (cached units count as done)."""
-    from tqdm import tqdm
-    if args.mode == "self":
-        desc, unit = f"self-influence, {len(run.ckpts)} checkpoints", "sample"
-    else:
-        desc, unit = (f"influence of {len(run.y_test)} test x {n_train} train samples, {len(run.ckpts)} "
-                      "checkpoints"), "grad"
-    # drawn by rank 0 on a terminal only (None: tqdm's test for one)
-    bar = tqdm(total=run.work(rank, world), unit=unit, dynamic_ncols=True, disable=True if rank else None, desc=desc)
-
-    def progress(count, label):
-        bar.set_postfix_str(label, refresh=False)
-        bar.update(count)
-        if bar.n >= bar.total:
-            bar.close()
-    return progress
-
-
 def versions():
     import nnabla
     return {"nnabla": nnabla.__version__, "numpy": np.__version__, "python": platform.python_version()}
 
 
+def remove_stale(output, keep):
+    """Remove per-checkpoint and per-run score files of an earlier scoring in `output` that this run did not write
+    (`keep`): every such file beside scores.json belongs to the run it describes."""
+    for name in os.listdir(output):
+        if (formats.EPOCH_SCORES_RE.match(name) or formats.RUN_SCORES_RE.match(name)) and name not in keep:
+            os.remove(os.path.join(output, name))
+
+
 def write_self(args, run, result, record, output):
     n = len(result.scores)
+    remove_stale(output, {formats.epoch_scores_name(e) for e in result.epochs} if args.save_every_epoch else ())
     if args.save_every_epoch:
         for epoch, term in zip(result.epochs, result.terms):
             save_npy(os.path.join(output, formats.epoch_scores_name(epoch)), term)
@@ -229,10 +276,11 @@ def write_ensemble(args, ensemble, run, result, record, output):
     """The sum of the runs' self-influence, each run's score (influence_run{r}.npy), the mean loss and
     probabilities, and scores.json listing the runs."""
     runs = []
+    remove_stale(output, {formats.run_scores_name(r) for r in range(1, len(ensemble.runs) + 1)})
     for r, (ckpts, res) in enumerate(zip(ensemble.runs, result.runs), start=1):
         save_npy(os.path.join(output, formats.run_scores_name(r)), res.scores)
         runs.append({"checkpoint": os.path.abspath(ckpts.folder), "scores": formats.run_scores_name(r),
-                     "seed": checkpoints.read_manifest(ckpts.folder)["train"]["seed"],
+                     "seed": ckpts.manifest["train"]["seed"],
                      "checkpoints": checkpoint_list(ckpts, res.etas)})
     save_npy(os.path.join(output, formats.LOSS), result.loss)
     save_npy(os.path.join(output, formats.PROBABILITIES), result.probabilities)
@@ -273,16 +321,14 @@ def _gb(nbytes):
     return f"{nbytes / 2 ** 30:.3g} GB"
 
 
-def load_test_samples(args, model):
-    """(test folder, label mode, indices into x_val.npy, images, labels or None for predicted)."""
+def load_test_samples(args, n_classes):
+    """(test folder, label mode, indices into x_val.npy, images, labels or None for predicted). The images are
+    checked against the model by the library (plan_run); the labels of the whole file here, as the file's check."""
     test_dir = args.test_input or args.input
     label_mode = args.test_label or "true"
     need = (formats.X_VAL, formats.Y_VAL) if label_mode == "true" else (formats.X_VAL,)
     tdata = datasets.load_arrays(test_dir, need=need)
     xt_all = tdata["x_val"]
-    if tuple(xt_all.shape[1:]) != tuple(model["input_shape"]):
-        raise CliError(f"{test_dir}/{formats.X_VAL} holds images of shape {tuple(xt_all.shape[1:])} but the model "
-                       f"takes {tuple(model['input_shape'])}: --test_input comes from another data set")
     idx = np.arange(len(xt_all), dtype=np.int64) if args.test_indices is None else \
         np.asarray(args.test_indices, dtype=np.int64)
     bad = idx[idx >= len(xt_all)]
@@ -291,23 +337,23 @@ def load_test_samples(args, model):
                        f"samples (0..{len(xt_all) - 1})")
     yt = None
     if label_mode == "true":  # every label is checked, not only those of --test_indices: the file is damaged
-        yt = check_labels(tdata["y_val"], model["n_classes"], f"{test_dir}/{formats.Y_VAL}")[idx]
+        yt = check_labels(tdata["y_val"], n_classes, f"{test_dir}/{formats.Y_VAL}")[idx]
     return test_dir, label_mode, idx, xt_all[idx], yt
 
 
 def prepare_influence(args, ckpts, x, y):
     """Validate every --mode influence input (before anything is written); the run fixes the test labels."""
-    test_dir, label_mode, idx, xt, yt = load_test_samples(args, ckpts.model)
+    test_dir, label_mode, idx, xt, yt = load_test_samples(args, ckpts.model["n_classes"])
     limit = args.max_memory_gb * 2 ** 30 if args.max_memory_gb else (available_memory() or 2 ** 62) * 0.8
     need = len(idx) * len(x) * 8
     if args.save_matrix and need > limit:
         raise CliError(f"--save_matrix True needs {_gb(need)} for the ({len(idx)}, {len(x)}) matrix, more than the "
                        f"{_gb(limit)} allowed: leave it out and use --top_k K (top-k lists need no matrix), or "
                        "pass fewer --test_indices")
-    run = InfluenceRun(ckpts, x, y, xt, yt, top_k=args.top_k or 10, layers=args.layers, method=args.method,
-                       lr_weight=args.lr_weight, batch_size=args.batch_size, projection_dim=args.projection_dim,
-                       seed=args.seed, full_matrix=bool(args.save_matrix), test_chunk=args.test_chunk, context=None,
-                       normalize=args.normalize)
+    run = plan_influence(ckpts, x, y, xt, yt, top_k=args.top_k or defaults.TOP_K, layers=args.layers,
+                         method=args.method, lr_weight=args.lr_weight, batch_size=args.batch_size,
+                         projection_dim=args.projection_dim, seed=args.seed, full_matrix=bool(args.save_matrix),
+                         test_chunk=args.test_chunk, normalize=args.normalize)
     need = run.n_params * (args.projection_dim or 0) * 4
     if need > limit:
         raise CliError(f"--projection_dim {args.projection_dim} needs a {_gb(need)} projection matrix, more "
@@ -328,7 +374,7 @@ def write_influence(args, plan, result, record, output):
         {"definition": normalize.DEFINITIONS[args.normalize] + normalize.NOTATION, "normalize": args.normalize,
          "n_train": n_train, "n_test": n_test, "top_k": run.k}, **record,
         test_input=os.path.abspath(plan["test_dir"]), test_label=plan["label_mode"], parameters=result.parameters,
-        n_parameters=run.n_params, closed_form=run.kind == "last", projection_dim=args.projection_dim,
+        n_parameters=run.n_params, closed_form=run.selection.closed_form, projection_dim=args.projection_dim,
         seed=args.seed if args.projection_dim else None,
         matrix=formats.MATRIX if result.matrix is not None else None, gradient_evaluations=done,
         seconds=round(secs, 3), seconds_per_test_sample=round(secs / n_test, 4) if done else None,

@@ -34,6 +34,7 @@ them, FILE_LIST (files.json) maps every train / val index back to its file, rela
 import collections
 import math
 import os
+import warnings
 
 import numpy as np
 
@@ -47,6 +48,12 @@ from tracin.formats import FILE_LIST
 FORMAT = 1
 EXTENSIONS = (".png", ".jpg", ".jpeg")
 DEFAULT_MAX_SIDE = 64
+# --image_size beyond this is refused before any allocation (20000 x 20000 RGB is 1.2 GB per image; a ResNet on such
+# images is far beyond what TracIn can score); and the whole array must fit this many bytes
+MAX_SIDE = 2048
+MAX_ARRAY_BYTES = 8 << 30
+# folders of archive tools, not classes: skipped (and listed in files.json's "skipped")
+TOOL_FOLDERS = ("__MACOSX",)
 ORIENTATION = 0x0112  # EXIF tag; values 5-8 mean the stored image is turned a quarter
 BACKGROUND = (255, 255, 255)  # transparent pixels: white, as most viewers and web pages show them
 
@@ -81,7 +88,7 @@ def adapt_recipe(n_train, batch_size=64, epochs=None):
 # ------------------------------------------------------------------------------------------------- listing
 
 def _hidden(name):
-    return name.startswith(".")
+    return name.startswith(".") or name in TOOL_FOLDERS
 
 
 def _images_below(folder, root):
@@ -98,7 +105,7 @@ def _images_below(folder, root):
 
 
 def _list_error(error):
-    raise OSError(error.errno, f"cannot list folder '{error.filename}' ({error.strerror}): make it readable")
+    raise InputError(f"cannot list folder '{error.filename}' ({error.strerror}): make it readable")
 
 
 def scan(root):
@@ -113,8 +120,9 @@ def scan(root):
     try:
         entries = sorted(os.scandir(root), key=lambda e: e.name)
     except OSError as e:
-        raise OSError(e.errno, f"cannot list folder '{root}' ({e.strerror}): make it readable") from None
+        raise InputError(f"cannot list folder '{root}' ({e.strerror}): make it readable") from None
     classes = [e.name for e in entries if e.is_dir() and not _hidden(e.name)]
+    skipped_folders = [e.name + "/" for e in entries if e.is_dir() and e.name in TOOL_FOLDERS]
     skipped = sorted(e.name for e in entries if not e.is_dir() and not _hidden(e.name))
     if not classes:
         loose = sum(name.lower().endswith(EXTENSIONS) for name in skipped)
@@ -133,12 +141,17 @@ def scan(root):
         files += images
         labels += [label] * len(images)
         skipped += others
-    return classes, files, np.asarray(labels, dtype=np.int64), sorted(skipped)
+    return classes, files, np.asarray(labels, dtype=np.int64), sorted(skipped + skipped_folders)
 
 
 # ------------------------------------------------------------------------------------------------- decoding
 
 def _unreadable(path, error):
+    from PIL import Image
+    if isinstance(error, Image.DecompressionBombError):  # valid, but too large to decode safely
+        return InputError(f"image '{path}' is too large to read ({error}): shrink it, or remove it")
+    if isinstance(error, PermissionError):
+        return InputError(f"cannot read image '{path}' (permission denied): make it readable, or remove it")
     return InputError(f"cannot read image '{path}' ({type(error).__name__}: {error}): the file is damaged or not "
                       "a PNG/JPEG; replace or remove it")
 
@@ -147,7 +160,8 @@ def displayed_size(path):
     """(height, width) of the image at `path` as a viewer shows it, from its header (no pixel decoding)."""
     from PIL import Image
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings(), Image.open(path) as img:
+            warnings.simplefilter("ignore")  # PIL's notes on odd but readable files (large, palette transparency)
             w, h = img.size
             if img.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8):
                 w, h = h, w
@@ -185,7 +199,8 @@ def read_image(path, size):
     """(pixels (H, W, 3) uint8 at `size` = (H, W), in colour?) of one file; errors name the file."""
     from PIL import Image
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings(), Image.open(path) as img:
+            warnings.simplefilter("ignore")  # PIL's notes on odd but readable files (large, palette transparency)
             rgb = _to_rgb(img)
     except Exception as e:  # a truncated or corrupt file fails while decoding, with the plugin's own type
         raise _unreadable(path, e) from None
@@ -204,9 +219,13 @@ def check_image_size(image_size):
     if image_size is None:
         return None
     size = (image_size, image_size) if np.isscalar(image_size) else tuple(image_size)
-    if len(size) != 2 or not all(isinstance(v, (int, np.integer)) and v >= MIN_SIDE for v in size):
+    if len(size) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= MIN_SIDE
+                                 for v in size):
         raise InputError(f"image_size {image_size!r} is not a size: give an integer of at least {MIN_SIDE} "
                          "(square) or a pair (height, width) of such integers")
+    if max(size) > MAX_SIDE:
+        raise InputError(f"image_size {image_size!r} is larger than {MAX_SIDE} pixels a side: choose a smaller "
+                         "size (the default shrinks images to at most 64)")
     return int(size[0]), int(size[1])
 
 
@@ -246,6 +265,10 @@ def load_image_folder(root, image_size=None, progress=False):
     if size is None:  # headers only: the pixels are decoded once, below, straight to the final size
         size = default_size([displayed_size(p) for p in tqdm(paths, desc="image sizes", unit="image",
                                                              disable=not progress)])
+    need = len(paths) * size[0] * size[1] * 3
+    if need > MAX_ARRAY_BYTES:
+        raise InputError(f"{len(paths)} images of {size[0]}x{size[1]} pixels need {need / 2 ** 30:.1f} GB, more "
+                         f"than the {MAX_ARRAY_BYTES >> 30} GB allowed: choose a smaller image_size")
     x = np.empty((len(paths),) + size + (3,), dtype=np.uint8)
     colour = False
     for i, p in enumerate(tqdm(paths, desc="reading images", unit="image", disable=not progress)):

@@ -17,6 +17,7 @@ file layouts: tracin/formats.py.
 """
 import os
 import sys
+import warnings
 
 import numpy as np
 
@@ -30,6 +31,7 @@ from tracin.io import (
     check_writable,
     ensure_dir,
     load_json,
+    lock_folder,
     remove_temporaries,
     save_json,
 )
@@ -47,6 +49,12 @@ from tracin.report import issues_table, metrics_table, report_html
 from utils import run_cli
 
 REPORT_ROWS = 100  # report.html lists at most this many rows of label_issues.csv (the CSV has them all)
+
+
+def readable(text):
+    """`text` as UTF-8 can hold it: the bytes of a file or class name that is not UTF-8 (kept by Python as
+    surrogates) become U+FFFD, so that report.html is valid UTF-8 and shows the rest of the name."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def warn(msg):
@@ -381,6 +389,8 @@ def print_review(rows, metrics, out):
 
 
 def main(argv=None):
+    # a class name in a script the font lacks draws as a box: not worth a warning on a successful run
+    warnings.filterwarnings("ignore", message="Glyph .* missing from")
     args = analysis_parser().parse_args(argv)
     if args.input is None and args.influence is None:
         raise CliError("--input FOLDER is required (or --influence influence_topk.npz)")
@@ -394,6 +404,7 @@ def main(argv=None):
     for note in notes:
         warn(note)
     out = ensure_dir(args.output)
+    lock_folder(out, "--output")
     for folder in (out, os.path.join(out, formats.SHEETS_DIR)):
         remove_temporaries(folder)  # half-written outputs of a run that was killed
     figures, metrics, rows = [], {}, None
@@ -411,7 +422,7 @@ def main(argv=None):
         table = issues_table(shown, len(rows), formats.LABEL_ISSUES)
         with atomic_path(os.path.join(out, formats.REPORT)) as tmp:
             with open(tmp, "w", encoding="utf-8") as f:
-                f.write(report_html(metrics, figures, issues_html=table))
+                f.write(readable(report_html(metrics, figures, issues_html=table)))
         (print_review if data["y_true"] is None else print_metrics)(rows, metrics, out)
     print(f"wrote {len(figures)} figures" + (f", {formats.LABEL_ISSUES}, metrics.json and report.html"
                                              if data is not None else "")

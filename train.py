@@ -20,15 +20,28 @@ import numpy as np
 import datasets
 import imagefolder
 import models
-from args import CliError, train_parser
+from args import CliError, parse_train_args
 from tracin import checkpoints, formats, gate
 from tracin.arrays import check_labels, fingerprint
 from tracin.context import set_context
 from tracin.dataparallel import Shards
 from tracin.errors import MissingInputError
-from tracin.io import check_writable, ensure_dir, remove_temporaries, save_json, writes_to
+from tracin.io import (
+    check_writable,
+    ensure_dir,
+    lock_folder,
+    remove_temporaries,
+    save_json,
+    writes_to,
+)
 from tracin.training import Trainer, checkpoint_lr, learning_rate
-from utils import run_mpi_cli
+from utils import (
+    claim_folders,
+    clear_run_files,
+    refuse_other_runs,
+    run_mpi_cli,
+    skip_failed_imports,
+)
 
 
 def infer_dataset(x):
@@ -114,7 +127,7 @@ def save_made_arrays(args, arrays, array_dir):
         fl = arrays["file_list"]
         print(f"{args.data_dir}: {len(fl['train'])} training and {len(fl['val'])} validation images of "
               f"{len(fl['classes'])} classes at {fl['image_size'][0]}x{fl['image_size'][1]} pixels, labels as "
-              f"given; arrays and {formats.FILE_LIST} in {array_dir}", file=sys.stderr)
+              f"given; arrays and {formats.FILE_LIST} in {array_dir}" + skipped_note(fl["skipped"]), file=sys.stderr)
         return
     moved = int((arrays["y_shuffle_train"] != arrays["y_train"]).sum())
     print(f"{args.dataset}: {len(arrays['y_train'])} training samples, {moved} labels changed "
@@ -122,10 +135,20 @@ def save_made_arrays(args, arrays, array_dir):
           file=sys.stderr)
 
 
+def skipped_note(skipped):
+    """A word on the files an import left out (not PNG/JPEG, outside the class folders, archive folders)."""
+    if not skipped:
+        return ""
+    n = len(skipped)
+    return (f"; skipped {n} file{'s' if n > 1 else ''} that {'are' if n > 1 else 'is'} not a PNG/JPEG in a class "
+            f"folder (e.g. '{skipped[0]}'; all listed in {formats.FILE_LIST})")
+
+
 def open_monitors(path, start_epoch):
     """nnabla Monitor series; on resume, keeps the lines of the epochs already done (MonitorSeries truncates)."""
     from nnabla.monitor import Monitor, MonitorSeries, MonitorTimeElapsed
     ensure_dir(path, "--monitor-path")
+    lock_folder(path, "--monitor-path")  # made only now (see take_folders)
     kept = {}
     for name in formats.MONITOR_SERIES:
         f = os.path.join(path, formats.monitor_file(name))
@@ -172,13 +195,38 @@ def resume_point(args, folder):
     return manifest, usable[-1], folder
 
 
-def resumed_state(manifest):
-    """(recipe, model config, arrays) of the run being resumed: never from new flags."""
+def resumed_state(manifest, args, ckpt_dir):
+    """(recipe, model config, arrays) of the run being resumed: never from new flags. The arrays are --input's, or
+    the manifest's array_dir (relative to the checkpoint folder, so that a moved project resumes)."""
     recipe, model_cfg = manifest["train"], manifest["model"]
-    arrays = load_array_folder(recipe["array_dir"])
+    check_resume_flags(args, recipe, ckpt_dir)
+    folder = args.input or os.path.normpath(os.path.join(ckpt_dir, recipe["array_dir"]))  # absolute stays absolute
+    if not args.input and not os.path.isdir(folder):
+        raise CliError(f"cannot resume: the arrays of the run ('{recipe['array_dir']}' in "
+                       f"{os.path.join(ckpt_dir, formats.MANIFEST)}) are not at {folder}; if the folders were moved, "
+                       "pass --input FOLDER holding them")
+    if args.output and os.path.realpath(args.output) != os.path.realpath(folder):
+        raise CliError(f"--output '{args.output}' conflicts with the run being resumed: its arrays are in {folder} "
+                       "(a resumed run writes no arrays); drop --output")
+    arrays = load_array_folder(folder)
     if fingerprint(arrays["x_train"], arrays["y_shuffle_train"]) != recipe["data_fingerprint"]:
-        raise CliError(f"the arrays in {recipe['array_dir']} changed since training started: cannot resume")
+        raise CliError(f"the arrays in {folder} changed since training started (or are another run's): cannot "
+                       "resume")
     return recipe, model_cfg, arrays
+
+
+# flags a resumed run takes from its manifest: given with --resume, they must agree with it
+RESUME_FLAGS = ("train_epochs", "learning_rate", "seed", "train_batch_size", "lr_schedule", "weight_decay", "nmaps")
+
+
+def check_resume_flags(args, recipe, ckpt_dir):
+    """A flag of the recipe that differs from the run being resumed is refused, never silently ignored."""
+    for key in RESUME_FLAGS:
+        value = getattr(args, key, None)
+        if value is not None and key in recipe and value != recipe[key]:
+            raise CliError(f"--{key} {value} conflicts with the run being resumed "
+                           f"({os.path.join(ckpt_dir, formats.MANIFEST)} records {key} {recipe[key]}): drop --{key} "
+                           "(a resumed run keeps its recipe), or start a new run in another --model_save_path")
 
 
 def fresh_state(args, ckpt_dir):
@@ -206,8 +254,9 @@ def fresh_state(args, ckpt_dir):
     if bs > n:
         raise CliError(f"{os.path.join(where, formats.X_TRAIN)} holds {n} training samples, fewer than "
                        f"--train_batch_size {bs}: pass --train_batch_size {n} or less (or more data)")
-    recipe.update(model=args.model, array_dir=array_dir, noise=noise_record,
-                  data_fingerprint=fingerprint(arrays["x_train"], arrays["y_shuffle_train"]))
+    # array_dir relative to the checkpoint folder: the project folder can move and still resume
+    recipe.update(model=args.model, array_dir=os.path.relpath(array_dir, os.path.abspath(ckpt_dir)),
+                  noise=noise_record, data_fingerprint=fingerprint(arrays["x_train"], arrays["y_shuffle_train"]))
     model_cfg = models.model_config(args.model, n_classes, arrays["x_train"].shape[1:], recipe["nmaps"], dataset)
     return recipe, model_cfg, arrays
 
@@ -285,6 +334,9 @@ def check_dataset_flags(args):
     """Flags of an image import only with --dataset imagefolder; their defaults, and --shuffle_label's (an import
     audits the labels it is given, so it shuffles none unless asked)."""
     own = args.dataset == "imagefolder" and not args.input
+    if args.input and args.data_dir:
+        raise CliError(f"--data-dir does not apply to --input (training reads the arrays of '{args.input}'): drop "
+                       "--data-dir, or drop --input to import --data-dir anew")
     for flag, value in (("--image_size", args.image_size), ("--val_fraction", args.val_fraction)):
         if value is not None and not own:
             raise CliError(f"{flag} applies to --dataset imagefolder only (an image import)")
@@ -325,20 +377,59 @@ def set_micro_batches(args, recipe, ranks, resumed):
     recipe.update(micro_batches=m, ranks=ranks)
 
 
+def check_run_flags(args):
+    """--overwrite against --resume / --checkpoint, and --model_save_path against --checkpoint's folder."""
+    resuming = args.checkpoint or args.resume is not False
+    if args.overwrite and resuming:
+        raise CliError("--overwrite True replaces an earlier run, --resume / --checkpoint continues it: pass one")
+    ckpt_folder = os.path.realpath(os.path.dirname(os.path.abspath(args.checkpoint or ".")))
+    if args.checkpoint and args.model_save_path and os.path.realpath(args.model_save_path) != ckpt_folder:
+        raise CliError(f"--model_save_path '{args.model_save_path}' conflicts with --checkpoint '{args.checkpoint}': "
+                       "a resumed run writes into the folder of its checkpoint; drop --model_save_path")
+
+
+def output_folders(args, ckpt_dir, made, array_dir):
+    """[(flag, folder, kinds of run files)] a run writes into."""
+    out = [("--model_save_path", ckpt_dir, ("checkpoints",)), ("--monitor-path", args.monitor_path, ("monitor",))]
+    if made:  # array_dir is --output (as the user spelt it), else the checkpoint folder
+        out.append(("--output", args.output or array_dir, ("arrays",)))
+    return out
+
+
+def take_folders(args, manifest, ckpt_dir, made, array_dir):
+    """Rank 0, everything validated: lock the run's folders, refusing those holding another run's files unless
+    --overwrite True (whose files are then removed); a resumed run owns its folders."""
+    folders = output_folders(args, ckpt_dir, made, array_dir)
+    fresh = manifest is None
+    if fresh:
+        refuse_other_runs(folders, args.overwrite)  # before creating anything
+    # a fresh run writes its checkpoint (and array) folder at once; the monitor folder only after the first epoch
+    claim_folders(folders, create=("--model_save_path", "--output") if fresh else ())
+    if fresh:  # again under the lock: a run that ended since the first look left its files
+        clear_run_files(refuse_other_runs(folders, args.overwrite))
+
+
 def main(argv=None, comm=None):
-    args = train_parser().parse_args(argv)
+    args = parse_train_args(argv)  # with the folder defaults
     check_dataset_flags(args)
+    check_run_flags(args)
     shards = Shards(comm)
-    args.model_save_path = args.model_save_path or args.monitor_path
     manifest, entry, ckpt_dir = resume_point(args, args.model_save_path)
+    if manifest is None and args.seed is None:
+        args.seed = 0
     made = manifest is None and not args.input  # arrays made from --dataset, written to --output
+    # by rank 0 only: the probe creates and removes folders, which ranks doing it at once would trip over
     for flag, folder in (("--model_save_path", ckpt_dir), ("--monitor-path", args.monitor_path),
                          ("--output", args.output if made else None)):
-        if folder:
+        if folder and shards.rank == 0:
             check_writable(folder, flag)
+    if manifest is None:  # another run's folders are refused before any data is read (again once they are locked)
+        refuse_other_runs(output_folders(args, ckpt_dir, made, os.path.abspath(args.output or ckpt_dir)),
+                                args.overwrite)
     # under MPI, one GPU per rank: the rank's number on its node (as the scorer)
     set_context(args.context, str(comm.local_rank) if shards.size > 1 else args.device_id, args.type_config)
-    recipe, model_cfg, arrays = resumed_state(manifest) if manifest is not None else fresh_state(args, ckpt_dir)
+    recipe, model_cfg, arrays = (resumed_state(manifest, args, ckpt_dir) if manifest is not None
+                                 else fresh_state(args, ckpt_dir))
     set_micro_batches(args, recipe, shards.size, manifest is not None)
     if manifest is not None and entry["epoch"] >= recipe["train_epochs"]:
         if shards.rank == 0:
@@ -348,10 +439,12 @@ def main(argv=None, comm=None):
     data = (arrays["x_train"].astype(np.float32), arrays["y_shuffle_train"], arrays["x_val"].astype(np.float32),
             arrays["y_val"])
     # only now, and by rank 0 only: a mistake found above (by every rank alike) leaves nothing behind
+    array_dir = os.path.normpath(os.path.join(os.path.abspath(ckpt_dir), recipe["array_dir"]))
     if shards.rank == 0:
+        take_folders(args, manifest, ckpt_dir, made, array_dir)
         if made:
-            save_made_arrays(args, arrays, recipe["array_dir"])
-        ensure_dir(ckpt_dir, "--model_save_path")
+            save_made_arrays(args, arrays, array_dir)
+    skip_failed_imports()  # process-wide: the script, not the library, changes sys.modules
     trainer = Trainer(model_cfg, recipe, min(args.val_batch_size, len(data[2])), functools.partial(models.build, model_cfg),
                       shards)
     start_epoch, manifest = start(trainer, manifest, entry, ckpt_dir, recipe, model_cfg, data[0])
@@ -359,9 +452,10 @@ def main(argv=None, comm=None):
         print(f"resuming from epoch {start_epoch} ({entry['params']})", file=sys.stderr)
     vloss, verr = run_epochs(trainer, recipe, manifest, ckpt_dir, start_epoch, args, data)
     if shards.rank == 0:
-        check = gate.model_check(1.0 - verr, arrays["y_val"], recipe["train_epochs"])
+        n = recipe["train_epochs"]
+        check = gate.model_check(1.0 - verr, arrays["y_val"], n)
         save_json(os.path.join(ckpt_dir, gate.VALIDATION), check)
-        print(f"done: {recipe['train_epochs']} epochs, validation error {verr:.4f} (loss {vloss:.4f}); "
+        print(f"done: {n} epoch{'' if n == 1 else 's'}, validation error {verr:.4f} (loss {vloss:.4f}); "
               f"checkpoints and {formats.MANIFEST} in {ckpt_dir}\n{check['sentence']}", file=sys.stderr)
     return 0
 

@@ -1,14 +1,28 @@
 """Helpers the three entry scripts share: run a main() with one-line errors and exit codes (under MPI too).
 
 Library code raises (tracin.errors); only these helpers turn an exception into a line on stderr and an exit code.
+
+Who owns an output folder: train.py writes into a folder holding another run's files only when asked.
+
+The files of a run are the ones the scripts name: in the checkpoint folder checkpoints.json, params_K.h5 and
+solver_K.h5; in the monitor folder nnabla's series; in the array folder the five arrays and files.json, and the
+scores made from them (a score of other arrays is stale). A fresh run finding any of them refuses (one line, exit 2,
+nothing written) unless --resume continues that run or --overwrite True replaces it: then exactly those files are
+removed first, so no checkpoint, label or score of the earlier run is left beside the new ones. A run also locks every
+folder it writes (tracin.io.lock_folder): a second run into the same folder is refused while the first is alive.
+Nothing else in a folder (a user's notes, hidden files) is ever touched.
 """
+import contextlib
 import errno
 import os
+import re
 import sys
 
+from args import CliError
+from tracin import formats
 from tracin.context import quiet_nnabla
 from tracin.errors import InputError
-from tracin.io import WriteError
+from tracin.io import WriteError, ensure_dir, lock_folder, release_locks
 from tracin.parallel import PeerFailed, world
 
 WRITE_HINTS = {errno.ENOSPC: "the disk is full: free some space or choose another folder",
@@ -20,7 +34,8 @@ WRITE_HINTS = {errno.ENOSPC: "the disk is full: free some space or choose anothe
 
 # the API argument (InputError.arg) -> the flag that sets it
 FLAGS = {"epochs": "--checkpoint_epochs", "interval": "--checkpoint_interval", "projection_dim": "--projection_dim",
-         "top_k": "--top_k", "batch_size": "--batch_size"}
+         "top_k": "--top_k", "batch_size": "--batch_size", "network": "--network", "lrs": "--lrs",
+         "layers": "--layers"}
 
 
 def error_exit(e):
@@ -36,11 +51,31 @@ def error_exit(e):
     return None
 
 
+def safe_streams():
+    """Let stdout and stderr print any text: a terminal in another encoding (LANG=C: ASCII) or a file name that is
+    not UTF-8 (Python keeps its bytes as surrogates) shows escapes instead of raising UnicodeEncodeError."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            try:
+                reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):  # a stream already written to in another mode: leave it as it is
+                pass
+
+
 def run_cli(main_fn, argv=None, prog=None, resume_hint="rerun the same command to continue"):
     """Run an entry script's main(argv); an InputError (or an OS error on a file, or Ctrl-C) becomes one line on
-    stderr and an exit code."""
+    stderr and an exit code. The folder locks of the run are released when it ends."""
+    try:
+        return _run_cli(main_fn, argv, prog, resume_hint)
+    finally:
+        release_locks()
+
+
+def _run_cli(main_fn, argv, prog, resume_hint):
     prog = prog or os.path.basename(sys.argv[0])
     quiet_nnabla()
+    safe_streams()
     try:
         return main_fn(argv)
     except KeyboardInterrupt:
@@ -59,8 +94,16 @@ def run_mpi_cli(main_fn, argv=None, prog=None, resume_hint="rerun the same comma
 
     Exit codes are those of run_cli on every rank (2 for a bad input). Only rank 0 prints an error, except an error
     of another rank that rank 0 did not have itself."""
+    try:
+        return _run_mpi_cli(main_fn, argv, prog, resume_hint)
+    finally:
+        release_locks()
+
+
+def _run_mpi_cli(main_fn, argv, prog, resume_hint):
     prog = prog or os.path.basename(sys.argv[0])
     quiet_nnabla()
+    safe_streams()
     try:
         comm = world()
     except InputError as e:
@@ -97,3 +140,96 @@ def run_mpi_cli(main_fn, argv=None, prog=None, resume_hint="rerun the same comma
     except PeerFailed as e:
         return e.failures[0][1][1]
     return code
+
+
+def skip_failed_imports():
+    """Every read or write of an nnabla Variable's .d / .g runs imports of module names that do not exist
+    (Cython's relative-then-absolute import of nnabla_ext, gc, nnabla), each a file-system search that fails:
+    ~40 of the ~60 microseconds an access costs, and training exchanges ~150 arrays per micro-batch. A None entry
+    in sys.modules makes such an import fail at once; names that exist are left alone."""
+    import importlib.util
+    for name in ("nnabla.nnabla_ext", "nnabla.nnabla", "nnabla.gc"):
+        if name not in sys.modules and importlib.util.find_spec(name) is None:
+            sys.modules[name] = None
+
+
+# ---------------------------------------------------------------------------------------- output folders
+CHECKPOINT_RE = re.compile(r"^(params|solver)_\d+\.h5$")
+MONITOR_FILES = frozenset([formats.monitor_file(s) for s in formats.MONITOR_SERIES] + ["Training-time.timer.txt"])
+ARRAY_FILES = frozenset(formats.ARRAY_FILES + (formats.FILE_LIST,))
+# outputs of calculate_score.py made from the arrays beside them: stale once the arrays are replaced
+SCORE_FILES = frozenset((formats.SCORES, formats.LOSS, formats.PROBABILITIES, formats.SCORES_JSON, formats.TOPK,
+                         formats.INFLUENCE_JSON, formats.MATRIX))
+
+
+def _is_run_file(name, kind):
+    if kind == "checkpoints":
+        return name == formats.MANIFEST or bool(CHECKPOINT_RE.match(name))
+    if kind == "monitor":
+        return name in MONITOR_FILES
+    return name in ARRAY_FILES or name in SCORE_FILES or bool(formats.EPOCH_SCORES_RE.match(name) or formats.RUN_SCORES_RE.match(name))
+
+
+def run_files(folder, kinds):
+    """Sorted names of the files of `kinds` ('checkpoints', 'monitor', 'arrays') directly in `folder`."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    return sorted(n for n in names if any(_is_run_file(n, k) for k in kinds)
+                  and os.path.isfile(os.path.join(folder, n)))
+
+
+def _merge(folders):
+    """[(flag, folder, kinds)] with the same folder under several flags merged (their kinds united)."""
+    out = {}
+    for flag, folder, kinds in folders:
+        key = os.path.realpath(folder)
+        if key in out:
+            out[key] = (out[key][0], out[key][1], out[key][2] | set(kinds))
+        else:
+            out[key] = (flag, folder, set(kinds))
+    return list(out.values())
+
+
+def refuse_other_runs(folders, overwrite):
+    """{folder: names} of the earlier run's files in `folders` ([(flag, folder, kinds)]) that --overwrite True
+    replaces; without it, a CliError naming the flag, the folder and the files (nothing is written)."""
+    found = {}
+    for flag, folder, kinds in _merge(folders):
+        names = run_files(folder, kinds)
+        if names and not overwrite:
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            raise CliError(f"{flag} '{folder}' holds the files of another run ({shown}): add --resume to continue "
+                           "that run, --overwrite True to replace its files, or choose another folder")
+        if names:
+            found[folder] = names
+    return found
+
+
+def claim_folders(folders, create=()):
+    """Lock every existing folder of a run, creating first those whose flag is in `create` (by rank 0, once
+    everything is validated); a folder this call made is removed again when another run holds one of them. A folder
+    neither existing nor created here is made by its writer later (a failure before then leaves no empty folder)."""
+    made = []
+    try:
+        for flag, folder, _ in _merge(folders):
+            if not os.path.isdir(folder):
+                if flag not in create:
+                    continue
+                made.append(folder)
+                ensure_dir(folder, flag)
+            lock_folder(folder, flag)
+    except BaseException:
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+        raise
+
+
+def clear_run_files(found):
+    """Remove the earlier run's files refuse_other_runs found (--overwrite True)."""
+    for folder, names in found.items():
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(folder, name))

@@ -39,7 +39,8 @@ import numpy as np
 
 from args import DEFAULT_LAYERS as MODE_LAYERS
 from bench.quality import log_run
-from tracin.normalize import DEFAULT, DEFINITIONS, NORMALIZATIONS
+from tracin.defaults import NORMALIZE as DEFAULT
+from tracin.normalize import DEFINITIONS, NORMALIZATIONS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYERS = ("last", "last_block", "all")

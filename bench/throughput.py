@@ -81,7 +81,7 @@ class Bench:
 
         import models
         from tracin.context import quiet_nnabla, set_context
-        from tracin.graphs import LoopGraph, ScoringGraph, select_params
+        from tracin.graphs import LoopGraph, ScoringGraph
         quiet_nnabla()
         set_context(context)
         self.np = np
@@ -93,8 +93,8 @@ class Bench:
         if self.loop is not None:
             for k, p in self.g.params.items():  # the same weights everywhere
                 self.loop.g.params[k].d = p.d
-        self.all_names = select_params(self.g.trainable, "all")
-        self.last_names = select_params(self.g.trainable, "last")
+        self.all_names = self.g.select("all")
+        self.last_names = self.g.select("last")
         rng = np.random.RandomState(0)
         self.rng = rng
         self.shape = (c, size, size)
@@ -106,7 +106,8 @@ class Bench:
 
     def run(self, method, x, y):
         """Process all of x with `method`; returns squared norms for scorer methods, else None."""
-        from tracin.job_self import score_batch, scoring_kind
+        from tracin.job_self import score_batch
+        from tracin.layers import scoring
         g, bs = self.g, self.bs
         if method == "forward":
             for s in range(0, len(x), bs):
@@ -129,9 +130,9 @@ class Bench:
         layers = method.split("-")[0]
         names = self.last_names if layers == "last" else self.all_names
         loop = method.endswith("loop")
-        kind = scoring_kind(layers, "loop" if loop else "batched")
+        how = scoring(layers, "loop" if loop else "batched")
         graph = self.loop if loop else g
-        return self.np.concatenate([score_batch(graph, kind, names, x[s:s + bs], y[s:s + bs])[0]
+        return self.np.concatenate([score_batch(graph, how, names, x[s:s + bs], y[s:s + bs])[0]
                                     for s in range(0, len(x), bs)])
 
 

@@ -5,10 +5,10 @@ checkpoint manifest records), so no script restates the model by hand.
 """
 from tracin.errors import InputError
 
-
 MODELS = ("resnet23", "resnet56")  # names only: nnabla is imported when a graph is built, not with the zoo
 DEFAULT_NMAPS = {"resnet23": 64, "resnet56": None}
 BUILDER = "models:build"  # how a checkpoint manifest names this zoo (tracin.network)
+PIXEL_MAX = 255  # the models take pixels as stored (uint8 0-255), as the original does
 MIN_SIZE = 8  # three 2x2 poolings (resnet23) / two stride-2 stages (resnet56) need at least 8x8 pixels
 
 
@@ -26,7 +26,7 @@ def model_config(name, n_classes, input_shape, nmaps=None, dataset=None):
     if min(h, w) < MIN_SIZE:
         raise InputError(f"{name} needs images of at least {MIN_SIZE}x{MIN_SIZE} pixels, got {h}x{w}")
     return {"name": name, "nmaps": nmaps, "n_classes": int(n_classes), "input_shape": [c, h, w], "dataset": dataset,
-            "builder": BUILDER}
+            "builder": BUILDER, "pixel_max": PIXEL_MAX}
 
 
 def check_config(config):

@@ -173,8 +173,8 @@ def test_resume_from_epoch_and_checkpoint_path(reference, tmp_path):
     """--resume EPOCH and --checkpoint .../params_k.h5 retrain the later epochs bit-exactly; the monitor series
     keep the epochs done before; a finished run resumed has nothing to do."""
     ckpt, mon = tmp_path / "ckpt", tmp_path / "mon"
-    shutil.copytree(reference / "ckpt", ckpt)
-    shutil.copytree(reference / "mon", mon)
+    for folder in ("ckpt", "mon", "data"):  # the run's folders move together (the manifest names ../data)
+        shutil.copytree(reference / folder, tmp_path / folder)
     for name in os.listdir(ckpt):
         if name.startswith(("params_", "solver_")) and int(name.split("_")[1].split(".")[0]) > 3:
             os.remove(ckpt / name)  # the later epochs must be retrained

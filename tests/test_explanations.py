@@ -12,7 +12,7 @@ from test_mpi import score as mpi_score
 import tracin
 from args import DEFAULT_LAYERS
 from models import model_config
-from tracin import formats, normalize
+from tracin import defaults, formats, normalize
 from tracin.errors import InputError
 from tracin.graphs import make_graph, select_params
 
@@ -153,7 +153,7 @@ def test_pure_functions():
     assert normalize.checkpoint_term(dots, None, None, "total_cosine") is dots
     fin = normalize.finish(np.array([[4.0, -9.0]]), np.array([4.0]), np.array([1.0, 0.0]), "total_cosine")
     np.testing.assert_array_equal(fin, [[1.0, 0.0]])
-    assert set(normalize.DEFINITIONS) == set(NORMS) and normalize.DEFAULT in NORMS
+    assert set(normalize.DEFINITIONS) == set(NORMS) and defaults.NORMALIZE in NORMS
 
 
 def test_api_rejects_an_unknown_normalisation(tiny):
@@ -175,7 +175,7 @@ def test_cli_flag_round_trip(tiny, tmp_path):
     cli(tiny, tmp_path / "tc", *common, "--normalize", "total_cosine", "--layers", "last")
     cli(tiny, tmp_path / "default", *common)
     default_layers = DEFAULT_LAYERS["influence"]
-    for name, layers, how in (("tc", "last", "total_cosine"), ("default", default_layers, normalize.DEFAULT)):
+    for name, layers, how in (("tc", "last", "total_cosine"), ("default", default_layers, defaults.NORMALIZE)):
         z = formats.read_topk(str(tmp_path / name / formats.TOPK))
         meta = json.loads((tmp_path / name / formats.INFLUENCE_JSON).read_text())
         assert z["normalize"] == how and meta["normalize"] == how and meta["layers"] == layers

@@ -1,15 +1,16 @@
 """The generated hostile suite: every input file damaged, every numeric flag impossible, every output folder on a
-failing disk, for train.py, calculate_score.py and mislabel_analysis.py, run as a user runs them (subprocesses).
+failing disk, for train.py, calculate_score.py and mislabel_analysis.py, each case judged on its own.
 
 Each case copies what it needs from one small valid pipeline (built once, through the command line), changes ONE
-thing, runs the script and checks the contract in tests/hostile/harness.py. The tree under test is HOSTILE_REPO
-(default: this checkout), so the same suite can judge a stable copy of the code.
+thing, runs the script and checks the contract in tests/hostile/harness.py. A case runs the script's `__main__`
+block in this process (no interpreter start per case); a case on a mounted tmpfs runs as a subprocess, as does a
+sample of the others (test_hostile_as_a_process), which must give the same outcome both ways. The tree under test
+is HOSTILE_REPO (default: this checkout, whose code this process imports); another tree runs every case as a
+subprocess, as does HOSTILE_PROCESSES=1.
 """
 import json
 import os
-import re
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -23,9 +24,20 @@ from hostile import (
     pipeline,
 )
 
-REPO = os.path.abspath(os.environ.get("HOSTILE_REPO") or os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-JOBS = int(os.environ.get("HOSTILE_JOBS", "2"))  # cases run at once (each is one single-threaded subprocess)
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.abspath(os.environ.get("HOSTILE_REPO") or HERE)
+IN_PROCESS = REPO == HERE and os.environ.get("HOSTILE_PROCESSES") != "1"
 CASES = cases_train.cases() + cases_score.cases() + cases_analysis.cases() + cases_disk.cases()
+
+
+def sample(cases):
+    """The control runs, and the first case of each script with each expected outcome (bad input, success, ...) off
+    a tmpfs: run as processes too."""
+    groups = {}
+    for c in cases:
+        if c.mount is None:
+            groups.setdefault((c.script, c.expect), c)
+    return [c for c in cases if c.id.endswith("-control") or c in groups.values()]
 
 
 @pytest.fixture(scope="module")
@@ -33,26 +45,10 @@ def base(tmp_path_factory):
     return pipeline.build(REPO, str(tmp_path_factory.mktemp("hostile_base")))
 
 
-@pytest.fixture(scope="module")
-def runs(base, request, tmp_path_factory):
-    """{case id: future outcome} of every selected case, run JOBS at a time in the background in the order the
-    tests check them, so that the suite's wall time is its CPU time spread over the cores. Under pytest-xdist
-    (-n N) the workers already share the cases out: None, each test then runs its own case; but not with
-    --dist loadfile (make test), which gives this whole file to one worker."""
-    if hasattr(request.config, "workerinput") and request.config.getoption("dist", "no") != "loadfile":
-        yield None
-        return
-    selected = [item.callspec.params["case"] for item in request.session.items
-                if item.module is request.module and hasattr(item, "callspec") and "case" in item.callspec.params]
-    pool = ThreadPoolExecutor(JOBS)
-    futures = {c.id: pool.submit(execute, c, base, str(tmp_path_factory.mktemp(re.sub(r"[^\w.-]", "_", c.id)[:40])))
-               for c in selected}
-    yield futures
-    pool.shutdown(wait=True, cancel_futures=True)
-
-
-def execute(case, base, work):
-    """Copy, mutate, run, judge: (rc, stderr, problems, seconds run), or the reason to skip (no tmpfs)."""
+def execute(case, base, work, process=None):
+    """Copy, mutate, run, judge: (rc, stderr, problems, seconds run), or the reason to skip (no tmpfs). A case on a
+    mount runs as a process: only its exit closes every file it opened there, which the unmount needs."""
+    process = (case.mount is not None or not IN_PROCESS) if process is None else process
     harness.copy_base(base, work, case.needs)
     pipeline.relocate(work)
     mounted = None
@@ -66,7 +62,7 @@ def execute(case, base, work):
             case.mutate(work)
         before = harness.snapshot(work)
         t0 = time.time()
-        rc, err, _ = harness.run(REPO, case, work)
+        rc, err, _ = (harness.run if process else harness.run_in_process)(REPO, case, work)
         seconds = time.time() - t0
         after = harness.snapshot(work)
         return rc, err, harness.judge(case, rc, err, before, after, work, base), seconds  # judged while mounted
@@ -81,14 +77,27 @@ def test_case_ids_are_unique():
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_hostile(case, runs, base, tmp_path):
-    outcome = execute(case, base, str(tmp_path)) if runs is None else runs[case.id].result()
+def test_hostile(case, base, tmp_path):
+    outcome = execute(case, base, str(tmp_path))
     if isinstance(outcome, str):
         pytest.skip(outcome)
     rc, err, problems, seconds = outcome
     record(case, rc, err, problems, seconds)
     assert not problems, f"{case.script} {' '.join(case.args)}: rc {rc}\n  " + "\n  ".join(problems) + \
         "\n--- stderr (tail) ---\n" + err[-1500:]
+
+
+@pytest.mark.skipif(not IN_PROCESS, reason="every case already runs as a process")
+@pytest.mark.parametrize("case", sample(CASES), ids=[c.id for c in sample(CASES)])
+def test_hostile_as_a_process(case, base, tmp_path):
+    """The same case as a process keeps the contract (output while importing included) with the same exit code,
+    and a failure with the same message, as in this process."""
+    rc, err, problems, _ = execute(case, base, str(tmp_path / "process"), process=True)
+    assert not problems, f"{case.script} {' '.join(case.args)} as a process: rc {rc}\n  " + "\n  ".join(problems)
+    rc_here, err_here, _, _ = execute(case, base, str(tmp_path / "here"), process=False)
+    assert rc_here == rc
+    if rc:
+        assert harness.stderr_lines(err_here) == harness.stderr_lines(err)
 
 
 def record(case, rc, err, problems, seconds):

@@ -246,7 +246,8 @@ def test_predicted_labels_and_rerun_from_cache(runs, tiny_run, tmp_path):
     (("--top_k", 5), "--top_k only applies to --mode influence"),
     (("--mode", "influence", "--test_indices", "0,32"), "--test_indices 32 is out of range"),
     (("--mode", "influence", "--save_matrix", "True", "--max_memory_gb", "0.00001"), "use --top_k"),
-    (("--mode", "influence", "--layers", "last", "--projection_dim", 8), "--projection_dim applies to"),
+    (("--mode", "influence", "--layers", "last", "--projection_dim", 8),
+     "--projection_dim: projection_dim applies to"),
     (("--mode", "influence", "--layers", "affine/*", "--projection_dim", 5000), "not below the 90 selected"),
     (("--mode", "influence", "--test_input", "/nonexistent"), "does not exist"),
 ])

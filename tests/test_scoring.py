@@ -344,3 +344,109 @@ def test_rerun_reuses_finished_work(small_run, tmp_path):
     assert "all from cache" in err
     assert json.load(open(tmp_path / "s" / formats.SCORES_JSON))["samples_computed"] == 0
     assert np.array_equal(first, np.load(tmp_path / "s" / formats.SCORES))
+
+
+# ------------------------------------------------------------------------------- overhead and one home per rule
+
+def test_checkpoint_reader_matches_h5py_and_nnabla(small_run):
+    """The low-level reader gives the names (in the file's index order), dtypes and values h5py's high-level API
+    and nnabla's own loader give."""
+    import h5py
+    path = str(small_run["ckpt"] / "params_2.h5")
+    got = checkpoints.read_params(path)
+    want = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda n, o: want.__setitem__(n, (int(o.attrs["index"]), o[()]))
+                     if isinstance(o, h5py.Dataset) else None)
+    assert list(got) == [n for n, _ in sorted(want.items(), key=lambda kv: kv[1][0])]
+    for name, (_, arr) in want.items():
+        assert got[name].dtype == arr.dtype and got[name].tobytes() == arr.tobytes(), name
+    with nn.parameter_scope("reader_check"):
+        nn.load_parameters(path)
+        loaded = nn.get_parameters(grad_only=False)
+    assert set(loaded) == set(got) and all(np.array_equal(loaded[k].d, got[k]) for k in got)
+
+
+def test_each_checkpoint_is_read_once_and_each_batch_forwarded_once(small_run, monkeypatch):
+    """Loading checks every checkpoint on its first batch and keeps that batch's scores: a run reads each file
+    once and forwards each (checkpoint, batch) once, no probing pass; the scores equal the loop's."""
+    reads, forwards = [], []
+    real_read, real_forward = checkpoints._read_params, ScoringGraph.forward
+    monkeypatch.setattr(checkpoints, "_read_params", lambda path, **kw: reads.append(path) or real_read(path, **kw))
+    monkeypatch.setattr(ScoringGraph, "forward", lambda self, x: forwards.append(len(x)) or real_forward(self, x))
+    ckpts = tracin.load_checkpoints(str(small_run["ckpt"]))
+    res = tracin.self_influence(ckpts, small_run["x"], small_run["y"], layers="last", batch_size=10, details=True)
+    assert sorted(reads) == sorted(c.path for c in ckpts)
+    k = len(ckpts)  # the first batches while loading, then the rest of every checkpoint's unit
+    assert forwards == [10] * k + [10, 4] * k
+    monkeypatch.setattr(ScoringGraph, "forward", real_forward)
+    loop = tracin.self_influence(ckpts, small_run["x"], small_run["y"], layers="last", method="loop", details=True)
+    np.testing.assert_allclose(res.scores, loop.scores, rtol=1e-4)
+
+
+def test_selection_rules_have_one_home():
+    from tracin import defaults, layers
+    assert layers.scoring("last", "batched") == "last" and layers.scoring("last_bias", "batched") == "last_bias"
+    assert layers.scoring("last", "loop") == layers.GRAD and layers.scoring("all", "batched") == layers.GRAD
+    assert layers.scoring("last", "batched", head=["affine/W"]) == layers.GRAD  # no bias: no closed form
+    assert layers.scoring("last_bias", "batched", layers.INFLUENCE_CLOSED_FORMS) == layers.GRAD
+    with pytest.raises(tracin.InputError, match="projection_dim applies to") as e:
+        layers.check_projection("last", 8)
+    assert e.value.arg == "projection_dim"
+    layers.check_projection("all", 8)
+    layers.check_projection("last", None)
+    with pytest.raises(tracin.InputError, match="not both") as e:
+        checkpoints.select([{"epoch": 1}], epochs=[1], interval=1)
+    assert e.value.arg == "interval"
+    import inspect
+    for fn in (tracin.self_influence, tracin.plan_self_influence):
+        assert inspect.signature(fn).parameters["layers"].default == defaults.SELF_LAYERS
+    for fn in (tracin.influence, tracin.plan_influence):
+        params = inspect.signature(fn).parameters
+        assert params["layers"].default == defaults.INFLUENCE_LAYERS and params["top_k"].default == defaults.TOP_K
+        assert params["normalize"].default == defaults.NORMALIZE
+
+
+def test_cli_array_errors_name_the_file(small_run, tmp_path):
+    """The library checks the arrays against the model once; the script's one-line error names the file."""
+    data = tmp_path / "data"
+    shutil.copytree(small_run["data"], data)
+    y = np.load(data / "y_shuffle_train.npy")
+    y[3] = 10
+    np.save(data / "y_shuffle_train.npy", y)
+    code, _, err = run_main("calculate_score.py", "--input", data, "--checkpoint", small_run["ckpt"], "--output",
+                            tmp_path / "out", "-c", "cpu", check=False)
+    assert code == 2 and err.strip() == (f"calculate_score.py: error: {data}/y_shuffle_train.npy has labels in "
+                                         "[0, 10] but the model has 10 classes (0..9)"), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_unit_writes_in_the_background_fail_loudly(tmp_path, monkeypatch):
+    """A DirStore writes units while the next is computed; every unit is on disk when run_units returns, and a
+    failed write is raised (not lost) by the run."""
+    from tracin import engine
+
+    class Job:
+        units = [0, 1, 2]
+
+        def name(self, u):
+            return f"u{u}.npz"
+
+        def cost(self, u):
+            return 1
+
+        def label(self, u):
+            return str(u)
+
+        def compute(self, u, on_batch=None):
+            return {"v": np.full(3, float(u))}
+
+    store = engine.DirStore(str(tmp_path / "ok"))
+    assert engine.run_units(Job(), store) == 3
+    assert [store.load(f"u{u}.npz")["v"][0] for u in Job.units] == [0.0, 1.0, 2.0]
+
+    def fail(path, data):
+        raise OSError(28, "No space left on device", path)
+    monkeypatch.setattr(engine, "write_bytes", fail)
+    with pytest.raises(OSError, match="No space left"):
+        engine.run_units(Job(), engine.DirStore(str(tmp_path / "full")))

@@ -47,7 +47,8 @@ def test_tiny_run_writes_checkpoints_and_manifest(tiny_run):
         expected = learning_rate(max(c["epoch"] - 1, 0), m["train"]["learning_rate"], 3, m["train"]["lr_schedule"])
         assert c["lr"] == pytest.approx(expected)
     assert m["model"] == {"name": "resnet23", "nmaps": 8, "n_classes": 10, "input_shape": [1, 8, 8],
-                          "dataset": "digits", "builder": "models:build"}
+                          "dataset": "digits", "builder": "models:build",
+                          "pixel_max": 255}
     assert m["train"]["seed"] == 0 and m["train"]["train_batch_size"] == 32
     # params_0 is the initialisation, later checkpoints differ from it
     assert not _same_h5(ckpt / "params_0.h5", ckpt / "params_3.h5")

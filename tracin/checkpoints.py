@@ -120,8 +120,8 @@ def discover(folder, model_cfg=None):
         raise InputError(f"no checkpoints (params_*.h5) in '{folder}': give the folder train.py saved its "
                          "checkpoints to")
     if model_cfg is None:
-        raise InputError(f"'{folder}' has no {MANIFEST} (an original-example folder): name its model "
-                         "(resnet23 or resnet56)")
+        raise InputError(f"'{folder}' has no {MANIFEST}: give the network its checkpoints belong to (network=, the "
+                         "function that builds it; or model=, resnet23 or resnet56 of the original example)")
     entries = [{"epoch": e, "path": os.path.join(folder, n), "lr": 1.0, "sha1": None}
                for e, n in sorted(found.items())]
     return model_cfg, entries, None
@@ -136,7 +136,8 @@ def select(entries, epochs=None, interval=None):
     unless named: its gradients are those of an untrained network and carry no information about what training
     did with a sample."""
     if epochs is not None and interval is not None:
-        raise InputError("give either checkpoint epochs or an interval, not both")
+        raise InputError("give either the epochs or the interval of the checkpoints to score, not both",
+                         arg="interval")
     by_epoch = {e["epoch"]: e for e in entries}
     if epochs is not None:
         missing = [k for k in epochs if k not in by_epoch]
@@ -166,43 +167,63 @@ class ModelMismatchError(InputError):
 
 
 def read_params(path):
-    """{name: array} of an nnabla .h5 parameter file; a damaged file, or one holding NaN/inf, is an InputError."""
+    """{name: array} of an nnabla .h5 parameter file, in the file's order (its datasets' `index` attributes); a
+    damaged file, or one holding NaN/inf, is an InputError."""
     return _read_params(path)[0]
 
 
-def _read_params(path):
-    """(read_params(path), the file's SHA-1)."""
+def _read_params(path, ordered=True):
+    """(read_params(path), the file's SHA-1): the file is read once, its bytes both hashed and parsed. Without
+    `ordered`, the names come in HDF5's order (the index attributes are not read)."""
     import h5py
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
         raise InputError(f"{path} is not a readable nnabla parameter file ({e.strerror})") from None
-    out = {}
     try:
         with h5py.File(io.BytesIO(data), "r") as f:
-            def visit(name, obj):
-                if isinstance(obj, h5py.Dataset):
-                    out[name] = (int(obj.attrs.get("index", len(out))), np.asarray(obj[()]))
-            f.visititems(visit)
+            found = _datasets(f, ordered)
     except Exception as e:  # noqa: BLE001 - HDF5 reports damage as OSError, RuntimeError, KeyError, ValueError, ...
         raise InputError(f"{path} is not a readable nnabla parameter file ({type(e).__name__}: {e}): it is truncated "
                          "or corrupt; re-save it or leave that checkpoint out") from None
-    if not out:
+    if not found:
         raise InputError(f"{path} holds no parameters: it is not a checkpoint of train.py")
-    for name, (_, arr) in out.items():
+    for name, (_, arr) in found.items():
         if arr.dtype.kind not in "biuf" or (arr.dtype.kind == "f" and not np.isfinite(arr).all()):
             raise InputError(f"{path} holds {'NaN/inf' if arr.dtype.kind == 'f' else arr.dtype} values in {name}: "
                              "the checkpoint is damaged; restore it or leave that checkpoint out")
-    return {k: v for k, (_, v) in sorted(out.items(), key=lambda kv: kv[1][0])}, hashlib.sha1(data).hexdigest()
+    return {k: v for k, (_, v) in sorted(found.items(), key=lambda kv: kv[1][0])}, hashlib.sha1(data).hexdigest()
 
 
-def load_into(path, params, sha1=None):
-    """Copy the checkpoint at `path` (checked against its SHA-1 `sha1` when given) into the existing nnabla
-    parameters `params` ({name: Variable}).
+def _datasets(f, ordered=True):
+    """{name: (its 'index' attribute when `ordered` and it has one, else its position; array)} of every dataset of
+    an open h5py File, through h5py's low-level API: the high-level one's per-object overhead is most of the time
+    a checkpoint takes to read (docs/performance.md, "Whole-process scoring")."""
+    from h5py import h5a, h5d, h5o, h5s
+    names = []
+    h5o.visit(f.id, lambda name, info: names.append(name) if info.type == h5o.TYPE_DATASET else None, info=True)
+    out = {}
+    for name in names:
+        d = h5d.open(f.id, name)
+        arr = np.empty(d.shape, dtype=d.dtype)
+        d.read(h5s.ALL, h5s.ALL, arr)
+        index = len(out)
+        if ordered and h5a.exists(d, b"index"):
+            attr = h5a.open(d, b"index")
+            value = np.empty(attr.shape, dtype=attr.dtype)
+            attr.read(value)
+            index = int(value)
+        out[name.decode()] = (index, arr)
+    return out
+
+
+def read_fitting(path, params, sha1=None):
+    """(the file's SHA-1, {name: float32 array}) of the checkpoint at `path`, checked against its SHA-1 `sha1` when
+    given and against the model's nnabla parameters `params` ({name: Variable}).
 
     Names and shapes must match the model exactly: a checkpoint of another model or width is a ModelMismatchError."""
-    stored, digest = _read_params(path)
+    stored, digest = _read_params(path, ordered=False)  # taken by name
     missing = [k for k in params if k not in stored]
     if missing:
         raise ModelMismatchError(f"{path} does not fit the model: it lacks {missing[0]} ({len(missing)} parameters "
@@ -215,8 +236,16 @@ def load_into(path, params, sha1=None):
     if sha1 is not None and digest != sha1:  # damage that left plausible values
         raise InputError(f"{path} is corrupt: its SHA-1 differs from the one {MANIFEST} recorded when train.py wrote "
                          "it; restore it or leave that checkpoint out")
+    return digest, {name: np.asarray(stored[name], dtype=np.float32) for name in params}
+
+
+def load_into(path, params, sha1=None):
+    """Copy the checkpoint at `path` into the existing nnabla parameters `params` ({name: Variable}), checked as by
+    read_fitting; returns the file's SHA-1."""
+    digest, arrays = read_fitting(path, params, sha1)
     for name, var in params.items():
-        var.d = np.asarray(stored[name], dtype=np.float32)
+        var.d = arrays[name]
+    return digest
 
 
 def load_solver(path, solver, sha1=None):

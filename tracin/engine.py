@@ -2,16 +2,19 @@
 
 A job splits its work into units whose list depends only on the job's settings (never on the number of ranks or
 the machine). Ranks take contiguous runs of units of about equal cost (`owners`); rank r computes those of its run
-that the store does not hold yet, and stores each as soon as it is done (a DirStore writes it atomically), so a
-killed run loses at most the units in flight and a rerun with any number of ranks skips finished ones. Rank 0
-then merges every unit in a fixed order: the result is the same, bit for bit, whatever the number of ranks.
+that the store does not hold yet, and stores each as soon as it is done (a DirStore writes it atomically, in the
+background while the next unit is computed), so a killed run loses at most the units in flight and a rerun with
+any number of ranks skips finished ones. Rank 0 then merges every unit in a fixed order: the result is the same,
+bit for bit, whatever the number of ranks.
 
 A job provides: `units` (list), `name(unit)` (relative file name), `cost(unit)` and `label(unit)` (progress),
 `compute(unit, on_batch) -> {name: array}` and `merge(load) -> result`, where load(unit) returns its arrays.
 """
+import contextlib
 import hashlib
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -19,6 +22,7 @@ from .errors import InputError
 from .io import npz_bytes, remove_temporaries, write_bytes
 
 SHARD_BOUNDS = (256, 4096)  # samples per shard: at least 256 (per-unit overhead), at most 4096 (small unit files)
+KEEP_BYTES = 256 << 20  # units a DirStore keeps in memory for the merge, so this rank's are not read back from disk
 
 
 def shard_size(n):
@@ -33,25 +37,23 @@ def shards(n, shard):
     return [(s, min(s + shard, n)) for s in range(0, n, shard)]
 
 
-def file_digest(path, chunk=1 << 20):
-    """Short content hash of a file (ties cached units to the exact checkpoint they were computed from)."""
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()[:12]
-
-
 def settings_key(**fields):
     """Short hash of JSON-able settings: the cache folder of one configuration."""
     return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
 class DirStore:
-    """Units as .npz files under a folder (shared by every rank)."""
+    """Units as .npz files under a folder (shared by every rank). A unit is written (atomically, fsync'd) by a
+    background thread while the next one is computed: waiting for the disk would otherwise add to the run's time
+    (a cheap unit, such as last-layer scoring's, computes in a few times an fsync's wait). At most one write is in
+    flight; its error is raised by the next save or by flush. The units saved are also kept in memory (up to
+    KEEP_BYTES) for load."""
 
     def __init__(self, folder):
         self.folder = folder
+        self._writer = None
+        self._pending = None
+        self._kept, self._kept_bytes = {}, 0
 
     def _path(self, name):
         return os.path.join(self.folder, name)
@@ -60,9 +62,34 @@ class DirStore:
         return os.path.isfile(self._path(name))
 
     def save(self, name, arrays):
-        write_bytes(self._path(name), npz_bytes(arrays))
+        data = npz_bytes(arrays)
+        self.flush()
+        if self._kept_bytes + len(data) <= KEEP_BYTES:
+            self._kept[name] = arrays
+            self._kept_bytes += len(data)
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tracin-unit-writer")
+        self._pending = self._writer.submit(write_bytes, self._path(name), data)
+
+    def flush(self):
+        """Wait for the unit being written; raise its error (a full disk, ...)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self):
+        """flush, and end the writer thread."""
+        try:
+            self.flush()
+        finally:
+            if self._writer is not None:
+                self._writer.shutdown()
+                self._writer = None
 
     def load(self, name):
+        self.flush()
+        if name in self._kept:
+            return self._kept[name]
         with np.load(self._path(name)) as z:
             return {k: z[k] for k in z.files}
 
@@ -83,6 +110,12 @@ class MemoryStore:
 
     def save(self, name, arrays):
         self.units[name] = arrays
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
 
     def load(self, name):
         return self.units[name]
@@ -109,8 +142,20 @@ def work(job, rank=0, world=1):
 
 
 def run_units(job, store, rank=0, world=1, progress=None):
-    """Compute and store every unit of this rank that `store` lacks; returns the cost of the units computed.
-    progress(count, label), if given, is called as work is done (cached units count at once)."""
+    """Compute and store every unit of this rank that `store` lacks (every one written when it returns); returns
+    the cost of the units computed. progress(count, label), if given, is called as work is done (cached units count
+    at once)."""
+    try:
+        done = _run_units(job, store, rank, world, progress)
+    except BaseException:
+        with contextlib.suppress(Exception):  # a unit computed before the failure is kept for the rerun
+            store.close()
+        raise
+    store.close()
+    return done
+
+
+def _run_units(job, store, rank, world, progress):
     done = 0
     for unit, owner in zip(job.units, owners(job, world)):
         if owner != rank:

@@ -79,6 +79,7 @@ PROBABILITIES = "probabilities.npy"
 SCORES_JSON = "scores.json"
 CACHE_DIR = "tracin_cache"
 EPOCH_SCORES_RE = re.compile(r"^(\d+)_influence\.npy$")
+RUN_SCORES_RE = re.compile(r"^influence_run\d+\.npy$")  # run_scores_name
 
 
 def epoch_scores_name(epoch):

@@ -8,166 +8,44 @@ grads, sq_norms):
 - LoopGraph: the original example's method, as a reference: batch size 1, backprop, read param.g.
 
 The loss is the softmax cross-entropy of the model in inference mode (batch-norm running statistics, no
-augmentation) on the sample's label; `select_params` names the parameters ("layers") gradients are taken of.
+augmentation) on the sample's label; `select_params` (tracin.layers) names the parameters ("layers") gradients are
+taken of.
 """
-import fnmatch
 import itertools
 
 import numpy as np
 
-from . import network
-from .checkpoints import load_into
+from . import defaults, network
+from .checkpoints import read_fitting
 from .errors import InputError
+from .graph_copy import scoring_copy
+from .layers import (
+    HEAD_RELATIVE,
+    LAST_BIAS,
+    check_inference_graph,
+    find_head,
+    select_params,
+)
 from .maths import bn_grads, conv_grads, conv_sq_norms, sq_rows
 
-SUPPORTED = ("Convolution", "Affine", "BatchNormalization")
-
-# --------------------------------------------------------------------------------------------- layer selection
-
-def select_params(names, spec):
-    """Parameter names selected by `spec`: 'last' (the final affine layer, as the original: names containing
-    'affine'), 'last_bias' (its bias only), 'last_block' (the final affine layer and the last top-level scope
-    before it: the last residual unit, whatever the model calls it), 'all' (every trainable parameter), or
-    comma-separated fnmatch patterns / name prefixes."""
-    names = list(names)
-    if spec == "last":
-        chosen = [n for n in names if "affine" in n]
-    elif spec == "last_block":  # names are in creation order, so the last non-affine scope is the last unit
-        body = [n.split("/")[0] for n in names if "affine" not in n]
-        chosen = [n for n in names if "affine" in n or (body and n.split("/")[0] == body[-1])]
-    elif spec == "last_bias":
-        chosen = [n for n in names if "affine" in n and n.endswith("/b")]
-    elif spec == "all":
-        chosen = names
-    else:
-        pats = [p.strip() for p in spec.split(",") if p.strip()]
-        chosen = [n for n in names if any(fnmatch.fnmatchcase(n, p) or n.startswith(p.rstrip("/") + "/") or n == p
-                                          for p in pats)]
-    if not chosen:
-        raise InputError(f"layers '{spec}' selects no trainable parameter; use last_bias, last, last_block, all, "
-                         f"or patterns such as 'affine/*' (names look like {names[0]}, {names[-1]})")
-    return chosen
-
-
-
-_EXACT_BN = []
-
-
-def _exact_bn(ctx, eps):
-    """nnabla function (x, P) -> inference batch norm of x, on CPU, bit for bit nnabla's BatchNormalization: forward
-    (x - mean) gamma / sqrt(var + eps) + beta in its kernel's float32 order; backward dx = dy * iv, iv = gamma *
-    (var + eps)^-0.5 computed by nnabla in the graph as its kernel does. P stacks (beta, gamma, mean, var, iv) on
-    axis 0. Whole-array numpy operations and no beta/gamma gradients: nnabla's own CPU backward (a broadcasting Mul2,
-    then Sub2/Mul2/Mul2/Sum for beta and gamma) is ~10x slower at 32x32."""
-    if not _EXACT_BN:
-        from nnabla.function import PythonFunction
-
-        class ExactInferenceBatchNorm(PythonFunction):
-            def __init__(self, ctx, eps):
-                super().__init__(ctx)
-                self.eps = np.float32(eps)
-
-            @property
-            def name(self):
-                return "ExactInferenceBatchNorm"
-
-            def min_outputs(self):
-                return 1
-
-            def grad_depends_output_data(self, i, o):
-                return False
-
-            def grad_depends_input_data(self, i, j):
-                return i == 0 and j == 1  # dx needs iv (in P) only
-
-            def setup_impl(self, inputs, outputs):
-                outputs[0].reset_shape(inputs[0].shape, True)
-
-            def forward_impl(self, inputs, outputs):
-                f32 = np.float32  # (an array set from float64 stays float64 until a kernel asks for float32)
-                x = inputs[0].data.get_data("r", dtype=f32)
-                beta, gamma, mean, var, _ = inputs[1].data.get_data("r", dtype=f32)[:, None]
-                y = outputs[0].data.get_data("w", dtype=f32)
-                np.subtract(x, mean, out=y)  # float32 throughout, in the kernel's order
-                y *= gamma
-                y /= np.sqrt(var + self.eps)
-                y += beta
-
-            def backward_impl(self, inputs, outputs, propagate_down, accum):
-                if not propagate_down[0]:
-                    return
-                f32 = np.float32
-                dy = outputs[0].grad.get_data("r", dtype=f32)
-                iv = inputs[1].data.get_data("r", dtype=f32)[4:5]
-                if accum[0]:
-                    dx = inputs[0].grad.get_data("rw", dtype=f32)
-                    dx += dy * iv
-                else:
-                    np.multiply(dy, iv, out=inputs[0].grad.get_data("w", dtype=f32))
-
-        _EXACT_BN.append(ExactInferenceBatchNorm)
-    return _EXACT_BN[0](ctx, eps)
-
-
-def _scoring_copy(loss, outputs, params):
-    """A copy of the inference graph under `loss` for per-sample gradients, on the same input and label variables:
-    the same functions with the same arguments, computing the same values bit for bit, except that
-    - every parameter is an unlinked, no-grad view of the same data: loads show through, and nnabla computes no
-      parameter gradient at all (no convolution weight gradient, no batch-norm beta/gamma pass over the whole
-      activation): the per-sample ones are assembled in numpy from each layer's input and output gradient;
-    - on CPU, inference batch norm is _exact_bn (same values, ~10x cheaper backward).
-    Its forward+backward runs 2-3x faster than the model's (resnet23/56 at 8x8 and 32x32). Which output gradients it
-    computes is set per selection (ScoringGraph._backward).
-
-    (Replacing batch norm by the equal per-channel map x s + (beta - mean s) on a 1x1 depthwise convolution was
-    faster still, but float32 rounding then differs from the model's, and a max-pooling or ReLU near-tie can flip:
-    ~1 sample in 100 of a random resnet23 at 32x32 had its gradient norm off by 1e-3. Exactness won.)
-
-    Returns (copies of `outputs`, layer records {kind, names, shapes, args, x, out, stats}) in forward order:
-    x is the layer's input in the copy, out its output; stats the batch norm's (mean, var)."""
-    import nnabla as nn
-    import nnabla.function as NF
-    import nnabla.functions as F
-
-    name_of = {v: n for n, v in params.items()}
-    ctx = nn.get_current_context()
-    on_cpu = all(b.startswith("cpu") for b in ctx.backend)
-    copy, consts, layers = {}, {}, []
-
-    def get(v):
-        if v in copy:
-            return copy[v]
-        n = name_of.get(v)
-        if n is None:
-            return v  # a graph input (image, label)
-        if n not in consts:
-            consts[n] = params[n].get_unlinked_variable(need_grad=False)
-        return consts[n]
-
-    funcs = []
-    loss.visit(funcs.append)
-    for f in funcs:
-        kind, args = f.info.type_name, dict(f.info.args)
-        names = [name_of.get(v) for v in f.inputs[1:]]
-        ins = [get(v) for v in f.inputs]
-        if (on_cpu and kind == "BatchNormalization" and not args.get("batch_stat") and len(ins) == 5
-                and len(f.outputs) == 1 and ins[1].shape[0] == 1):
-            x, beta, gamma, mean, var = ins
-            iv = gamma * F.pow_scalar(F.add_scalar(var, args["eps"]), -0.5)  # the kernel's own gamma / std
-            outs = [_exact_bn(ctx, args["eps"])(x, F.concatenate(beta, gamma, mean, var, iv, axis=0))]
-        else:
-            outs = getattr(NF, kind)(ctx, **args)(*ins, auto_forward=False)
-            outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
-        for o, c in zip(f.outputs, outs):
-            copy[o] = c
-        if any(names):
-            stats = (ins[3], ins[4]) if kind == "BatchNormalization" and len(ins) == 5 else None
-            layers.append({"kind": kind, "names": names, "shapes": [tuple(v.shape) for v in f.inputs[1:]],
-                           "args": args, "x": ins[0], "out": outs[0], "stats": stats})
-    return [copy[o] for o in outputs], layers
-
+SUPPORTED = ("Convolution", "Affine", "BatchNormalization")  # layer types of batched per-sample gradients
+WEIGHT_CACHE_BYTES = 1 << 30  # checkpoint weights a graph keeps in memory, so each file is read once
 
 _GRAPH_IDS = itertools.count()
+
+
+def _outputs(out, batch_size, what):
+    """(logits, features or None) of a builder's return value; InputError when it is not (batch, classes) logits."""
+    import nnabla as nn
+    logits, feats = (out[0], out[1]) if isinstance(out, (tuple, list)) and len(out) == 2 else (out, None)
+    if not isinstance(logits, nn.Variable):
+        raise InputError(f"{what} returned {type(out).__name__}, not an nnabla Variable of logits", arg="network")
+    if logits.ndim != 2 or logits.shape[0] != batch_size:
+        raise InputError(f"{what} returned logits of shape {tuple(logits.shape)} for a batch of {batch_size}; "
+                         "expected (batch, classes)", arg="network")
+    if logits.parent is not None and logits.parent.info.type_name == "Softmax":
+        raise InputError(f"{what} returns probabilities (a Softmax); return the logits before it", arg="network")
+    return logits, feats
 
 
 class ScoringGraph:
@@ -175,36 +53,93 @@ class ScoringGraph:
     loss, and the layer functions whose inputs and output gradients give per-sample parameter gradients."""
 
     def __init__(self, model_cfg, batch_size, builder=None):
-        """`builder(image, test) -> (logits, features)` (tracin.network); default: the manifest's builder."""
+        """`builder(image, test) -> logits or (logits, features)` (tracin.network); default: the manifest's. Without
+        features, those of the closed forms are the input of the final affine layer (`head`)."""
         import nnabla as nn
         import nnabla.functions as F
 
         builder = builder or network.from_config(model_cfg)
+        what = getattr(builder, "tracin_name", "the network")
         self.batch_size = batch_size
         shape = (batch_size,) + tuple(model_cfg["input_shape"])
         with nn.parameter_scope(f"tracin_bs{batch_size}_{next(_GRAPH_IDS)}"):  # id(self) can be reused
             # a private scope: graphs of several batch sizes, or a training run in the same process, never share
             self.x = nn.Variable(shape)
             self.y = nn.Variable((batch_size, 1))
-            self.logits, self.feats = builder(self.x, True)
+            self.logits, self.feats = _outputs(builder(self.x, True), batch_size, what)
             # summed (not averaged) so that each sample's output gradient is its own loss's gradient
             self.loss = F.sum(F.softmax_cross_entropy(self.logits, self.y))
             self.params = nn.get_parameters(grad_only=False)
             self.trainable = [k for k, v in nn.get_parameters(grad_only=True).items()]
-        self.feats.persistent = True
+        if not self.trainable:
+            raise InputError(f"{what} creates no trainable parameters: build its layers with "
+                             "nnabla.parametric_functions", arg="network")
+        check_inference_graph(self.loss, what)
+        self.n_classes = int(self.logits.shape[1])
+        head, self.head = find_head(self.logits, self.params)
+        self.head_from = self.logits.parent.info.type_name if self.logits.parent is not None else "the input"
+        if self.feats is None and head is not None:
+            self.feats = head.inputs[0]
+        if self.feats is not None:
+            self.feats.persistent = True
         self.logits.persistent = True
-        # scoring runs on a copy of this graph (see _scoring_copy); the model graph above stays as built (LoopGraph)
-        (self._logits, self._loss), self._layers = _scoring_copy(self.loss, [self.logits, self.loss], self.params)
+        # scoring runs on a copy of this graph (tracin.graph_copy); the model graph above stays as built (LoopGraph)
+        (self._logits, self._loss), self._layers = scoring_copy(self.loss, [self.logits, self.loss], self.params)
         self._logits.persistent = True
         for layer in self._layers:  # kept through a cleared forward/backward (data and gradient)
             layer["x"].persistent = True
             layer["out"].persistent = True
         self._marked = set()  # layers whose output gradient the backward computes (only ever grows)
+        self._weights = {}  # checkpoint path -> (SHA-1, {name: array}): see load
+
+    def select(self, spec):
+        """select_params of this network: 'last', 'last_bias' and 'last_block' refer to the affine layer whose
+        output the logits are (InputError when there is none, or 'last_bias' without a bias)."""
+        if spec in HEAD_RELATIVE:
+            if self.head is None:
+                raise InputError(f"layers '{spec}' needs logits computed by an affine layer, but the network's come "
+                                 f"from {self.head_from}: use layers 'all' or parameter-name patterns",
+                                 arg="layers")
+            if spec == LAST_BIAS and len(self.head) < 2:
+                raise InputError(f"layers 'last_bias': the final affine layer ({self.head[0]}) has no bias; use "
+                                 "layers 'last'", arg="layers")
+        return select_params(self.trainable, spec, last=self.head)
+
+    def check_supported(self, names):
+        """InputError, before any work, when a selected parameter belongs to a layer whose per-sample gradients
+        are not implemented (tracin.maths) or is shared by several layers."""
+        wanted, seen = set(names), {}
+        for layer in self._layers:
+            mine = [n for n in layer["names"] if n in wanted]
+            if not mine:
+                continue
+            ftype, args = layer["type"], layer["args"]
+            problem = None
+            if ftype not in SUPPORTED:
+                problem = f"{ftype} layers are not supported (supported: {', '.join(SUPPORTED)})"
+            elif ftype == "Affine" and args.get("base_axis", 1) != 1:
+                problem = f"an affine layer with base_axis {args['base_axis']} is not supported"
+            elif ftype == "Convolution" and (args.get("group", 1) != 1 or args.get("channel_last")):
+                problem = "grouped or channel-last convolutions are not supported"
+            for n in mine:
+                if n in seen:
+                    problem = problem or f"it is shared by two layers ({seen[n]} and {ftype})"
+                seen[n] = ftype
+            if problem:
+                raise InputError(f"per-sample gradients of {mine[0]}: {problem}; leave it out of layers (e.g. "
+                                 "parameter-name patterns) or use method='loop'", arg="layers")
 
     def load(self, path, sha1=None):
         """Copy the checkpoint file `path` (checked against its SHA-1 `sha1` when given) into the graph's parameters
-        (InputError if it does not fit)."""
-        load_into(path, self.params, sha1)
+        (InputError if it does not fit); returns the file's SHA-1. The file is read and hashed once: the weights it
+        leaves are kept in memory (up to WEIGHT_CACHE_BYTES) for the next load of the same path."""
+        digest, arrays = self._weights.get(path) or read_fitting(path, self.params, sha1)
+        for n, v in self.params.items():
+            v.d = arrays[n]  # a copy into nnabla's memory: the arrays stay as read
+        size = sum(a.nbytes for a in arrays.values())
+        if path not in self._weights and size * (len(self._weights) + 1) <= WEIGHT_CACHE_BYTES:
+            self._weights[path] = (digest, arrays)
+        return digest
 
     def _set(self, x, y=None):
         m = len(x)
@@ -224,7 +159,8 @@ class ScoringGraph:
         batch-norm forward is the faster one; the copy's values are the same), buffers freed as it goes."""
         m = self._set(x)
         self.logits.forward(clear_buffer=True)
-        return self.logits.d[:m].copy(), self.feats.d[:m].reshape(m, -1).copy()
+        feats = None if self.feats is None else self.feats.d[:m].reshape(m, -1).copy()
+        return self.logits.d[:m].copy(), feats
 
     def _backward(self, x, y, names):
         """One forward and one backward of the summed loss that stops at the selected layers' outputs."""
@@ -232,9 +168,9 @@ class ScoringGraph:
         for i, layer in enumerate(self._layers):
             if i in self._marked or not any(n in wanted for n in layer["names"]):
                 continue
-            if layer["kind"] not in SUPPORTED:
+            if layer["type"] not in SUPPORTED:
                 n = next(n for n in layer["names"] if n in wanted)
-                raise InputError(f"per-sample gradients of {layer['kind']} layers ({n}) are not implemented; "
+                raise InputError(f"per-sample gradients of {layer['type']} layers ({n}) are not implemented; "
                                  "use method='loop'")
             # need_grad on a function's output: the backward reaches it and goes no further up (an explicit False
             # would block gradients through it, so marks are never removed; a stale one only costs time)
@@ -251,10 +187,10 @@ class ScoringGraph:
         for layer in self._layers:
             if not any(n in wanted for n in layer["names"]):
                 continue
-            kind = layer["kind"]
+            ftype = layer["type"]
             x = layer["x"].d[:m]
             g = layer["out"].g[:m]
-            if kind == "Affine":
+            if ftype == "Affine":
                 a = x.reshape(m, -1)
                 gg = g.reshape(m, -1)
                 for n, shape in zip(layer["names"], layer["shapes"]):
@@ -266,7 +202,7 @@ class ScoringGraph:
                         yield n, sq_rows(a) * sq_rows(gg)
                     else:
                         yield n, a[:, :, None] * gg[:, None, :]
-            elif kind == "Convolution":
+            elif ftype == "Convolution":
                 for n, shape in zip(layer["names"], layer["shapes"]):
                     if n not in wanted:
                         continue
@@ -298,7 +234,9 @@ class ScoringGraph:
         """Per-sample gradients of the selected parameters, flattened in `names` order: (m, P) float32."""
         m = self._backward(x, y, names)
         blocks = dict(self._blocks(names, m, want_sq=False))
-        return np.concatenate([blocks[n].reshape(m, -1).astype(np.float32) for n in names], axis=1)
+        # a parameter the loss does not depend on has a zero gradient
+        return np.concatenate([blocks[n].reshape(m, -1).astype(np.float32) if n in blocks else
+                               np.zeros((m, self.params[n].size), np.float32) for n in names], axis=1)
 
 
 class LoopGraph:
@@ -308,14 +246,19 @@ class LoopGraph:
     def __init__(self, model_cfg, builder=None):
         self.g = ScoringGraph(model_cfg, 1, builder)
         self.params, self.trainable, self.batch_size = self.g.params, self.g.trainable, 1
+        self.head, self.n_classes, self.select = self.g.head, self.g.n_classes, self.g.select
+
+    def check_supported(self, names):
+        """Backpropagation handles every layer type."""
 
     def load(self, path, sha1=None):
-        self.g.load(path, sha1)
+        return self.g.load(path, sha1)
 
     def forward(self, x):
         """(logits, features) of any number of samples, one at a time."""
         out = [self.g.forward(x[i:i + 1]) for i in range(len(x))]
-        return np.concatenate([o[0] for o in out]), np.concatenate([o[1] for o in out])
+        feats = None if self.g.feats is None else np.concatenate([o[1] for o in out])
+        return np.concatenate([o[0] for o in out]), feats
 
     def _loop(self, x, y, names):
         g = self.g
@@ -344,7 +287,7 @@ class LoopGraph:
         return np.einsum("bk,bk->b", gr, gr, dtype=np.float64), logits
 
 
-def make_graph(model_cfg, method="batched", batch_size=64, builder=None):
+def make_graph(model_cfg, method=defaults.METHOD, batch_size=defaults.BATCH_SIZE, builder=None):
     """The graph of `method`: 'batched' (ScoringGraph) or 'loop' (LoopGraph, the original's reference)."""
     if method == "batched":
         return ScoringGraph(model_cfg, batch_size, builder)

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import re
+import stat
 import tempfile
 
 import numpy as np
@@ -20,6 +21,11 @@ class WriteError(OSError):
 
 # errors of the disk, not of whatever the block reads (a download's network error stays what it is)
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO}
+
+# atomic_path's temporaries: .{name}.{8 random characters of mkstemp}.tracin-tmp{.ext}; remove_temporaries deletes
+# exactly these (a user's own hidden '.notes.tmp.txt' is never touched)
+TEMP_MARK = ".tracin-tmp"
+_TEMPORARY_RE = re.compile(r"^\..+\.[a-z0-9_]{8}" + re.escape(TEMP_MARK) + r"(\.[A-Za-z0-9]{1,8})?$")
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
@@ -37,7 +43,7 @@ def atomic_path(path):
     tmp = None
     try:
         os.makedirs(d, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp" + ext, dir=d)
+        fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=TEMP_MARK + ext, dir=d)
         os.close(fd)
         with contextlib.suppress(OSError):  # mkstemp makes 0600 files; outputs get the usual permissions (umask)
             os.chmod(tmp, 0o666 & ~_UMASK)
@@ -99,13 +105,14 @@ def npz_bytes(arrays):
     return buf.getvalue()
 
 
-# atomic_path's temporaries: .{name}.{random}.tmp{.ext}
-_TEMPORARY_RE = re.compile(r"^\..+\.tmp(\.[^.]+)?$")
+def is_temporary(name):
+    """True for the name of a temporary atomic_path (or check_writable's probe) makes, and for no other."""
+    return bool(_TEMPORARY_RE.match(name))
 
 
 def remove_temporaries(folder):
     """Delete the temporaries of atomic writes that a killed run left directly in `folder`; returns how many.
-    Files under final names are never touched; a folder that does not exist holds none."""
+    Only regular files named by is_temporary are touched; a folder that does not exist holds none."""
     removed = 0
     try:
         names = os.listdir(folder)
@@ -113,28 +120,63 @@ def remove_temporaries(folder):
         return 0
     for name in names:
         path = os.path.join(folder, name)
-        if _TEMPORARY_RE.match(name) and os.path.isfile(path):
-            with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError):
+            if is_temporary(name) and stat.S_ISREG(os.lstat(path).st_mode):
                 os.remove(path)
                 removed += 1
     return removed
 
 
 def check_writable(folder, what="output folder"):
-    """Check, without writing anything, that files can be created in `folder` (or that it can be made): a file in
-    the way is an InputError naming `what`; a read-only file system or a missing permission a WriteError naming
-    the folder."""
-    existing = os.path.abspath(folder)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise InputError(f"{what} '{folder}' cannot be created: {existing} is a file, not a folder; choose another "
-                         "path")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
-        code = errno.EROFS if read_only else errno.EACCES
-        raise WriteError(code, os.strerror(code), folder)
+    """Check that files can be created in `folder` by creating it (with any missing parents) and a probe file in
+    it, then removing all of them again: what the first write would meet (a name too long, a dangling symbolic
+    link, a file in the way) is found before anything is written. A path problem is an InputError naming `what`;
+    a read-only file system, a full disk or a missing permission a WriteError naming the folder."""
+    made = []
+    try:
+        _make_folders(folder, what, made)
+        fd, probe = tempfile.mkstemp(prefix=".probe.", suffix=TEMP_MARK, dir=folder)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise _path_error(e, folder, what) from None
+    finally:
+        for d in reversed(made):
+            with contextlib.suppress(OSError):
+                os.rmdir(d)
     return folder
+
+
+def _make_folders(folder, what, made):
+    """Create the missing folders of `folder` from the top down, appending each made one to `made`."""
+    missing = []
+    p = os.path.abspath(folder)
+    while not os.path.lexists(p):
+        missing.append(p)
+        p = os.path.dirname(p)
+    if os.path.islink(p) and not os.path.exists(p):
+        raise InputError(f"{what} '{folder}' cannot be created: {p} is a symbolic link to "
+                         f"'{os.readlink(p)}', which does not exist; create its target or choose another path")
+    if not os.path.isdir(p):
+        raise InputError(f"{what} '{folder}' cannot be created: {p} is a file, not a folder; choose another path")
+    for d in reversed(missing):
+        os.mkdir(d)
+        made.append(d)
+
+
+def _path_error(e, folder, what):
+    if isinstance(e, InputError):
+        return e
+    if e.errno == errno.ENAMETOOLONG:
+        long = max(os.path.abspath(folder).split(os.sep), key=len)
+        return InputError(f"{what} '{folder}' cannot be created: the name '{long[:40]}...' is {len(long)} bytes "
+                          "long, more than the file system allows (255); choose a shorter name")
+    if e.errno in (errno.ENOTDIR, errno.EEXIST, errno.ELOOP):
+        return InputError(f"{what} '{folder}' cannot be created: {e.strerror} ({e.filename or folder}); choose "
+                          "another path")
+    if e.errno in WRITE_ERRNOS:
+        return WriteError(e.errno, e.strerror or str(e), folder)
+    return InputError(f"{what} '{folder}' cannot be created: {e.strerror or e}")
 
 
 def save_npy(path, array):
@@ -168,3 +210,51 @@ def ensure_dir(path, what="output folder"):
     except OSError as e:
         raise InputError(f"cannot create {what} '{path}': {e.strerror}") from None
     return path
+
+
+# folders this process holds locked: {real path: open descriptor of the folder}
+_LOCKS = {}
+
+
+def lock_folder(folder, what="output folder"):
+    """Lock `folder` (which exists) for this process until release_locks(): a second run writing into it is
+    refused with an InputError naming `what`. The lock is flock() on the folder itself: no lock file is written,
+    and the kernel drops it when the process ends, however it ends (a crash never leaves it stuck)."""
+    import fcntl
+    key = os.path.realpath(folder)
+    if key in _LOCKS:
+        return
+    fd = os.open(key, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        os.close(fd)
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise InputError(f"{what} '{folder}' is in use by another run writing into it: wait for it to end, "
+                             "or choose another folder") from None
+        return  # a file system without flock (some network mounts): run unlocked rather than refuse
+    _LOCKS[key] = fd
+
+
+def release_locks():
+    """Release every folder lock of this process (the scripts call it when they end)."""
+    while _LOCKS:
+        _, fd = _LOCKS.popitem()
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def folder_in_use(folder):
+    """True when another process holds lock_folder on `folder` (e.g. train.py still writing checkpoints)."""
+    import fcntl
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as e:
+        return e.errno in (errno.EWOULDBLOCK, errno.EAGAIN)
+    finally:
+        os.close(fd)
+    return False

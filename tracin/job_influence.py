@@ -15,6 +15,7 @@ every checkpoint of its training shard once and its block is final (normalised) 
 import numpy as np
 
 from .engine import shard_size, shards
+from .layers import LAST
 from .maths import (
     gradient_dots,
     last_layer_dots,
@@ -28,7 +29,6 @@ from .topk import KEYS, RunningTopK
 
 TEST_FEATURE_BUDGET = 512 << 20  # bytes of cached test features (all checkpoints) per test chunk
 MAX_TEST_CHUNK = 4096
-PARAM_CACHE_BUDGET = 2 << 30  # bytes of checkpoint weights kept in memory between units
 
 
 def test_chunk_size(n_test, width, n_ckpts, budget=TEST_FEATURE_BUDGET):
@@ -41,37 +41,26 @@ def test_chunk_size(n_test, width, n_ckpts, budget=TEST_FEATURE_BUDGET):
 class InfluenceFeatures:
     """Per-sample quantities whose dot products are gradient dot products, at the loaded checkpoint.
 
-    kind 'last': closed form from one forward pass (factors e, h); kind 'grad': per-sample gradients of `names`
-    (either graph of tracin.graphs), projected to `projection_dim` when given."""
+    scoring 'last': closed form from one forward pass (factors e, h); 'grad': per-sample gradients of `names`
+    (either graph of tracin.graphs), projected to `projection_dim` when given (tracin.layers.Selection)."""
 
-    def __init__(self, graph, kind, names, batch_size, projection_dim=None, seed=0):
-        self.graph, self.kind, self.names = graph, kind, list(names)
+    def __init__(self, graph, scoring, names, batch_size, projection_dim=None, seed=0):
+        self.graph, self.scoring, self.names = graph, scoring, list(names)
         self.batch_size = batch_size
         self.projection_dim = projection_dim
         self.seed = seed
         self.n_params = sum(int(np.prod(graph.params[n].shape)) for n in self.names)
         self.proj = None
-        self._weights = {}  # checkpoint path -> {param name: array}, the state graph.load(path) leaves
 
     def set_checkpoint(self, index, ckpt):
-        """Load checkpoint `ckpt` (number `index` in the run). Influence units reload every checkpoint, so the
-        weights a load leaves in the graph's parameters are kept in memory (up to PARAM_CACHE_BUDGET)."""
-        params = self.graph.params
-        cached = self._weights.get(ckpt["path"])
-        if cached is not None:
-            for n, v in params.items():
-                v.d = cached[n]
-        else:
-            self.graph.load(ckpt["path"])
-            size = sum(v.size * 4 for v in params.values())
-            if size * (len(self._weights) + 1) <= PARAM_CACHE_BUDGET:
-                self._weights[ckpt["path"]] = {n: v.d.copy() for n, v in params.items()}
+        """Load checkpoint `ckpt` (number `index` in the run; the graph keeps the weights it read in memory)."""
+        self.graph.load(ckpt["path"])
         if self.projection_dim:
             self.proj = projection_matrix(self.n_params, self.projection_dim, self.seed, index)
 
     def width(self):
         """Floats per sample of a feature vector (for memory budgets)."""
-        if self.kind == "last":  # h (H,) and e (C,): the affine weight is (H, C)
+        if self.scoring == LAST:  # h (H,) and e (C,): the affine weight is (H, C)
             shapes = [self.graph.params[n].shape for n in self.names]
             return int(sum(s[0] + s[-1] for s in shapes if len(s) == 2) or self.n_params)
         return self.projection_dim or self.n_params
@@ -79,7 +68,7 @@ class InfluenceFeatures:
     def batch(self, x, y, want_sq=False):
         """(features of x with labels y, squared gradient norms (m,) float64 or None); x at most one batch."""
         x = x.astype(np.float32)
-        if self.kind == "last":
+        if self.scoring == LAST:
             logits, feats = self.graph.forward(x)
             probs = softmax(logits.astype(np.float64))
             return last_layer_features(probs, feats, y), (last_layer_sq_norms(probs, feats, y) if want_sq else None)
@@ -93,19 +82,19 @@ class InfluenceFeatures:
         """features of any number of samples, computed batch by batch (batch boundaries from the start of x)."""
         parts = [self.batch(x[s:s + self.batch_size], y[s:s + self.batch_size], want_sq)
                  for s in range(0, len(x), self.batch_size)]
-        if self.kind == "last":
+        if self.scoring == LAST:
             f = (np.concatenate([p[0][0] for p in parts]), np.concatenate([p[0][1] for p in parts]))
         else:
             f = np.concatenate([p[0] for p in parts]).astype(np.float64)
         return f, (np.concatenate([p[1] for p in parts]) if want_sq else None)
 
     def dots(self, test, train):
-        return last_layer_dots(test, train) if self.kind == "last" else gradient_dots(test, train)
+        return last_layer_dots(test, train) if self.scoring == LAST else gradient_dots(test, train)
 
     def sq(self, features):
         """Squared norms (m,) float64 of the vectors whose dot products `dots` takes (projected, when projecting):
         what a normalisation divides by, so that a cosine of these vectors stays within [-1, 1]."""
-        if self.kind == "last":
+        if self.scoring == LAST:
             e, h = features
             return (e * e).sum(1) * ((h * h).sum(1) + 1.0)
         return np.einsum("bk,bk->b", features, features, dtype=np.float64)

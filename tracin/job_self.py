@@ -7,27 +7,21 @@ the same forward pass.
 import numpy as np
 
 from .engine import shard_size, shards
+from .layers import GRAD, LAST
 from .maths import last_bias_sq_norms, last_layer_sq_norms, softmax, softmax_xent
 
-CLOSED_FORMS = ("last", "last_bias")  # layer selections scored from one forward pass, no backward
 
-
-def scoring_kind(layers, method):
-    """'last' / 'last_bias' (closed forms of the batched method) or 'grad' (per-sample gradients)."""
-    return layers if layers in CLOSED_FORMS and method == "batched" else "grad"
-
-
-def score_batch(graph, kind, names, x, y):
+def score_batch(graph, scoring, names, x, y):
     """(squared gradient norms (m,), losses (m,), softmax probabilities (m, classes)) of one batch at the loaded
-    checkpoint; float64. The closed forms need the forward pass only."""
+    checkpoint; float64. `scoring` (tracin.layers.Selection): the closed forms need the forward pass only."""
     x = x.astype(np.float32)
-    if kind == "grad":
+    if scoring == GRAD:
         sq, logits = graph.sq_norms(x, y, names)
         probs = softmax(logits.astype(np.float64))
     else:
         logits, feats = graph.forward(x)
         probs = softmax(logits.astype(np.float64))
-        sq = last_layer_sq_norms(probs, feats, y) if kind == "last" else last_bias_sq_norms(probs, y)
+        sq = last_layer_sq_norms(probs, feats, y) if scoring == LAST else last_bias_sq_norms(probs, y)
     return sq, softmax_xent(logits, y), probs
 
 
@@ -43,14 +37,23 @@ def weighted_sum(terms, etas):
 
 
 class SelfInfluenceJob:
-    """ckpts: [{epoch, path, digest}] in order; etas: their weights; x (n, ...), y (n,) int."""
+    """ckpts: [{epoch, path, digest}] in order (digests filled in as the run loads them); etas: their weights;
+    x (n, ...), y (n,) int; scoring as in score_batch."""
 
-    def __init__(self, graph, kind, names, ckpts, etas, x, y, batch_size):
-        self.graph, self.kind, self.names = graph, kind, list(names)
+    def __init__(self, graph, scoring, names, ckpts, etas, x, y, batch_size):
+        self.graph, self.scoring, self.names = graph, scoring, list(names)
         self.ckpts, self.etas = ckpts, list(etas)
         self.x, self.y, self.batch_size = x, y, batch_size
         self.units = [(i, s, e) for i in range(len(ckpts)) for (s, e) in shards(len(x), shard_size(len(x)))]
         self._loaded = None
+        self._first = {}  # checkpoint index -> score_batch of the first batch, computed when the run checked it
+
+    def first_batch(self, i):
+        """score_batch of the first batch of checkpoint i (loaded by the caller), kept for the unit that starts
+        with it: the run's up-front check of every checkpoint is then part of the work, not an extra pass."""
+        end = min(self.batch_size, self.units[0][2])
+        self._first[i] = score_batch(self.graph, self.scoring, self.names, self.x[:end], self.y[:end])
+        return self._first[i]
 
     def name(self, unit):
         c, s, e = self.ckpts[unit[0]], unit[1], unit[2]
@@ -70,7 +73,8 @@ class SelfInfluenceJob:
         parts = []
         for b in range(s, e, self.batch_size):
             xb, yb = self.x[b:min(b + self.batch_size, e)], self.y[b:min(b + self.batch_size, e)]
-            parts.append(score_batch(self.graph, self.kind, self.names, xb, yb))
+            first = self._first.pop(i) if b == 0 else None
+            parts.append(first or score_batch(self.graph, self.scoring, self.names, xb, yb))
             if on_batch:
                 on_batch(len(xb))
         return {"sq": np.concatenate([p[0] for p in parts]), "loss": np.concatenate([p[1] for p in parts]),

@@ -58,7 +58,8 @@ def _fail(path, problem):
 
 def check_model(model, path):
     """The model description: a name, n_classes >= 1, a (channels, height, width) input shape, optional width
-    (nmaps), data set and builder reference (tracin.network), and the builder's own rules (e.g. an even width)."""
+    (nmaps), data set, builder or network reference (tracin.network), and the builder's own rules (e.g. an even
+    width)."""
     if not isinstance(model, dict):
         _fail(path, "'model' must be an object")
     name, shape, nmaps = model.get("name"), model.get("input_shape"), model.get("nmaps")
@@ -71,9 +72,10 @@ def check_model(model, path):
     if not (nmaps is None or _whole(nmaps, 1)) or not (isinstance(model.get("dataset"), str) or
                                                        model.get("dataset") is None):
         _fail(path, f"model nmaps {nmaps!r} or dataset {model.get('dataset')!r} has the wrong type")
-    builder = model.get("builder")
-    if builder is not None and not (isinstance(builder, str) and ":" in builder):
-        _fail(path, f"model builder {builder!r} is not MODULE:FUNCTION")
+    for key in ("builder", "network"):  # a model-zoo builder, or a network function fn(x[, test]) -> logits
+        ref = model.get(key)
+        if ref is not None and not (isinstance(ref, str) and ":" in ref):
+            _fail(path, f"model {key} {ref!r} is not MODULE:FUNCTION or FILE.py:FUNCTION")
     try:
         network.check_config(model)
     except InputError as e:

@@ -22,12 +22,7 @@ random projection is used), so the bounds hold exactly; cosines are clipped to [
 """
 import numpy as np
 
-NORMALIZATIONS = ("none", "cosine", "renorm", "total_cosine")
-# bench/explanations.py (digits; tuning seeds 10-12, held-out 13-15): with the cosine and the last residual unit plus
-# the affine layer, the top-1 proponent is a true example of the predicted class for >= 99.2% of the validation
-# samples on every seed (raw TracIn: <= 16%); with the affine layer alone (last), 98.3% on the worst seed
-DEFAULT = "cosine"
-DEFAULT_LAYERS = "last_block"  # influence mode's --layers (tracin.graphs.select_params)
+NORMALIZATIONS = ("none", "cosine", "renorm", "total_cosine")  # the default: tracin.defaults.NORMALIZE
 DEFINITIONS = {
     "none": "TracIn(z, z') = sum_i eta_i * g_i(z) . g_i(z')",
     "cosine": "sum_i eta_i * cos(g_i(z), g_i(z'))",

@@ -8,17 +8,15 @@ from typing import List, Optional
 
 import numpy as np
 
-from . import engine
+from . import defaults, engine
 from .arrays import check_images as _check_images
 from .arrays import check_labels as _check_labels
 from .arrays import fingerprint
-from .context import set_context
 from .errors import InputError
-from .graphs import make_graph, predict, select_params
+from .graphs import make_graph, predict
 from .job_influence import InfluenceFeatures, InfluenceJob, test_chunk_size
-from .job_self import SelfInfluenceJob, scoring_kind
-from .normalize import DEFAULT as DEFAULT_NORMALIZE
-from .normalize import DEFAULT_LAYERS as DEFAULT_INFLUENCE_LAYERS
+from .job_self import SelfInfluenceJob
+from .layers import INFLUENCE_CLOSED_FORMS, SELF_CLOSED_FORMS, check_projection, choose
 from .normalize import NORMALIZATIONS
 
 CACHE_FORMAT = 2  # bumped when a unit file's content changes, so older caches are never mixed in
@@ -60,48 +58,65 @@ class InfluenceResult:
     normalize: str = "none"
 
 
-def check_images(x, model, what="x"):
-    x = _check_images(x, what)
-    if tuple(x.shape[1:]) != tuple(model["input_shape"]):
+def check_images(x, model_cfg, what="x"):
+    """x as images of the model's input shape (any shape of (channels, height, width) when the model config does not
+    record one: a network given as a function takes what it is given). Errors name `what` (InputError.arg)."""
+    x = _check_images(x, what, arg=what)
+    shape = model_cfg.get("input_shape")
+    if shape is not None and tuple(x.shape[1:]) != tuple(shape):
         raise InputError(f"{what} holds images of shape {tuple(x.shape[1:])} but the checkpoints' model takes "
-                         f"{tuple(model['input_shape'])}")
+                         f"{tuple(shape)}: the images come from another data set than the checkpoints", arg=what)
     return x
 
 
 def check_labels(y, n, n_classes, what="y"):
-    return _check_labels(y, n_classes, what, n)
+    return _check_labels(y, n_classes, what, n, arg=what)
 
 
 class _Run:
-    """What both runs share: the context, the graph, the selected parameters and the loaded checkpoints."""
+    """What both runs share: the graph, the selection (tracin.layers) and the loaded checkpoints. nnabla's current
+    default context is used (the caller sets it)."""
 
-    PROBE = 8  # samples of x each checkpoint is tried on up front
-
-    def __init__(self, checkpoints, layers, method, lr_weight, batch_size, x, context):
-        if context is not None:
-            set_context(context)
+    def _prepare(self, checkpoints, x, layers, method, lr_weight, batch_size, closed_forms):
+        """Build the graph of the checkpoints' network for the images x and parse `layers`; nothing is loaded."""
         if len(checkpoints) == 0:
             raise InputError("no checkpoints to score")
         if batch_size < 1:
             raise InputError(f"batch_size must be at least 1, got {batch_size}", arg="batch_size")
-        self.model = checkpoints.model
-        self.layers, self.method = layers, method
-        self.graph = make_graph(self.model, method, min(batch_size, len(x)))
-        self.names = select_params(self.graph.trainable, layers)
-        self.ckpts = []
-        probe = x[:min(self.PROBE, batch_size)].astype(np.float32)
-        for c in checkpoints:  # every checkpoint is checked up front, not hours into the run
-            self.graph.load(c.path, c.sha1)
-            if not all(np.isfinite(a).all() for a in self.graph.forward(probe)):
+        self.model_cfg = dict(checkpoints.model, input_shape=list(x.shape[1:]))
+        self.method = method
+        self.graph = make_graph(self.model_cfg, method, min(batch_size, len(x)), checkpoints.builder)
+        self.n_classes = self.graph.n_classes
+        if self.model_cfg.get("n_classes") not in (None, self.n_classes):
+            raise InputError(f"the network gives {self.n_classes} logits but the checkpoints' model has "
+                             f"{self.model_cfg['n_classes']} classes")
+        self.selection = choose(self.graph, layers, method, closed_forms)
+        self.names = list(self.selection.names)
+        if not self.selection.closed_form:
+            self.graph.check_supported(self.names)
+        self.ckpts = [{"epoch": c.epoch, "path": c.path, "lr": c.lr, "digest": None} for c in checkpoints]
+        self.etas = [c.lr if lr_weight else 1.0 for c in checkpoints]
+        self.n_params = int(sum(np.prod(self.graph.params[n].shape) for n in self.names))
+
+    def _load(self, checkpoints, first_batch):
+        """Read, hash and check every checkpoint up front, not hours into the run: `first_batch(i)` computes the
+        first batch at checkpoint i (loaded), whose outputs must be finite (finite weights can still overflow)."""
+        for i, (c, entry) in enumerate(zip(checkpoints, self.ckpts)):
+            entry["digest"] = self.graph.load(c.path, c.sha1)[:12]
+            if not all(a is None or np.isfinite(a).all() for a in first_batch(i)):
                 raise InputError(f"{c.path} gives NaN/inf outputs for the first samples: its weights overflow "
                                  "(damaged, or training diverged); leave that checkpoint out")
-            self.ckpts.append({"epoch": c.epoch, "path": c.path, "lr": c.lr, "digest": engine.file_digest(c.path)})
-        self.etas = [c["lr"] if lr_weight else 1.0 for c in self.ckpts]
-        self.n_params = int(sum(np.prod(self.graph.params[n].shape) for n in self.names))
 
     def work(self, rank=0, world=1):
         """Cost of this rank's units (samples x checkpoints): the length of a progress bar."""
         return engine.work(self.job, rank, world)
+
+    def describe(self):
+        """(what the run computes, the unit of its work) for a progress bar."""
+        if isinstance(self, InfluenceRun):
+            return (f"influence of {len(self.y_test)} test x {len(self.job.x_train)} train samples, "
+                    f"{len(self.ckpts)} checkpoints"), "grad"
+        return f"self-influence, {len(self.ckpts)} checkpoints", "sample"
 
     def _execute(self, key, cache_dir, comm, progress):
         if comm is not None and cache_dir is None:
@@ -120,17 +135,24 @@ class _Run:
 class SelfInfluenceRun(_Run):
     """Self-influence of every sample of x (n, C, H, W) with labels y (n,); see tracin.api.self_influence."""
 
-    def __init__(self, checkpoints, x, y, layers="last_bias", method="batched", lr_weight=True, batch_size=64,
-                 context="cpu"):
+    def __init__(self, checkpoints, x, y, *, layers=defaults.SELF_LAYERS, method=defaults.METHOD, lr_weight=True,
+                 batch_size=defaults.BATCH_SIZE):
         x = check_images(x, checkpoints.model)
-        y = check_labels(y, len(x), checkpoints.model["n_classes"])
-        super().__init__(checkpoints, layers, method, lr_weight, batch_size, x, context)
-        self.kind = scoring_kind(layers, method)
+        self._prepare(checkpoints, x, layers, method, lr_weight, batch_size, SELF_CLOSED_FORMS)
+        self.job = None
+
+        def first_batch(i):  # its scores are kept for the job: the check costs no extra forward pass
+            if i == 0:  # the labels are checked against the network once a checkpoint has shown it is the right one
+                labels = check_labels(y, len(x), self.n_classes)
+                self.job = SelfInfluenceJob(self.graph, self.selection.scoring, self.names, self.ckpts, self.etas,
+                                            x, labels, min(batch_size, len(x)))
+            return self.job.first_batch(i)
+        self._load(checkpoints, first_batch)
+        x, y = self.job.x, self.job.y
+        # (the key's field names stay as they were: a renamed field would orphan the caches of earlier runs)
         self.key = engine.settings_key(format=CACHE_FORMAT, data=fingerprint(x, y), names=self.names,
                                        method=method, batch=batch_size, shard=engine.shard_size(len(x)),
-                                       ctx=self._backend(), kind=self.kind)
-        self.job = SelfInfluenceJob(self.graph, self.kind, self.names, self.ckpts, self.etas, x, y,
-                                    min(batch_size, len(x)))
+                                       ctx=self._backend(), kind=self.selection.scoring)
 
     def run(self, cache_dir=None, comm=None, progress=None):
         done, merged, seconds = self._execute(self.key, cache_dir, comm, progress)
@@ -159,15 +181,16 @@ class EnsembleSelfInfluenceRun:
     SelfInfluenceRun per run, every one validated and loaded up front. The runs share one cache folder: a unit's
     name holds its checkpoint file's digest, so the runs' units never collide and a rerun resumes each of them."""
 
-    def __init__(self, ensemble, x, y, layers="last_bias", method="batched", lr_weight=True, batch_size=64,
-                 context="cpu"):
-        self.members = [SelfInfluenceRun(c, x, y, layers, method, lr_weight, batch_size, context if i == 0 else None)
-                        for i, c in enumerate(ensemble.runs)]
+    def __init__(self, ensemble, x, y, **config):
+        self.members = [SelfInfluenceRun(c, x, y, **config) for c in ensemble.runs]
         self.ckpts = [c for m in self.members for c in m.ckpts]
         self.names, self.n_params = self.members[0].names, self.members[0].n_params
 
     def work(self, rank=0, world=1):
         return sum(m.work(rank, world) for m in self.members)
+
+    def describe(self):
+        return f"self-influence, {len(self.members)} runs, {len(self.ckpts)} checkpoints", "sample"
 
     def run(self, cache_dir=None, comm=None, progress=None):
         results = [m.run(cache_dir, comm, progress) for m in self.members]
@@ -185,39 +208,38 @@ class EnsembleSelfInfluenceRun:
 class InfluenceRun(_Run):
     """TracIn of test samples against training samples; see tracin.api.influence."""
 
-    def __init__(self, checkpoints, x_train, y_train, x_test, y_test=None, top_k=10, layers=DEFAULT_INFLUENCE_LAYERS,
-                 method="batched", lr_weight=True, batch_size=64, projection_dim=None, seed=0, full_matrix=False,
-                 test_chunk=None, context="cpu", normalize=DEFAULT_NORMALIZE):
-        model = checkpoints.model
+    def __init__(self, checkpoints, x_train, y_train, x_test, y_test=None, *, top_k=defaults.TOP_K,
+                 layers=defaults.INFLUENCE_LAYERS, method=defaults.METHOD, lr_weight=True,
+                 batch_size=defaults.BATCH_SIZE, projection_dim=None, seed=0, full_matrix=False, test_chunk=None,
+                 normalize=defaults.NORMALIZE):
         if normalize not in NORMALIZATIONS:
-            raise InputError(f"normalize is {normalize!r}; choose one of {', '.join(NORMALIZATIONS)}")
+            raise InputError(f"normalize is {normalize!r}; choose one of {', '.join(NORMALIZATIONS)}", arg="normalize")
         self.normalize = normalize
-        x_train = check_images(x_train, model, "x_train")
-        y_train = check_labels(y_train, len(x_train), model["n_classes"], "y_train")
-        x_test = check_images(x_test, model, "x_test")
+        x_train = check_images(x_train, checkpoints.model, "x_train")
+        x_test = check_images(x_test, dict(checkpoints.model, input_shape=list(x_train.shape[1:])), "x_test")
         if top_k < 1:
             raise InputError(f"top_k must be at least 1, got {top_k}", arg="top_k")
-        if projection_dim is not None and layers == "last":
-            raise InputError("projection_dim applies to layers 'all' or parameter patterns; the last-layer closed "
-                             "form is exact and already compact")
-        super().__init__(checkpoints, layers, method, lr_weight, batch_size, x_train, context)
-        self.kind = "last" if layers == "last" and method == "batched" else "grad"
-        self.featurizer = InfluenceFeatures(self.graph, self.kind, self.names, min(batch_size, len(x_train)),
-                                            projection_dim, seed)
+        check_projection(layers, projection_dim)
+        self._prepare(checkpoints, x_train, layers, method, lr_weight, batch_size, INFLUENCE_CLOSED_FORMS)
+        self.featurizer = InfluenceFeatures(self.graph, self.selection.scoring, self.names,
+                                            min(batch_size, len(x_train)), projection_dim, seed)
         if projection_dim and projection_dim >= self.n_params:
             raise InputError(f"projection_dim {projection_dim} is not below the {self.n_params} selected "
                              "parameters: a projection would only add error; leave it out", arg="projection_dim")
+        first = x_train[:self.graph.batch_size].astype(np.float32)
+        self._load(checkpoints, lambda i: self.graph.forward(first))
+        y_train = check_labels(y_train, len(x_train), self.n_classes, "y_train")
         if y_test is None:  # the class the final model (last selected checkpoint) predicts
             self.graph.load(self.ckpts[-1]["path"])
             y_test = predict(self.graph, x_test)
-        self.y_test = check_labels(y_test, len(x_test), model["n_classes"], "y_test")
+        self.y_test = check_labels(y_test, len(x_test), self.n_classes, "y_test")
         self.k = min(top_k, len(x_train))
         n_test, n_train = len(x_test), len(x_train)
         chunk = min(test_chunk, n_test) if test_chunk else test_chunk_size(n_test, self.featurizer.width(),
                                                                            len(self.ckpts))
         self.key = engine.settings_key(
             format=CACHE_FORMAT, mode="influence", data=fingerprint(x_train, y_train),
-            test=fingerprint(x_test, self.y_test), names=self.names, method=method, kind=self.kind,
+            test=fingerprint(x_test, self.y_test), names=self.names, method=method, kind=self.selection.scoring,
             batch=self.featurizer.batch_size, shard=engine.shard_size(n_train), chunk=chunk, k=self.k,
             matrix=bool(full_matrix), projection=[projection_dim, seed] if projection_dim else None,
             normalize=normalize,
@@ -235,3 +257,19 @@ class InfluenceRun(_Run):
             opponent_scores=top["opp_score"], self_influence=self_inf, test_labels=self.y_test, matrix=matrix,
             epochs=[c["epoch"] for c in self.ckpts], etas=self.etas, parameters=self.names, computed=int(done),
             seconds=seconds, normalize=self.normalize)
+
+
+def progress_bar(run, rank=0, world=1, terminal_only=True):
+    """progress(count, label) drawing one tqdm bar (on stderr) over this rank's units of `run` (cached units count
+    as done); drawn by rank 0 only, and with terminal_only only when stderr is a terminal."""
+    from tqdm import tqdm
+    desc, unit = run.describe()
+    disable = True if rank else (None if terminal_only else False)  # None: tqdm's own test for a terminal
+    bar = tqdm(total=run.work(rank, world), unit=unit, dynamic_ncols=True, disable=disable, desc=desc)
+
+    def progress(count, label):
+        bar.set_postfix_str(label, refresh=False)
+        bar.update(count)
+        if bar.n >= bar.total:
+            bar.close()
+    return progress

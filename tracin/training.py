@@ -50,18 +50,6 @@ def augment_seed(seed, epoch, k):
     return int(np.random.SeedSequence([seed, epoch, 1, k]).generate_state(1)[0] % (2 ** 31 - 1))
 
 
-def skip_failed_imports():
-    """Every read or write of an nnabla Variable's .d / .g runs imports of module names that do not exist
-    (Cython's relative-then-absolute import of nnabla_ext, gc, nnabla), each a file-system search that fails:
-    ~40 of the ~60 microseconds an access costs, and training exchanges ~150 arrays per micro-batch. A None entry
-    in sys.modules makes such an import fail at once; names that exist are left alone."""
-    import importlib.util
-    import sys
-    for name in ("nnabla.nnabla_ext", "nnabla.nnabla", "nnabla.gc"):
-        if name not in sys.modules and importlib.util.find_spec(name) is None:
-            sys.modules[name] = None
-
-
 def _unflatten(flat, variables, field):
     """Set each variable's `field` ("d" or "g") from consecutive slices of the 1-D array `flat`, in order;
     returns how many values were used."""
@@ -102,7 +90,6 @@ class Trainer:
         # ran, so they are either overwritten by precise batch norm before any use (recalibrate_bn, every epoch) or
         # made the mean over micro-batches (_micro_batches)
         self.stats_in_rows = not self.in_place and not recipe.get("precise_bn")
-        skip_failed_imports()
         self._graphs = {}
 
     def _train_graph(self, batch_size, epoch, k):

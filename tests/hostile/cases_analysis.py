@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 
+from . import cases_reliability
 from .common import INF, NAN, damaged_file, file_cases, flag_cases, label_mutations
 from .harness import ANY, BAD, OK, Case
 from .mutate import (
@@ -140,4 +141,4 @@ def npz_cases():
 
 
 def cases():
-    return score_cases() + label_cases() + flags() + npz_cases()
+    return score_cases() + label_cases() + flags() + npz_cases() + cases_reliability.analysis_cases()

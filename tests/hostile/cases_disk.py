@@ -63,7 +63,7 @@ def stale(rel):
     """A temporary of an atomic write of `rel`, as a killed run leaves it."""
     d, name = os.path.split(rel)
     base, ext = os.path.splitext(name)
-    return os.path.join(d, f".{base}.k1ll3d.tmp{ext}")
+    return os.path.join(d, f".{base}.k1ll3d_0.tracin-tmp{ext}")  # tracin.io.atomic_path's naming
 
 
 def put(rel):

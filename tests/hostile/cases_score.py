@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 
+from . import cases_reliability
 from .common import (
     NAN,
     NON_POSITIVE_INT,
@@ -161,4 +162,5 @@ def influence_cases():
 
 
 def cases():
-    return array_cases() + manifest_cases() + checkpoint_cases() + flag_cases_score() + influence_cases()
+    return (array_cases() + manifest_cases() + checkpoint_cases() + flag_cases_score() + influence_cases()
+            + cases_reliability.score_cases())

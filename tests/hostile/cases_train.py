@@ -2,6 +2,7 @@
 import json
 import os
 
+from . import cases_reliability
 from .common import (
     NON_POSITIVE_INT,
     entry,
@@ -126,5 +127,5 @@ def resume_cases():
 
 
 def cases():
-    return array_cases() + flag_cases_train() + resume_cases()
+    return array_cases() + flag_cases_train() + resume_cases() + cases_reliability.train_cases()
 

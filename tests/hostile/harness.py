@@ -5,16 +5,27 @@ one non-empty stderr line naming the file or flag at fault; bad input (rc 2) and
 change nothing on disk, and a full disk (rc 1 or 2) leaves every pre-existing file as it was, no temporary and no
 half-written file under a final name. A successful run writes only complete files holding finite numbers, and
 self-influence that is not negative.
+
+A case runs in this process (run_in_process: the script's `__main__` block, as `python script.py` runs it after the
+imports) or, where it needs a real process, as a subprocess (run).
 """
+import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import re
+import resource
+import runpy
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
+import traceback
+import warnings
 from typing import Callable, Optional, Tuple
 
 import numpy as np
@@ -97,8 +108,115 @@ def run(repo, case, work):
 
 
 def _limit_memory():
-    import resource
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY, MEMORY))
+
+
+# A run in this process: what `python script.py ARGS` does after its imports (the scripts' `__main__` blocks are
+# executed as they are), without paying an interpreter and nnabla's import per case. What a process would give and
+# this one keeps apart: the cwd, argv, stdout/stderr at the Python and the file-descriptor level, Python's default
+# warning filters (a warning shows again in every run), signal handlers, nnabla's parameters, a memory limit
+# and a time limit. What it cannot see (output while importing, a crash that kills the interpreter) is checked by
+# test_hostile's sample of cases also run as processes.
+
+# The filters of an interpreter started without -W (pytest replaces them while a test runs).
+DEFAULT_WARNING_FILTERS = (("default", DeprecationWarning, "__main__"), ("ignore", DeprecationWarning, ""),
+                           ("ignore", PendingDeprecationWarning, ""), ("ignore", ImportWarning, ""),
+                           ("ignore", ResourceWarning, ""))
+
+
+class Hang(BaseException):
+    """Raised in the running script by the time limit (a BaseException: the scripts' handlers let it through)."""
+
+
+def run_in_process(repo, case, work):
+    """run() in this process: (rc, stderr, stdout); rc None = timed out. Only for the tree this process imports."""
+    path = os.path.join(repo, case.script)
+    out, err = io.StringIO(), io.StringIO()
+    with _fd_captured(1) as fd_out, _fd_captured(2) as fd_err, _process_state(path, case.args, work), \
+            contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), _limits():
+        try:
+            runpy.run_path(path, run_name="__main__")
+            rc = 0
+        except SystemExit as e:  # as the interpreter turns sys.exit's argument into an exit status
+            rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            if not isinstance(e.code, (int, type(None))):
+                print(e.code, file=sys.stderr)
+        except Hang:
+            rc = None
+        except BaseException:  # noqa: BLE001 - what the interpreter prints for an uncaught exception
+            traceback.print_exc()
+            rc = 1
+    return rc, err.getvalue() + "".join(fd_err), out.getvalue() + "".join(fd_out)
+
+
+@contextlib.contextmanager
+def _process_state(path, args, work):
+    """argv, cwd, warning filters, signal handlers and nnabla's parameter registry of a fresh process."""
+    import nnabla as nn
+    saved = (sys.argv, os.getcwd(), {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)})
+    sys.argv = [path] + list(args)
+    os.chdir(work)
+    nn.clear_parameters()
+    try:
+        with warnings.catch_warnings():  # also invalidates the registries of warnings already shown once
+            warnings.resetwarnings()
+            for action, category, module in reversed(DEFAULT_WARNING_FILTERS):
+                warnings.filterwarnings(action, category=category, module=module)
+            warnings.showwarning = _print_warning  # pytest records them instead
+            yield
+    finally:
+        sys.argv = saved[0]
+        os.chdir(saved[1])
+        for s, handler in saved[2].items():
+            signal.signal(s, handler)
+        nn.clear_parameters()
+
+
+def _print_warning(message, category, filename, lineno, file=None, line=None):
+    """What an interpreter does with a warning: print it to stderr."""
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+@contextlib.contextmanager
+def _fd_captured(fd):
+    """Whatever is written to file descriptor `fd` (by C code, or through sys.__stderr__): a list that holds the
+    text once the block exits."""
+    got = []
+    with tempfile.TemporaryFile() as f:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved = os.dup(fd)
+        os.dup2(f.fileno(), fd)
+        try:
+            yield got
+        finally:
+            os.dup2(saved, fd)
+            os.close(saved)
+            f.seek(0)
+            got.append(f.read().decode("utf-8", "replace"))
+
+
+@contextlib.contextmanager
+def _limits():
+    """TIMEOUT seconds (SIGALRM: in the main thread) and MEMORY bytes of address space on top of this process's."""
+    def expire(signum, frame):
+        raise Hang()
+    with open("/proc/self/status") as f:
+        used = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    cap = used + MEMORY if hard == resource.RLIM_INFINITY else min(hard, used + MEMORY)
+    timed = threading.current_thread() is threading.main_thread()  # signals reach the main thread only
+    if timed:
+        old = signal.signal(signal.SIGALRM, expire)
+        signal.alarm(TIMEOUT)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    try:
+        yield
+    finally:
+        if timed:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, old)
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
 # ----------------------------------------------------------------------------------------------- the contract
