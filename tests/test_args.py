@@ -46,7 +46,7 @@ def test_help_shows_the_recipe_of_every_data_set():
     recipes = {**{n: s.train_defaults for n, s in datasets.SPECS.items()}, "imagefolder": OWN_DATA.train_defaults}
     assert recipes["cifar10"]["train_epochs"] == 270 and recipes["cifar10"]["train_batch_size"] == 500  # original's
     for key in ("train_epochs", "train_batch_size", "learning_rate", "lr_schedule", "weight_decay", "nmaps"):
-        shown = ", ".join(f"{name} {r[key]}" for name, r in recipes.items())
+        shown = ", ".join(f"{name} {'from the data' if r[key] is None else r[key]}" for name, r in recipes.items())
         assert f"default per data set: {shown}" in text, key
 
 
