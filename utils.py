@@ -164,7 +164,7 @@ SCORE_FILES = frozenset((formats.SCORES, formats.LOSS, formats.PROBABILITIES, fo
 
 def _is_run_file(name, kind):
     if kind == "checkpoints":
-        return name == formats.MANIFEST or bool(CHECKPOINT_RE.match(name))
+        return name in (formats.MANIFEST, formats.VALIDATION) or bool(CHECKPOINT_RE.match(name))
     if kind == "monitor":
         return name in MONITOR_FILES
     return name in ARRAY_FILES or name in SCORE_FILES or bool(formats.EPOCH_SCORES_RE.match(name) or formats.RUN_SCORES_RE.match(name))

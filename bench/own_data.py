@@ -30,6 +30,7 @@ import time
 import numpy as np
 
 from bench.folders import write_folder
+from tracin import formats
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "bench", "results")
@@ -79,7 +80,7 @@ def measure(review_dir, truth, fraction=0.1):
     tp = int((flagged & moved).sum())
     val = metrics.get("validation")
     if val is None:  # tuning before the analysis showed it: train.py's record beside the checkpoints
-        path = os.path.join(os.path.dirname(review_dir), "ckpt", "validation.json")
+        path = os.path.join(os.path.dirname(review_dir), "ckpt", formats.VALIDATION)
         val = json.load(open(path)) if os.path.isfile(path) else {}
     return {"n_rows": n, "n_files": len(truth), "n_moved_listed": int(moved.sum()),
             "n_moved": sum(t != g for t, g in truth.values()),

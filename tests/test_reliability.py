@@ -95,7 +95,8 @@ def test_overwrite_replaces_the_earlier_run_entirely(run):
           "--overwrite", "True")
     names = sorted(os.listdir(run / "ckpt"))
     # the earlier run's params_2 / solver_2 are gone, the user's file stays
-    assert names == ["checkpoints.json", "notes.txt", "params_0.h5", "params_1.h5", "solver_0.h5", "solver_1.h5"]
+    assert names == ["checkpoints.json", "notes.txt", "params_0.h5", "params_1.h5", "solver_0.h5", "solver_1.h5",
+                     "validation.json"]
     with open(run / "ckpt" / "checkpoints.json") as f:
         assert [c["epoch"] for c in json.load(f)["checkpoints"]] == [0, 1]
     with open(run / "mon" / "Training-loss.series.txt") as f:

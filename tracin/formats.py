@@ -3,7 +3,8 @@
 Array folder (train.py --output; the original example's layout), images uint8 NCHW, labels int (N, 1):
   x_train.npy, y_train.npy (clean labels), y_shuffle_train.npy (the labels training saw), x_val.npy, y_val.npy
   files.json                an image-folder import's file list: index -> file, class names (tracin.imagefolder)
-Checkpoint folder (train.py --model_save_path): params_{k}.h5, solver_{k}.h5 and checkpoints.json (tracin.checkpoints)
+Checkpoint folder (train.py --model_save_path): params_{k}.h5, solver_{k}.h5, checkpoints.json (tracin.checkpoints) and
+  validation.json (the model check, tracin.gate)
 Self-influence (calculate_score.py), float64:
   influence_all_epoch.npy   (N,) score, aligned with x_train.npy
   {epoch}_influence.npy     (N,) one checkpoint's eta-weighted term (the terms sum to the score)
@@ -53,6 +54,7 @@ def label_files(folder):
 
 # ------------------------------------------------------------------------------------------- checkpoint folder
 MANIFEST = "checkpoints.json"
+VALIDATION = "validation.json"  # the trained model's validation accuracy against chance (tracin.gate)
 PARAMS_RE = re.compile(r"^params_(\d+)\.h5$")
 
 

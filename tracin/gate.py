@@ -14,7 +14,8 @@ import os
 
 import numpy as np
 
-VALIDATION = "validation.json"  # in the checkpoint folder (train.py); read through scores.json's checkpoint
+from .formats import VALIDATION  # noqa: F401 (gate.VALIDATION: in the checkpoint folder, written by train.py)
+
 MIN_SKILL = 0.5
 
 
