@@ -2,6 +2,7 @@
 in this process, which is faster) on tiny data."""
 import contextlib
 import io
+import hashlib
 import os
 import subprocess
 import sys
@@ -116,3 +117,21 @@ def pytest_runtest_makereport(item, call):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
         report.longrepr = f"skipped under CI=true (a skip here hides an untested path): {reason}"
+
+
+def snapshot(root):
+    """Every file, folder and link under root: {relative path: (size, mtime_ns, sha1)} for a file, "-> target" for
+    a symbolic link (dangling ones too), None for a folder; equal snapshots mean nothing was written or replaced."""
+    out = {}
+    for d, dirs, files in os.walk(root):
+        for name in dirs:
+            out[os.path.relpath(os.path.join(d, name), root) + "/"] = None
+        for name in files:
+            path = os.path.join(d, name)
+            if os.path.islink(path):
+                out[os.path.relpath(path, root)] = "-> " + os.readlink(path)
+                continue
+            st = os.stat(path)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, root)] = (st.st_size, st.st_mtime_ns, hashlib.sha1(f.read()).hexdigest())
+    return out

@@ -4,14 +4,13 @@ problem, no traceback, no progress bar, and no file in the work folder created, 
 Each case runs a script's main in this process (as its `__main__` block does) on a private copy of the session's
 tiny run (`tiny_run`), damaged by the case's `setup`; the cases in SUBPROCESS also run as a real process.
 """
-import hashlib
 import json
 import os
 import shutil
 
 import numpy as np
 import pytest
-from conftest import run_main, run_script
+from conftest import run_main, run_script, snapshot
 
 TRAIN = ("--model_save_path", "{root}/run", "--monitor-path", "{root}/mon", "--nmaps", "4", "--train_epochs", "1",
          "--train_batch_size", "32", "-c", "cpu")
@@ -232,20 +231,6 @@ def ctx(tiny_run, other_params, tmp_path):
     with open(manifest, "w") as f:
         json.dump(m, f)
     return c
-
-
-def snapshot(root):
-    """Every file and folder under root: {relative path: (size, mtime_ns, sha1)} (folders: None)."""
-    out = {}
-    for d, dirs, files in os.walk(root):
-        for name in dirs:
-            out[os.path.relpath(os.path.join(d, name), root) + "/"] = None
-        for name in files:
-            p = os.path.join(d, name)
-            st = os.stat(p)
-            with open(p, "rb") as f:
-                out[os.path.relpath(p, root)] = (st.st_size, st.st_mtime_ns, hashlib.sha1(f.read()).hexdigest())
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------- the test

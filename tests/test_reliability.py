@@ -2,7 +2,6 @@
 --overwrite), folder locks, exact temporaries, writability probed by creating, stale per-checkpoint and label files,
 resuming a moved project, conflicting flags, and the inputs that used to end in a traceback."""
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -13,26 +12,11 @@ import time
 
 import numpy as np
 import pytest
-from conftest import run_main, run_script, write_subset
+from conftest import run_main, run_script, snapshot, write_subset
 
 from tracin import io as tio
 
 TRAIN = ("--nmaps", "4", "--train_batch_size", "16", "-c", "cpu")
-
-
-def snapshot(root):
-    out = {}
-    for d, dirs, files in os.walk(root):
-        for name in dirs:
-            out[os.path.relpath(os.path.join(d, name), root) + "/"] = None
-        for name in files:
-            path = os.path.join(d, name)
-            if os.path.islink(path):
-                out[os.path.relpath(path, root)] = "-> " + os.readlink(path)
-                continue
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, root)] = hashlib.sha1(f.read()).hexdigest()
-    return out
 
 
 def one_line(code, err, *words):
