@@ -250,6 +250,10 @@ def _add_train_run_args(p):
     p.add_argument("--checkpoint", default=None,
                    help="resume from this params_{epoch}.h5 file, with its solver state, as the original (default: "
                         "none; calculate_score.py's --checkpoint is the folder)")
+    p.add_argument("--init_from", default=None, metavar="PARAMS.h5",
+                   help="start from weights trained elsewhere: every parameter of this nnabla .h5 file (e.g. a "
+                        "params_{epoch}.h5 of another run) whose name and shape fit the model; the rest (a final "
+                        "layer for another number of classes) keeps its random initialisation (default: none)")
     p.add_argument("--resume", nargs="?", const=True, default=False, type=resume_value,
                    help="continue from the newest complete checkpoint in --model_save_path (or the epoch given)")
     p.add_argument("--overwrite", action=Switch, default=False,
@@ -263,6 +267,10 @@ def _add_train_run_args(p):
                    help="split every batch into M equal micro-batches, each normalised by batch norm on its own "
                         "and dealt to the MPI ranks; the weights depend on M, not on the number of ranks (default: "
                         "the number of ranks, 1 without mpiexec; --resume keeps the recorded M)")
+    p.add_argument("--processes", type=positive_int, default=None,
+                   help="train in N processes (MPI ranks started for you by the bundled mpiexec, `make mpi`; default: "
+                        "own images 2 where 2 cores and the MPI runtime are there, with the same weights as 1; "
+                        "otherwise 1)")
     p.add_argument("--val_batch_size", type=positive_int, default=100, help="batch size of the validation pass")
     p.add_argument("--train_epochs", type=positive_int, default=None,
                    help="epochs to train (" + per_dataset("train_epochs") + ")")

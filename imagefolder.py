@@ -58,6 +58,11 @@ ORIENTATION = 0x0112  # EXIF tag; values 5-8 mean the stored image is turned a q
 BACKGROUND = (255, 255, 255)  # transparent pixels: white, as most viewers and web pages show them
 
 
+# Every batch is split into two micro-batches (tracin/dataparallel.py): train.py then trains in two processes where
+# two cores exist and in one elsewhere, with the same weights either way (they depend on the split, not on the
+# processes), so a result is reproducible on any machine.
+MICRO_BATCHES = 2
+
 # The training recipe of an image import (train.py also uses it for arrays whose shape no known data set has):
 # fixed settings here, training length and checkpoint spacing from the data (adapt_recipe). Own data sets are small
 # (hundreds to a few thousand images) and trained on a CPU: a narrow resnet23 (width 16), batch 64 (at most the
@@ -67,7 +72,7 @@ BACKGROUND = (255, 255, 255)  # transparent pixels: white, as most viewers and w
 OWN_DATA = DatasetSpec(
     "imagefolder", (), None, augment=dict(angle=0.15, min_scale=0.9, max_scale=1.1, flip_lr=False),
     train_defaults=dict(train_batch_size=64, train_epochs=None, learning_rate=0.1, lr_schedule="cosine",
-                        weight_decay=5e-4, nmaps=16))
+                        weight_decay=5e-4, nmaps=16, micro_batches=MICRO_BATCHES))
 # Training length as a budget of optimizer steps, not epochs: 30 epochs are ~690 steps on 1,500 digits but ~150 on
 # 300 images, which then memorise instead of learning. At least MIN_STEPS steps and MIN_EPOCHS epochs.
 MIN_STEPS = 1000

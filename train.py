@@ -20,12 +20,12 @@ import numpy as np
 import datasets
 import imagefolder
 import models
-from args import CliError, parse_train_args
+from args import CliError, parse_train_args, train_parser
 from tracin import checkpoints, formats, gate
 from tracin.arrays import check_labels, fingerprint
 from tracin.context import set_context
 from tracin.dataparallel import Shards
-from tracin.errors import MissingInputError
+from tracin.errors import InputError, MissingInputError
 from tracin.io import (
     check_writable,
     ensure_dir,
@@ -34,13 +34,18 @@ from tracin.io import (
     save_json,
     writes_to,
 )
+from tracin.parallel import launched_under_mpi
 from tracin.training import Trainer, checkpoint_lr, learning_rate
 from utils import (
     claim_folders,
     clear_run_files,
+    launch_ranks,
+    mpi_launcher,
+    on_terminal,
     refuse_other_runs,
     run_mpi_cli,
     skip_failed_imports,
+    usable_cores,
 )
 
 
@@ -57,7 +62,7 @@ def resolve_recipe(args, dataset, n_train):
     if d["train_epochs"] is None:  # own data: length from the data (imagefolder.adapt_recipe)
         d.update(imagefolder.adapt_recipe(n_train, args.train_batch_size or d["train_batch_size"], args.train_epochs))
     pick = (lambda key: getattr(args, key) if getattr(args, key) is not None else d[key])
-    return {"save_interval": d.get("save_interval", 1),
+    return {"save_interval": d.get("save_interval", 1), "micro_batches": d.get("micro_batches"),
         "dataset": dataset, "seed": args.seed, "shuffle_label": args.shuffle_label, "shuffle_rate": args.shuffle_rate,
         "train_epochs": pick("train_epochs"), "train_batch_size": pick("train_batch_size"),
         "learning_rate": pick("learning_rate"), "lr_schedule": pick("lr_schedule"),
@@ -104,7 +109,7 @@ def import_images(args):
         raise CliError("--dataset imagefolder needs --data-dir FOLDER: the folder holding one sub-folder of images "
                        "per class")
     arrays, file_list = imagefolder.make_arrays(args.data_dir, args.image_size, args.val_fraction, args.seed,
-                                                progress=sys.stderr.isatty())
+                                                progress=on_terminal())
     record = None
     if args.shuffle_label:
         arrays["y_train"] = arrays["y_shuffle_train"]
@@ -249,8 +254,9 @@ def fresh_state(args, ckpt_dir):
     n, bs = len(arrays["x_train"]), recipe["train_batch_size"]
     if n < 2:  # batch normalisation over one sample has no variance
         raise CliError(f"{os.path.join(where, formats.X_TRAIN)} holds {n} training sample: training needs at least 2")
-    if args.train_batch_size is None:  # a recipe's batch never exceeds a small data set
-        bs = recipe["train_batch_size"] = min(bs, n)
+    if args.train_batch_size is None:  # a recipe's batch never exceeds a small data set, and splits evenly
+        m = recipe["micro_batches"] or 1
+        bs = recipe["train_batch_size"] = min(bs, n) - (min(bs, n) % m if min(bs, n) >= 2 * m else 0)
     if bs > n:
         raise CliError(f"{os.path.join(where, formats.X_TRAIN)} holds {n} training samples, fewer than "
                        f"--train_batch_size {bs}: pass --train_batch_size {n} or less (or more data)")
@@ -298,7 +304,7 @@ def run_epochs(trainer, recipe, manifest, ckpt_dir, start_epoch, args, data):
     epochs, interval = recipe["train_epochs"], args.model_save_interval or recipe.get("save_interval", 1)
     from tqdm import tqdm
     bar = tqdm(total=(epochs - start_epoch) * math.ceil(len(x_train) / recipe["train_batch_size"]), desc="train",
-               unit="batch", dynamic_ncols=True, disable=None if rank0 else True)  # None: on a terminal only
+               unit="batch", dynamic_ncols=True, disable=not (rank0 and on_terminal()))
     last_good = start_epoch
     try:
         for epoch in range(start_epoch, epochs):
@@ -364,7 +370,7 @@ def set_micro_batches(args, recipe, ranks, resumed):
             raise CliError(f"--micro_batches {args.micro_batches}: the run being resumed splits its batches into "
                            f"{m}; drop --micro_batches (--resume keeps the recorded split)")
     else:
-        m = args.micro_batches or ranks
+        m = args.micro_batches or default_micro_batches(recipe, ranks)
     bs = recipe["train_batch_size"]
     what = f"--micro_batches {m}" + ("" if args.micro_batches or resumed else f" (the number of ranks, {ranks})")
     if bs % m or bs // m < 2:
@@ -377,11 +383,48 @@ def set_micro_batches(args, recipe, ranks, resumed):
     recipe.update(micro_batches=m, ranks=ranks)
 
 
+def default_micro_batches(recipe, ranks):
+    """M when --micro_batches is not given: the recipe's (own data: 2, so that one and two processes train the
+    same weights) when it splits the batch into micro-batches of at least 2 and there are no more ranks, else the
+    number of ranks."""
+    m, bs = recipe.get("micro_batches"), recipe["train_batch_size"]
+    return m if m and ranks <= m and bs % m == 0 and bs // m >= 2 else ranks
+
+
+def init_weights(trainer, path):
+    """Load --init_from into the fresh model (checkpoints.load_matching); the record the manifest keeps of it."""
+    try:
+        digest, copied, kept = checkpoints.load_matching(path, trainer.params)
+    except InputError as e:
+        raise CliError(f"--init_from: {e}") from None
+    if trainer.shards.rank == 0:
+        print(f"starting from {path}: {len(copied)} of {len(copied) + len(kept)} parameters"
+              + (f"; {', '.join(kept)} keep their initialisation" if kept else ""), file=sys.stderr)
+    return {"file": os.path.abspath(path), "sha1": digest, "copied": len(copied), "kept": kept}
+
+
+def check_processes(args, ranks):
+    """--processes N > 1 is started by train.py as N MPI ranks (launch); here it must match the ranks there are."""
+    if args.processes in (None, ranks):
+        return
+    if ranks == 1:
+        raise CliError(f"--processes {args.processes} needs the MPI runtime (mpi4py and mpiexec in this Python's "
+                       "environment): run `make mpi`, or pass --processes 1")
+    raise CliError(f"--processes {args.processes} under an MPI launcher of {ranks} ranks: drop --processes (mpiexec "
+                   "-n sets them)")
+
+
 def check_run_flags(args):
     """--overwrite against --resume / --checkpoint, and --model_save_path against --checkpoint's folder."""
     resuming = args.checkpoint or args.resume is not False
     if args.overwrite and resuming:
         raise CliError("--overwrite True replaces an earlier run, --resume / --checkpoint continues it: pass one")
+    if args.init_from and resuming:
+        raise CliError("--init_from starts a new run from other weights, --resume / --checkpoint continues one: "
+                       "pass one")
+    if args.init_from and not os.path.isfile(args.init_from):
+        raise CliError(f"--init_from: '{args.init_from}' is not a file: pass an nnabla parameter file (.h5), e.g. "
+                       "a params_{epoch}.h5 of another run")
     ckpt_folder = os.path.realpath(os.path.dirname(os.path.abspath(args.checkpoint or ".")))
     if args.checkpoint and args.model_save_path and os.path.realpath(args.model_save_path) != ckpt_folder:
         raise CliError(f"--model_save_path '{args.model_save_path}' conflicts with --checkpoint '{args.checkpoint}': "
@@ -414,6 +457,7 @@ def main(argv=None, comm=None):
     check_dataset_flags(args)
     check_run_flags(args)
     shards = Shards(comm)
+    check_processes(args, shards.size)
     manifest, entry, ckpt_dir = resume_point(args, args.model_save_path)
     if manifest is None and args.seed is None:
         args.seed = 0
@@ -440,13 +484,15 @@ def main(argv=None, comm=None):
             arrays["y_val"])
     # only now, and by rank 0 only: a mistake found above (by every rank alike) leaves nothing behind
     array_dir = os.path.normpath(os.path.join(os.path.abspath(ckpt_dir), recipe["array_dir"]))
+    skip_failed_imports()  # process-wide: the script, not the library, changes sys.modules
+    trainer = Trainer(model_cfg, recipe, min(args.val_batch_size, len(data[2])), functools.partial(models.build, model_cfg),
+                      shards)
+    if manifest is None and args.init_from:
+        recipe["init_from"] = init_weights(trainer, args.init_from)
     if shards.rank == 0:
         take_folders(args, manifest, ckpt_dir, made, array_dir)
         if made:
             save_made_arrays(args, arrays, array_dir)
-    skip_failed_imports()  # process-wide: the script, not the library, changes sys.modules
-    trainer = Trainer(model_cfg, recipe, min(args.val_batch_size, len(data[2])), functools.partial(models.build, model_cfg),
-                      shards)
     start_epoch, manifest = start(trainer, manifest, entry, ckpt_dir, recipe, model_cfg, data[0])
     if start_epoch and shards.rank == 0:
         print(f"resuming from epoch {start_epoch} ({entry['params']})", file=sys.stderr)
@@ -455,10 +501,48 @@ def main(argv=None, comm=None):
         n = recipe["train_epochs"]
         check = gate.model_check(1.0 - verr, arrays["y_val"], n)
         save_json(os.path.join(ckpt_dir, gate.VALIDATION), check)
-        print(f"done: {n} epoch{'' if n == 1 else 's'}, validation error {verr:.4f} (loss {vloss:.4f}); "
+        procs = f" in {shards.size} processes" if shards.size > 1 else ""
+        print(f"done: {n} epoch{'' if n == 1 else 's'}{procs}, validation error {verr:.4f} (loss {vloss:.4f}); "
               f"checkpoints and {formats.MANIFEST} in {ckpt_dir}\n{check['sentence']}", file=sys.stderr)
     return 0
 
 
+def processes_wanted(argv):
+    """How many processes to start for this command when not under an MPI launcher: --processes, else for a fresh
+    import of own images imagefolder.MICRO_BATCHES when that many cores and the MPI runtime are there (the weights
+    are the same in one process), else 1. A command that does not parse runs here, which reports it."""
+    parser = train_parser()
+
+    def refuse(*_, **__):
+        raise ValueError
+    parser.error = parser.exit = refuse
+    parser.print_help = parser.print_usage = (lambda *_, **__: None)
+    try:
+        args = parser.parse_args(argv)
+    except ValueError:
+        return 1
+    if args.processes is not None or launched_under_mpi():
+        return args.processes or 1
+    fresh_import = (args.dataset == "imagefolder" and args.data_dir and not args.input and not args.checkpoint
+                    and args.resume is False)
+    if not fresh_import or mpi_launcher() is None:
+        return 1
+    try:  # a listing, no decoding: enough images for micro-batches of 2 (else one process; a bad folder: main says)
+        enough = len(imagefolder.scan(args.data_dir)[1]) >= 8 * imagefolder.MICRO_BATCHES
+    except InputError:
+        return 1
+    return min(usable_cores(), args.micro_batches or imagefolder.MICRO_BATCHES) if enough else 1
+
+
+def launch(argv):
+    """Exit code of the command run as several ranks (processes_wanted), or None to run it in this process."""
+    n = processes_wanted(argv)
+    if n < 2 or launched_under_mpi() or mpi_launcher() is None:
+        return None  # main refuses --processes N without the MPI runtime
+    return launch_ranks(__file__, argv, n)
+
+
 if __name__ == "__main__":
-    sys.exit(run_mpi_cli(main, resume_hint="add --resume to the same command to continue"))
+    code = launch(sys.argv[1:])
+    sys.exit(code if code is not None else run_mpi_cli(main, resume_hint="add --resume to the same command to "
+                                                                          "continue"))

@@ -233,3 +233,37 @@ def clear_run_files(found):
         for name in names:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(folder, name))
+
+
+# set by launch_ranks when the user's stderr is a terminal: the ranks, whose stderr mpiexec pipes, draw progress bars
+TERMINAL_ENV = "TRACIN_TERMINAL"
+
+
+def on_terminal():
+    """Whether progress bars are wanted: stderr is a terminal, or the ranks of a launch_ranks started from one."""
+    return sys.stderr.isatty() or os.environ.get(TERMINAL_ENV) == "1"
+
+
+def mpi_launcher():
+    """The mpiexec of this Python's environment (requirements-mpi.txt bundles MPICH) when mpi4py is installed too,
+    else None: a system mpiexec may belong to another MPI than the one mpi4py was built for."""
+    import importlib.util
+    path = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    return path if os.access(path, os.X_OK) and importlib.util.find_spec("mpi4py") else None
+
+
+def usable_cores():
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def launch_ranks(script, argv, n):
+    """Run `script argv` as n MPI ranks (one thread each) and return their exit code; Ctrl-C reaches the ranks,
+    which say how to continue."""
+    import subprocess
+    env = dict(os.environ, OMP_NUM_THREADS="1", **({TERMINAL_ENV: "1"} if sys.stderr.isatty() else {}))
+    proc = subprocess.Popen([mpi_launcher(), "-n", str(n), sys.executable, os.path.abspath(script), *argv], env=env)
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:
+        code = proc.wait()
+    return 130 if code < 0 else code

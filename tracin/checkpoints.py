@@ -248,6 +248,20 @@ def load_into(path, params, sha1=None):
     return digest
 
 
+def load_matching(path, params):
+    """Start from weights trained elsewhere: copy every parameter of the file at `path` whose name and shape match
+    one of `params` ({name: Variable}); the others (a final layer for another number of classes) keep their values.
+    Returns (the file's SHA-1, names copied, names kept). A file sharing no parameter is a ModelMismatchError."""
+    stored, digest = _read_params(path, ordered=False)
+    copied = [k for k, v in params.items() if k in stored and tuple(stored[k].shape) == tuple(v.shape)]
+    if not copied:
+        raise ModelMismatchError(f"{path} shares no parameter (name and shape) with the model: it was saved by another "
+                                 "model or width (--model, --nmaps); start from a checkpoint of the same network")
+    for name in copied:
+        params[name].d = np.asarray(stored[name], dtype=np.float32)
+    return digest, copied, [k for k in params if k not in copied]
+
+
 def load_solver(path, solver, sha1=None):
     """Restore a momentum solver's state from `path` (checked against its SHA-1 `sha1` when given); a damaged
     file is an InputError."""
