@@ -14,9 +14,15 @@ import nnabla.parametric_functions as PF
 
 
 def _augment(image, test, augment):
+    """F.image_augmentation with `augment`'s settings; its `shift` (a fraction of the image side) becomes the
+    padding of a random translation, so one recipe fits images of any size."""
     if test or not augment:
         return image
-    image = F.image_augmentation(image, **augment)
+    settings = dict(augment)
+    shift = settings.pop("shift", 0)
+    if shift:
+        settings["pad"] = tuple(max(1, round(side * shift)) for side in image.shape[2:])
+    image = F.image_augmentation(image, **settings)
     image.need_grad = False
     return image
 
