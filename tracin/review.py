@@ -15,7 +15,7 @@ label is certainly not it).
 Every image audited: an image import also scores its validation images (formats.VAL_FILES) with the same
 checkpoints, which never trained on them, so a validation row's self_influence is held-out self-influence
 (sum_i eta_i ||grad loss(w_i, z)||^2 of an unseen z) and its suggestion comes from out-of-sample probabilities.
-Held-out gradients are systematically larger than those of samples the model fitted, so raw scores would put the
+Held-out gradients tend to be larger than those of samples the model fitted, so raw scores would put the
 validation images above the training ones. Both splits are therefore ranked by robust_z, the robust z-score of
 log(score) within the sample's own split: how far it stands out among the samples scored the same way. For one
 split the z-score is a monotone function of the score, so the order is the score's (data without validation rows
