@@ -187,7 +187,7 @@ def split_result(result, n):
     mode; tests/test_audit_all.py checks it bit for bit)."""
     held = {formats.VAL_SCORES: result.scores[n:], formats.VAL_LOSS: result.loss[n:],
             formats.VAL_PROBABILITIES: result.probabilities[n:]}
-    part = dict(scores=result.scores[:n], loss=result.loss[:n], probabilities=result.probabilities[:n])
+    part = {"scores": result.scores[:n], "loss": result.loss[:n], "probabilities": result.probabilities[:n]}
     if isinstance(result, EnsembleResult):
         return dataclasses.replace(result, runs=[split_result(r, n)[0] for r in result.runs], **part), held
     return dataclasses.replace(result, terms=result.terms[:, :n], **part), held

@@ -196,8 +196,8 @@ def load_validation(input_dir, folder, file_list, with_probabilities, n_classes,
         raise CliError(f"{os.path.join(input_dir, formats.FILE_LIST)} lists {len(file_list['val'])} validation files "
                        f"but {formats.Y_VAL} has {given.size} labels: it comes from another import")
     scores, probabilities = review.read_validation(folder, given, with_probabilities)
-    return dict(x=arrays.get("x_val"), given=given, scores=scores, probabilities=probabilities,
-                files=file_list["val"])
+    return {"x": arrays.get("x_val"), "given": given, "scores": scores, "probabilities": probabilities,
+            "files": file_list["val"]}
 
 
 def _folder(value, npz_path, what):
@@ -256,8 +256,8 @@ def load_influence(args, notes):
 def run_review(d, args, out):
     """label_issues.csv and the sheet of its top rows (always); without clean labels also the per-class score
     figure and the metrics.json of a review. Returns (rows, metrics or None, figures)."""
-    a = review.audited(dict(scores=d["scores"], given=d["y_given"], probabilities=d["probabilities"],
-                            files=d["files"], x=d["x"]), d["val"])
+    a = review.audited({"scores": d["scores"], "given": d["y_given"], "probabilities": d["probabilities"],
+                        "files": d["files"], "x": d["x"]}, d["val"])
     rows = review.label_issues(a["scores"], a["given"], a["probabilities"], d["names"], a["files"], d["trusted"],
                                a["split"], a["index"])
     review.write_label_issues(os.path.join(out, formats.LABEL_ISSUES), rows)

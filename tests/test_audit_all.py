@@ -109,7 +109,7 @@ def test_every_file_once_with_its_split_in_the_within_split_z_order(audit):
     for r in rows:
         assert r["file"] == fl["train" if r["split"] == "train" else "val"][int(r["index"])]
     assert {r["split"] for r in rows} == {"train", "validation"}
-    z, keys = [], []
+    keys = []
     for split, name in (("train", formats.SCORES), ("validation", formats.VAL_SCORES)):
         s = np.load(data / name)
         log_s = np.log(s)
@@ -177,7 +177,7 @@ def test_two_splits_are_ranked_and_flagged_on_their_own_scale():
     images = rng.randint(0, 256, (60, 1, 4, 4)).astype(np.uint8)
     cells = review.sheet_cells(rows, images, 60)
     assert all(np.array_equal(c["image"], images[r["position"]]) for c, r in zip(cells, rows))
-    assert "validation index 4" in [c for c, r in zip(cells, rows) if r["position"] == 54][0]["caption"]
+    assert "validation index 4" in next(c for c, r in zip(cells, rows) if r["position"] == 54)["caption"]
 
 
 def test_csv_round_trip_with_splits(tmp_path):
