@@ -12,6 +12,9 @@ learning rates and the model from --checkpoint (checkpoints.json). Writes into -
   loss_last_epoch.npy       (N,) per-sample loss at the last selected checkpoint (a baseline ranking)
   probabilities.npy         (N, classes) eta-weighted mean softmax probabilities over the selected checkpoints
   scores.json               checkpoints, eta, layers, method, speed, versions
+  val_influence.npy, val_loss_last_epoch.npy, val_probabilities.npy: an image import's (files.json) validation
+                            images scored the same way with their labels y_val.npy (held-out self-influence), so
+                            that the analysis audits every file; other folders' x_val.npy is a test set, not scored
 An ensemble: --checkpoint A,B,C names several train.py runs on the same arrays (differing in --seed; their
 manifests' data fingerprints must agree). The score is the sum of the runs' self-influence; influence_run{r}.npy
 keeps run r's score, loss_last_epoch.npy and probabilities.npy are means over the runs, scores.json lists the runs.
@@ -30,6 +33,7 @@ last_block there: the last residual unit and the final affine layer (docs/explan
 Under an MPI launcher (mpiexec -n N ...; see tracin/parallel.py) the units are spread over the ranks and rank 0
 writes the same files as one process.
 """
+import dataclasses
 import os
 import platform
 import sys
@@ -41,6 +45,7 @@ from args import CliError, parse_score_args
 from tracin import checkpoints, defaults, formats, normalize
 from tracin.api import (
     CheckpointEnsemble,
+    EnsembleResult,
     load_checkpoints,
     plan_influence,
     plan_self_influence,
@@ -159,6 +164,35 @@ def load_training_data(args):
     return x, y, ckpts, warnings
 
 
+def load_validation(args, x, n_classes):
+    """(x_val, y_val) of an image import (files.json beside the arrays) for --mode self, checked against x_train's
+    images and the model's classes; None elsewhere (x_val.npy of other folders is a test set) and when there is no
+    validation image."""
+    folder = args.input
+    if args.mode != "self" or not os.path.isfile(os.path.join(folder, formats.FILE_LIST)):
+        return None
+    data = datasets.load_arrays(folder, need=(), optional=(formats.X_VAL, formats.Y_VAL))
+    if "x_val" not in data or "y_val" not in data or not len(data["x_val"]):
+        return None
+    xv, path = data["x_val"], os.path.join(folder, formats.X_VAL)
+    if xv.shape[1:] != x.shape[1:] or xv.dtype != x.dtype:
+        raise CliError(f"{path} holds {xv.dtype} images of shape {xv.shape[1:]} but {formats.X_TRAIN} "
+                       f"{x.dtype} {x.shape[1:]}: the arrays come from different imports; import the images again")
+    return xv, check_labels(data["y_val"], n_classes, os.path.join(folder, formats.Y_VAL))
+
+
+def split_result(result, n):
+    """(the result of the first n samples, x_train's, as if scored alone; {file name: array} of the others, the
+    validation images). A sample's values do not depend on the samples sharing its batch (batch norm in inference
+    mode; tests/test_audit_all.py checks it bit for bit)."""
+    held = {formats.VAL_SCORES: result.scores[n:], formats.VAL_LOSS: result.loss[n:],
+            formats.VAL_PROBABILITIES: result.probabilities[n:]}
+    part = {"scores": result.scores[:n], "loss": result.loss[:n], "probabilities": result.probabilities[:n]}
+    if isinstance(result, EnsembleResult):
+        return dataclasses.replace(result, runs=[split_result(r, n)[0] for r in result.runs], **part), held
+    return dataclasses.replace(result, terms=result.terms[:, :n], **part), held
+
+
 def array_files(args):
     """The file behind each array argument of the API: the library's error about one names the file instead."""
     test_dir = args.test_input or args.input
@@ -175,11 +209,14 @@ def name_file(error, files):
     return InputError(path + message[len(error.arg):])
 
 
-def plan_run(args, ckpts, x, y):
-    """The validated run of --mode (every checkpoint loaded); {'run': ...} and, for influence, its test samples."""
+def plan_run(args, ckpts, x, y, val=None):
+    """The validated run of --mode (every checkpoint loaded); {'run': ...} and, for influence, its test samples.
+    val: (x_val, y_val) scored after x_train in the same self-influence run (load_validation), or None."""
     try:
         if args.mode == "influence":
             return prepare_influence(args, ckpts, x, y)
+        if val is not None:
+            x, y = np.concatenate([x, val[0]]), np.concatenate([y, val[1]])
         return {"run": plan_self_influence(ckpts, x, y, layers=args.layers, method=args.method,
                                            lr_weight=args.lr_weight, batch_size=args.batch_size)}
     except checkpoints.ModelMismatchError as e:
@@ -206,10 +243,11 @@ def main(argv=None, comm=None):
     if rank == 0:  # the probe creates and removes folders, which ranks doing it at once would trip over
         check_writable(output, "--output")
     x, y, ckpts, warnings = load_training_data(args)
+    val = load_validation(args, x, ckpts.model["n_classes"])
     # under MPI every rank takes the GPU of its rank on its node (mpiexec -n 8 on 8 GPUs: devices 0..7)
     device_id = str(getattr(comm, "local_rank", rank)) if world > 1 else args.device_id
     ctx = set_context(args.context, device_id, args.type_config)
-    plan = plan_run(args, ckpts, x, y)
+    plan = plan_run(args, ckpts, x, y, val)
     # only now: a mistake found above leaves nothing behind, not even an empty folder
     ensure_dir(output, "--output")
     if rank == 0:
@@ -226,12 +264,16 @@ def main(argv=None, comm=None):
               "model": dict(ckpts.model, input_shape=list(x.shape[1:]), n_classes=n_classes), "layers": args.layers,
               "method": args.method, "lr_weight": bool(args.lr_weight), "batch_size": args.batch_size,
               "context": ctx.backend[0].split(":")[0], "type_config": args.type_config, "ranks": world}
+    held = None
+    if val is not None:
+        result, held = split_result(result, len(x))
+        record.update(n_val=len(val[0]), validation_files=list(formats.VAL_FILES))
     if isinstance(ckpts, CheckpointEnsemble):
-        return write_ensemble(args, ckpts, run, result, record, output)
+        return write_ensemble(args, ckpts, run, result, record, output, held)
     record["checkpoints"] = checkpoint_list(ckpts, result.etas)
     if args.mode == "influence":
         return write_influence(args, plan, result, record, output)
-    return write_self(args, run, result, record, output)
+    return write_self(args, run, result, record, output, held)
 
 
 def checkpoint_list(ckpts, etas):
@@ -244,16 +286,26 @@ def versions():
 
 
 def remove_stale(output, keep):
-    """Remove per-checkpoint and per-run score files of an earlier scoring in `output` that this run did not write
-    (`keep`): every such file beside scores.json belongs to the run it describes."""
+    """Remove per-checkpoint, per-run and validation score files of an earlier scoring in `output` that this run
+    does not write (`keep`): every such file beside scores.json belongs to the run it describes."""
     for name in os.listdir(output):
-        if (formats.EPOCH_SCORES_RE.match(name) or formats.RUN_SCORES_RE.match(name)) and name not in keep:
+        ours = formats.EPOCH_SCORES_RE.match(name) or formats.RUN_SCORES_RE.match(name) or name in formats.VAL_FILES
+        if ours and name not in keep:
             os.remove(os.path.join(output, name))
 
 
-def write_self(args, run, result, record, output):
+def write_validation(output, held):
+    """The validation images' files (split_result's `held`; None: nothing to write) and the words for the summary."""
+    for name, array in (held or {}).items():
+        save_npy(os.path.join(output, name), array)
+    return f" and {len(held[formats.VAL_SCORES])} validation images" if held else ""
+
+
+def write_self(args, run, result, record, output, held=None):
     n = len(result.scores)
-    remove_stale(output, {formats.epoch_scores_name(e) for e in result.epochs} if args.save_every_epoch else ())
+    epochs = {formats.epoch_scores_name(e) for e in result.epochs} if args.save_every_epoch else set()
+    remove_stale(output, epochs | set(held or ()))
+    validated = write_validation(output, held)
     if args.save_every_epoch:
         for epoch, term in zip(result.epochs, result.terms):
             save_npy(os.path.join(output, formats.epoch_scores_name(epoch)), term)
@@ -267,16 +319,17 @@ def write_self(args, run, result, record, output):
         probabilities=formats.PROBABILITIES, samples_computed=done, seconds=round(secs, 3),
         samples_per_second=round(done / secs, 2) if done and secs > 0 else None, versions=versions()))
     rate = f", {done / secs:.0f} samples/s" if done and secs > 0 else " (all from cache)"
-    print(f"scored {n} samples x {len(result.epochs)} checkpoints (layers {args.layers}, {args.method}{rate}); "
-          f"wrote {os.path.join(output, formats.SCORES)}", file=sys.stderr)
+    print(f"scored {n} samples{validated} x {len(result.epochs)} checkpoints (layers {args.layers}, "
+          f"{args.method}{rate}); wrote {os.path.join(output, formats.SCORES)}", file=sys.stderr)
     return 0
 
 
-def write_ensemble(args, ensemble, run, result, record, output):
+def write_ensemble(args, ensemble, run, result, record, output, held=None):
     """The sum of the runs' self-influence, each run's score (influence_run{r}.npy), the mean loss and
     probabilities, and scores.json listing the runs."""
     runs = []
-    remove_stale(output, {formats.run_scores_name(r) for r in range(1, len(ensemble.runs) + 1)})
+    remove_stale(output, {formats.run_scores_name(r) for r in range(1, len(ensemble.runs) + 1)} | set(held or ()))
+    validated = write_validation(output, held)
     for r, (ckpts, res) in enumerate(zip(ensemble.runs, result.runs), start=1):
         save_npy(os.path.join(output, formats.run_scores_name(r)), res.scores)
         runs.append({"checkpoint": os.path.abspath(ckpts.folder), "scores": formats.run_scores_name(r),
@@ -295,8 +348,8 @@ def write_ensemble(args, ensemble, run, result, record, output):
         parameters=result.runs[0].parameters, samples_computed=done, seconds=round(secs, 3),
         samples_per_second=round(done / secs, 2) if done and secs > 0 else None, versions=versions()))
     rate = f", {done / secs:.0f} samples/s" if done and secs > 0 else " (all from cache)"
-    print(f"scored {n} samples x {len(runs)} runs ({sum(len(c) for c in ensemble.runs)} checkpoints, layers "
-          f"{args.layers}, {args.method}{rate}); wrote {os.path.join(output, formats.SCORES)}", file=sys.stderr)
+    print(f"scored {n} samples{validated} x {len(runs)} runs ({sum(len(c) for c in ensemble.runs)} checkpoints, "
+          f"layers {args.layers}, {args.method}{rate}); wrote {os.path.join(output, formats.SCORES)}", file=sys.stderr)
     return 0
 
 

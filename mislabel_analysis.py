@@ -6,8 +6,9 @@
 Reads y_train.npy (clean labels), y_shuffle_train.npy (the labels training saw; mislabeled = they differ),
 x_train.npy and the score file (default --input/influence_all_epoch.npy). Beside the score file it also uses
 loss_last_epoch.npy (a baseline ranking), probabilities.npy (suggested labels), scores.json (data set name for class
-names) and, with --ckpt_analysis, {epoch}_influence.npy; files.json of an image import gives file and class names.
-Always writes label_issues.csv (every sample, most suspicious first, with a suggested label; tracin/review.py) and
+names) and, with --ckpt_analysis, {epoch}_influence.npy; files.json of an image import gives file and class names,
+and its validation images (x_val.npy, y_val.npy, scored as val_influence.npy and val_probabilities.npy) are audited
+too. Always writes label_issues.csv (every sample, most suspicious first, with a suggested label; tracin/review.py) and
 label_issues_top.png (its top --top rows), and report.html shows the top rows. With clean labels it also writes
 self_influence_distribution.png, score_curve.png and metrics.json's detection metrics; without them (an image
 import: no y_train.npy, formats.clean_labels_known) class_score_distribution.png and a review report instead, and
@@ -172,11 +173,31 @@ def load_analysis(args, input_dir, notes):
     elif probabilities is not None:
         names = datasets.class_names(max(n_classes, probabilities.shape[1]), dataset)
     validation = gate.read_validation((info or {}).get("checkpoint"))
-    return dict(x=x, y_true=y_true, y_given=y_given, scores=scores, score_path=os.path.abspath(score_path),
+    val = load_validation(input_dir, folder, file_list, probabilities is not None, len(names), notes)
+    return dict(val=val, x=x, y_true=y_true, y_given=y_given, scores=scores, score_path=os.path.abspath(score_path),
                 validation=validation, trusted=validation is None or validation["trusted"],
                 loss=loss, loss_path=os.path.abspath(loss_path) if loss is not None else None, ckpts=ckpts,
                 names=names, n_classes=len(names), dataset=dataset, probabilities=probabilities,
                 files=file_list["train"] if file_list else None)
+
+
+def load_validation(input_dir, folder, file_list, with_probabilities, n_classes, notes):
+    """An image import's validation images scored beside the training ones (formats.VAL_FILES in `folder`):
+    {'x' (or None), 'given', 'scores', 'probabilities', 'files'}; None for other folders and older scorings."""
+    if file_list is None or not file_list["val"]:
+        return None
+    if not os.path.isfile(os.path.join(folder, formats.VAL_SCORES)):
+        notes.append(f"no {formats.VAL_SCORES} beside the scores: {formats.LABEL_ISSUES} lists the training images "
+                     f"only; rerun calculate_score.py to audit the {len(file_list['val'])} validation images too")
+        return None
+    arrays = datasets.load_arrays(input_dir, need=(formats.Y_VAL,), optional=(formats.X_VAL,))
+    given = check_labels(arrays["y_val"], n_classes, os.path.join(input_dir, formats.Y_VAL))
+    if given.size != len(file_list["val"]):
+        raise CliError(f"{os.path.join(input_dir, formats.FILE_LIST)} lists {len(file_list['val'])} validation files "
+                       f"but {formats.Y_VAL} has {given.size} labels: it comes from another import")
+    scores, probabilities = review.read_validation(folder, given, with_probabilities)
+    return {"x": arrays.get("x_val"), "given": given, "scores": scores, "probabilities": probabilities,
+            "files": file_list["val"]}
 
 
 def _folder(value, npz_path, what):
@@ -235,19 +256,22 @@ def load_influence(args, notes):
 def run_review(d, args, out):
     """label_issues.csv and the sheet of its top rows (always); without clean labels also the per-class score
     figure and the metrics.json of a review. Returns (rows, metrics or None, figures)."""
-    rows = review.label_issues(d["scores"], d["y_given"], d["probabilities"], d["names"], d["files"], d["trusted"])
+    a = review.audited({"scores": d["scores"], "given": d["y_given"], "probabilities": d["probabilities"],
+                        "files": d["files"], "x": d["x"]}, d["val"])
+    rows = review.label_issues(a["scores"], a["given"], a["probabilities"], d["names"], a["files"], d["trusted"],
+                               a["split"], a["index"])
     review.write_label_issues(os.path.join(out, formats.LABEL_ISSUES), rows)
     figures = []
-    if d["x"] is not None:
-        cells = review.sheet_cells(rows, d["x"], args.top)
-        title = (f"The {len(cells)} most suspicious of {len(rows)} training samples by self-influence (#rank, given "
+    if a["x"] is not None:
+        cells = review.sheet_cells(rows, a["x"], args.top)
+        title = (f"The {len(cells)} most suspicious of {len(rows)} samples by self-influence (#rank, given "
                  "\u2192 suggested label, file, score; " + ("red: flagged as a label issue)"
                  if d["trusted"] else "the model is too weak to trust: suggestions are guesses)"))
         figures.append((f"Top {len(cells)} of {formats.LABEL_ISSUES}", plots.plot_image_grid(
             cells, min(8, max(1, len(cells))), os.path.join(out, formats.REVIEW_SHEET_PNG), title, caption_lines=3)))
     if d["y_true"] is not None:
         return rows, None, figures
-    dist = review.class_score_distribution(d["scores"], d["y_given"], d["names"])
+    dist = review.class_score_distribution(a["scores"], a["given"], d["names"], a["split"])
     figures.insert(0, ("Self-influence per given class", plots.plot_class_scores(
         dist, os.path.join(out, formats.CLASS_SCORES_PNG))))
     metrics = {"score_file": d["score_path"], "n_train": int(d["scores"].size), "clean_labels": False,
@@ -417,6 +441,8 @@ def main(argv=None):
     if infl is not None:
         figures.append(("Proponents and opponents of test samples", draw_influence(infl, args, out)))
     if data is not None:
+        n_val = sum(r["split"] == review.VALIDATION for r in rows)
+        metrics.update(n_val=n_val, n_audited=len(rows))
         save_json(os.path.join(out, formats.METRICS_JSON), metrics)
         shown = rows[:min(REPORT_ROWS, review.top_count(len(rows), args.top))]
         table = issues_table(shown, len(rows), formats.LABEL_ISSUES)
@@ -424,6 +450,8 @@ def main(argv=None):
             with open(tmp, "w", encoding="utf-8") as f:
                 f.write(readable(report_html(metrics, figures, issues_html=table)))
         (print_review if data["y_true"] is None else print_metrics)(rows, metrics, out)
+        if data["files"] is not None:
+            print(f"audited {len(rows) - n_val} training and {n_val} validation images")
     print(f"wrote {len(figures)} figures" + (f", {formats.LABEL_ISSUES}, metrics.json and report.html"
                                              if data is not None else "")
           + f" to {out}", file=sys.stderr)

@@ -10,10 +10,11 @@ Every cell (kind, classes, images, size, seed) is one JSON file in bench/results
 a cell already there is skipped (resumable: rerun the same command; a second process started alongside takes the
 cells the first has not claimed). The summary is bench/results/own_data.md.
 
-Metrics per cell, over the moved files that label_issues.csv lists (training and, with every image audited, all):
-AUROC of the ranking (rank 1 = most suspicious), share of them among the top 10 % of rows, share of those whose
-suggested class is their true one, precision / recall of is_label_issue and the summary's estimated number of
-issues, the validation accuracy and chance level, and the seconds of each command.
+Metrics per cell, over the moved files that label_issues.csv lists (every file: training and validation images):
+AUROC of the ranking (rank 1 = most suspicious; also over the training rows alone and the validation rows alone,
+auroc_train and auroc_val), share of them among the top 10 % of rows, share of those whose suggested class is their
+true one, precision / recall of is_label_issue and the summary's estimated number of issues, the validation accuracy
+and chance level, and the seconds of each command.
 """
 import argparse
 import csv
@@ -65,7 +66,8 @@ def auroc(scores, positive):
 
 
 def measure(review_dir, truth, fraction=0.1):
-    """Detection metrics of label_issues.csv (and metrics.json) against the planted truth."""
+    """Detection metrics of label_issues.csv (and metrics.json) against the planted truth, over all its rows
+    (training and validation); AUROC also per split (rows without a split column: training)."""
     with open(os.path.join(review_dir, "label_issues.csv"), newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     with open(os.path.join(review_dir, "metrics.json")) as f:
@@ -76,6 +78,8 @@ def measure(review_dir, truth, fraction=0.1):
     right = [i for i in top if rows[i]["suggested_label"] and
              int(rows[i]["suggested_label"]) == truth[rows[i]["file"]][0]]
     flagged = np.array([r.get("is_label_issue") in ("1", "True", "true") for r in rows])
+    split = np.array([r.get("split") or "train" for r in rows])
+    order = -np.arange(n)  # the CSV's order: rank 1 highest
     tp = int((flagged & moved).sum())
     val = metrics.get("validation")
     if val is None:  # tuning before the analysis showed it: train.py's record beside the checkpoints
@@ -83,7 +87,9 @@ def measure(review_dir, truth, fraction=0.1):
         val = json.load(open(path)) if os.path.isfile(path) else {}
     return {"n_rows": n, "n_files": len(truth), "n_moved_listed": int(moved.sum()),
             "n_moved": sum(t != g for t, g in truth.values()),
-            "auroc": auroc(-np.arange(n), moved), "top_k": k, "moved_in_top": len(top),
+            "auroc": auroc(order, moved), "auroc_train": auroc(order[split == "train"], moved[split == "train"]),
+            "auroc_val": auroc(order[split == "validation"], moved[split == "validation"]),
+            "top_k": k, "moved_in_top": len(top),
             "share_moved_in_top": len(top) / int(moved.sum()) if moved.any() else None,
             "share_true_suggested": len(right) / len(top) if top else None,
             "flagged": int(flagged.sum()), "estimated_issues": metrics.get("estimated_label_issues"),

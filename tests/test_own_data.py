@@ -73,15 +73,20 @@ def test_import_keeps_the_folder_labels_and_maps_every_index_to_its_file(audit):
 def test_label_issues_csv_order_columns_and_files(audit):
     header, rows = read_csv(audit["review"] / formats.LABEL_ISSUES)
     fl = json.loads((audit["data"] / formats.FILE_LIST).read_text())
-    scores = np.load(audit["data"] / formats.SCORES)
-    p = np.load(audit["data"] / formats.PROBABILITIES)
-    y = np.load(audit["data"] / formats.Y_NOISY)[:, 0]
-    assert tuple(header) == review.COLUMNS and len(rows) == len(fl["train"])
+    data = audit["data"]
+    arrays = {"train": (np.load(data / formats.SCORES), np.load(data / formats.PROBABILITIES),
+                        np.load(data / formats.Y_NOISY)[:, 0]),
+              "validation": (np.load(data / formats.VAL_SCORES), np.load(data / formats.VAL_PROBABILITIES),
+                             np.load(data / formats.Y_VAL)[:, 0])}
+    assert tuple(header) == review.COLUMNS and len(rows) == len(fl["train"]) + len(fl["val"])
     assert [int(r["rank"]) for r in rows] == list(range(1, len(rows) + 1))
-    assert [int(r["index"]) for r in rows] == sorted(range(len(rows)), key=lambda i: (-scores[i], i))
+    train = [int(r["index"]) for r in rows if r["split"] == "train"]
+    assert train == sorted(range(len(fl["train"])), key=lambda i: (-arrays["train"][0][i], i))
     for r in rows:
         i = int(r["index"])
-        assert r["file"] == fl["train"][i] and r["given_class"] == r["file"].split("/")[0]
+        scores, p, y = arrays[r["split"]]
+        assert r["file"] == fl["train" if r["split"] == "train" else "val"][i]
+        assert r["given_class"] == r["file"].split("/")[0]
         assert int(r["given_label"]) == y[i] and r["given_class"] == fl["classes"][y[i]]
         s = int(r["suggested_label"])
         assert s != y[i] and r["suggested_class"] == fl["classes"][s]
@@ -94,7 +99,7 @@ def test_planted_errors_lead_with_their_true_class(audit):
     _, rows = read_csv(audit["review"] / formats.LABEL_ISSUES)
     truth = audit["truth"]
     planted = [r for r in rows if truth[r["file"]] != r["given_class"]]
-    assert len(planted) >= len(NAMES) * PLANTED - 3  # the validation split may take a few
+    assert len(planted) == len(NAMES) * PLANTED  # every file audited, the validation images too
     assert max(int(r["rank"]) for r in planted) <= 2 * len(planted)  # all of them in the top 2 x their number
     right = sum(r["suggested_class"] == truth[r["file"]] for r in planted)
     assert right >= len(planted) - 1, [(r["file"], r["suggested_class"]) for r in planted]
@@ -103,18 +108,21 @@ def test_planted_errors_lead_with_their_true_class(audit):
 def test_review_report_without_clean_labels(audit):
     out = audit["review"]
     m = json.loads((out / formats.METRICS_JSON).read_text())
-    assert m["clean_labels"] is False and "rankings" not in m and m["n_train"] == len(read_csv(
-        out / formats.LABEL_ISSUES)[1])
-    assert [c["class"] for c in m["classes"]] == sorted(NAMES) and sum(c["n"] for c in m["classes"]) == m["n_train"]
+    fl = json.loads((audit["data"] / formats.FILE_LIST).read_text())
+    assert m["clean_labels"] is False and "rankings" not in m and m["n_audited"] == len(read_csv(
+        out / formats.LABEL_ISSUES)[1]) == m["n_train"] + m["n_val"]
+    assert (m["n_train"], m["n_val"]) == (len(fl["train"]), len(fl["val"])) and m["n_val"] > 0
+    assert [c["class"] for c in m["classes"]] == sorted(NAMES) and sum(c["n"] for c in m["classes"]) == m["n_audited"]
     page = (out / formats.REPORT).read_text()
     assert "Clean labels are unknown" in page and "recall@" not in page and "AUROC" not in page
-    assert page.count("<tr") == 1 + m["n_train"]  # issues table: header + every row (fewer than --top 64)
+    assert page.count("<tr") == 1 + m["n_audited"]  # issues table: header + every row (fewer than --top 64)
     assert page.count("data:image/png;base64,") == 2
     for name in (formats.CLASS_SCORES_PNG, formats.REVIEW_SHEET_PNG):
         with open(out / name, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     first = read_csv(out / formats.LABEL_ISSUES)[1][0]
-    assert f"{m['n_train']} samples listed" in audit["stdout"] and str(out / formats.LABEL_ISSUES) in audit["stdout"]
+    assert f"{m['n_audited']} samples listed" in audit["stdout"] and str(out / formats.LABEL_ISSUES) in audit["stdout"]
+    assert f"audited {m['n_train']} training and {m['n_val']} validation images" in audit["stdout"]
     assert f"#1   {first['file']}: {first['given_class']} -> {first['suggested_class']}" in audit["stdout"]
 
 
@@ -235,8 +243,10 @@ def test_shuffling_an_import_is_an_experiment_with_clean_labels(tmp_path):
     m = json.loads((tmp_path / "fig" / formats.METRICS_JSON).read_text())
     assert m["n_mislabeled"] == int((y != noisy).sum()) and "tracin" in m["rankings"] and "AUROC" in stdout
     _, rows = read_csv(tmp_path / "fig" / formats.LABEL_ISSUES)
-    assert [r["file"] for r in rows] == [fl["train"][int(r["index"])] for r in rows]
-    assert all(r["given_class"] == fl["classes"][noisy[int(r["index"])]] for r in rows)
+    train = [r for r in rows if r["split"] == "train"]
+    assert sorted(r["file"] for r in rows) == sorted(fl["train"] + fl["val"])
+    assert [r["file"] for r in train] == [fl["train"][int(r["index"])] for r in train]
+    assert all(r["given_class"] == fl["classes"][noisy[int(r["index"])]] for r in train)
 
 
 # ------------------------------------------------------------------------------------- gate and stopping rule
@@ -255,11 +265,13 @@ def test_gate_and_stopping_rule_reach_every_output(audit):
     _, rows = read_csv(out / formats.LABEL_ISSUES)
     flags = [r["is_label_issue"] for r in rows]
     assert set(flags) <= {"0", "1"}  # the easy colours are learned: every row decided
-    log_s = np.log(np.load(audit["data"] / formats.SCORES))
-    z = (log_s - np.median(log_s)) / (1.4826 * np.median(np.abs(log_s - np.median(log_s))))
+    z = {}
+    for split, name in (("train", formats.SCORES), ("validation", formats.VAL_SCORES)):  # within each split
+        log_s = np.log(np.load(audit["data"] / name))
+        z[split] = (log_s - np.median(log_s)) / (1.4826 * np.median(np.abs(log_s - np.median(log_s))))
     for r in rows:  # flagged exactly when the model prefers the suggestion or the score is an outlier
         prefers = float(r["given_probability"]) < float(r["suggested_probability"])
-        assert (r["is_label_issue"] == "1") == (prefers or z[int(r["index"])] > review.Z_THRESHOLD)
+        assert (r["is_label_issue"] == "1") == (prefers or z[r["split"]][int(r["index"])] > review.Z_THRESHOLD)
     assert 0 < flags.count("1") < len(rows)
     assert m["estimated_label_issues"] == flags.count("1")
     assert f"estimated label issues: {flags.count('1')}" in audit["stdout"]
@@ -284,7 +296,7 @@ def test_gate_fires_on_random_labels(tmp_path):
     assert m["validation"]["trusted"] is False and m["estimated_label_issues"] is None
     assert v["sentence"] in stdout and "too weak to trust" in (out / formats.REPORT).read_text()
     _, rows = read_csv(out / formats.LABEL_ISSUES)
-    assert len(rows) == 63 and all(r["is_label_issue"] == "" for r in rows)  # no row presented as a preference
+    assert len(rows) == 90 and all(r["is_label_issue"] == "" for r in rows)  # no row presented as a preference
     assert "color:#b00'>" not in (out / formats.REPORT).read_text().split("<table>")[1]
 
 

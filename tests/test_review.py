@@ -53,7 +53,7 @@ def test_label_issues_order_and_columns():
     suggested, _ = review.suggest(p, given)
     for r in rows:
         i = r["index"]
-        assert tuple(r) == review.COLUMNS
+        assert tuple(r) == review.COLUMNS + ("position",) and r["position"] == i and r["split"] == "train"
         assert r["file"] == files[i] and r["self_influence"] == scores[i]
         assert (r["given_label"], r["given_class"]) == (given[i], "cat dog emu".split()[given[i]])
         assert (r["suggested_label"], r["suggested_class"]) == (suggested[i], "cat dog emu".split()[suggested[i]])

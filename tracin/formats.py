@@ -13,6 +13,9 @@ Self-influence (calculate_score.py), float64:
   scores.json               what was computed: checkpoints, eta, layers, method, speed, versions
   influence_run{r}.npy      (N,) of an ensemble (several checkpoint folders): run r's score (r = 1, 2, ...); the
                             score is their sum, loss and probabilities their means over the runs
+  val_influence.npy, val_loss_last_epoch.npy, val_probabilities.npy: the same three for the validation images of
+                            an image import (x_val.npy, labels y_val.npy; (V,), (V,), (V, classes)): held-out
+                            self-influence, from checkpoints that never trained on them (VAL_FILES)
 Train -> test influence (calculate_score.py --mode influence):
   influence_topk.npz        see TOPK_ARRAYS; influence.json; influence_matrix.npy (n_test, n_train), optional
 Work units of both: tracin_cache/<settings>/... (tracin.engine). Analysis (mislabel_analysis.py): metrics.json,
@@ -82,6 +85,11 @@ SCORES_JSON = "scores.json"
 CACHE_DIR = "tracin_cache"
 EPOCH_SCORES_RE = re.compile(r"^(\d+)_influence\.npy$")
 RUN_SCORES_RE = re.compile(r"^influence_run\d+\.npy$")  # run_scores_name
+# an image import's validation images, scored beside x_train (only with FILE_LIST: elsewhere x_val is a test set)
+VAL_SCORES = "val_influence.npy"
+VAL_LOSS = "val_loss_last_epoch.npy"
+VAL_PROBABILITIES = "val_probabilities.npy"
+VAL_FILES = (VAL_SCORES, VAL_LOSS, VAL_PROBABILITIES)
 
 
 def epoch_scores_name(epoch):

@@ -22,7 +22,7 @@ def metrics_table(rankings, fractions=RECALL_FRACTIONS):
                      for r in rows)
 
 
-ISSUE_COLUMNS = (("rank", "rank"), ("index", "index"), ("file", "file"), ("given_class", "given"),
+ISSUE_COLUMNS = (("rank", "rank"), ("index", "index"), ("split", "split"), ("file", "file"), ("given_class", "given"),
                  ("suggested_class", "suggested"), ("self_influence", "self-influence"),
                  ("suggested_probability", "p(suggested)"), ("given_probability", "p(given)"))
 

@@ -1,29 +1,39 @@
 """Review outputs for data whose clean labels are unknown: the label-issue table, per-class score distributions and
 the selection of the top of the ranking for image sheets. Pure functions on arrays, plus one atomic CSV writer.
 
-The ranking is the self-influence, highest first (ties: lower index first). The suggested label of a sample is
-the class other than its given label with the highest eta-weighted mean softmax probability over the scored
-checkpoints (calculate_score.py's probabilities.npy): "if this label is wrong, it is most likely ...";
-given_probability says whether the model agrees with the label as it stands. Chosen by measurement (MNIST PNGs,
-10% placed in a wrong class folder; README, "Audit your own data"): when training memorises the given labels,
-the last checkpoint predicts the wrong given label for every planted file and even its runner-up class is right
-for only about half of them, while the mean over the trajectory keeps pointing at the true class; without
-memorisation both name the true class for about 90%. Leaving out the given label never loses a wrong label's
-true class (an argmax equal to a wrong given label is certainly not it).
+The ranking is the self-influence, highest first, on a common scale when the samples come from two splits (below;
+ties: the higher score, then the lower position in the arrays passed). The suggested label of a sample is the class
+other than its given label with the highest eta-weighted mean softmax probability over the scored checkpoints
+(calculate_score.py's probabilities.npy): "if this label is wrong, it is most likely ..."; given_probability says
+whether the model agrees with the label as it stands. Chosen by measurement (MNIST PNGs, 10% placed in a wrong class
+folder; README, "Audit your own data"): when training memorises the given labels, the last checkpoint predicts the
+wrong given label for every planted file and even its runner-up class is right for only about half of them, while
+the mean over the trajectory keeps pointing at the true class; without memorisation both name the true class for
+about 90%. Leaving out the given label never loses a wrong label's true class (an argmax equal to a wrong given
+label is certainly not it).
 
-formats.LABEL_ISSUES (label_issues.csv) has one row per training sample, most suspicious first, with COLUMNS:
-  rank (1 = most suspicious), index (into x_train.npy), file (relative to the image folder; empty when unknown),
-  given_label, given_class, suggested_label, suggested_class, self_influence, suggested_probability,
-  given_probability, is_label_issue (1/0: the stopping rule, issue_flags; empty when the model is too weak to
-  trust, tracin.gate, or without probabilities)
+Every image audited: an image import also scores its validation images (formats.VAL_FILES) with the same
+checkpoints, which never trained on them, so a validation row's self_influence is held-out self-influence
+(sum_i eta_i ||grad loss(w_i, z)||^2 of an unseen z) and its suggestion comes from out-of-sample probabilities.
+Held-out gradients tend to be larger than those of samples the model fitted, so raw scores would put the
+validation images above the training ones. Both splits are therefore ranked by robust_z, the robust z-score of
+log(score) within the sample's own split: how far it stands out among the samples scored the same way. For one
+split the z-score is a monotone function of the score, so the order is the score's (data without validation rows
+rank exactly as before), and the stopping rule's outlier test (below) uses the same within-split z.
+
+formats.LABEL_ISSUES (label_issues.csv) has one row per audited sample, most suspicious first, with COLUMNS:
+  rank (1 = most suspicious), index (into x_train.npy, or x_val.npy for a validation row), split (TRAIN or
+  VALIDATION), file (relative to the image folder; empty when unknown), given_label, given_class, suggested_label,
+  suggested_class, self_influence, suggested_probability, given_probability, is_label_issue (1/0: the stopping
+  rule, issue_flags; empty when the model is too weak to trust, tracin.gate, or without probabilities)
 
 The stopping rule (issue_flags): a sample is a label issue when the eta-weighted mean probability of its given label
 is below that of the suggested class (averaged over its training trajectory, the model prefers another class), or
-when its self-influence is an outlier: the robust z-score of log(score) (median, 1.4826 x median absolute
-deviation) is above Z_THRESHOLD. The first alone misses wrong labels that training memorised (on the benchmark's
-tuning digits it flagged 22 of 45 moved files, precision 1.0); the outlier test catches them. The estimated number
-of label issues is the number of flagged rows. Chosen on the own-data benchmark's tuning folders (z above 1.5:
-precision 0.93, recall 0.96 on the tuning digits; 2.0: 0.97 and 0.78); per-folder precision and recall:
+when its self-influence is an outlier: the robust z-score of log(score) within its split (median, 1.4826 x median
+absolute deviation) is above Z_THRESHOLD. The first alone misses wrong labels that training memorised (on the
+benchmark's tuning digits it flagged 22 of 45 moved files, precision 1.0); the outlier test catches them. The
+estimated number of label issues is the number of flagged rows. Chosen on the own-data benchmark's tuning folders
+(z above 1.5: precision 0.93, recall 0.96 on the tuning digits; 2.0: 0.97 and 0.78); per-folder precision and recall:
 docs/own_data.md.
 """
 import csv
@@ -31,13 +41,15 @@ import os
 
 import numpy as np
 
+from . import formats
 from .errors import InputError
-from .metrics import n_checked, rank_order
+from .metrics import n_checked
 
-COLUMNS = ("rank", "index", "file", "given_label", "given_class", "suggested_label", "suggested_class",
+COLUMNS = ("rank", "index", "split", "file", "given_label", "given_class", "suggested_label", "suggested_class",
            "self_influence", "suggested_probability", "given_probability", "is_label_issue")
 PROBABILITY_TOLERANCE = 1e-3  # rows of a float32 softmax mean sum to 1 within this
 Z_THRESHOLD = 1.5  # the stopping rule's outlier threshold (module notes)
+TRAIN, VALIDATION = "train", "validation"  # the values of the split column
 
 
 def check_inputs(scores, given, probabilities, classes, files=None):
@@ -97,18 +109,62 @@ def suggest(probabilities, given, exclude_given=True):
     return labels, np.asarray(probabilities, dtype=np.float64)[np.arange(len(p)), labels]
 
 
-def issue_flags(probabilities, given, scores):
+def robust_z(scores, split=None):
+    """(n,) robust z-score of log(score) within each split (module notes): (log s - median) / (1.4826 MAD) over the
+    samples of the same split (split None: one split); 0 for a split whose MAD is 0 (no spread: none stands out)."""
+    log_s = np.log(np.maximum(np.asarray(scores, dtype=np.float64).reshape(-1), np.finfo(np.float64).tiny))
+    groups = np.zeros(log_s.size, dtype=np.int64) if split is None else np.unique(split, return_inverse=True)[1]
+    z = np.zeros(log_s.size)
+    for g in np.unique(groups):
+        members = groups == g
+        v = log_s[members]
+        mad = 1.4826 * np.median(np.abs(v - np.median(v)))
+        if mad > 0:
+            z[members] = (v - np.median(v)) / mad
+    return z
+
+
+def ranking(scores, split=None):
+    """Positions into `scores`, most suspicious first: descending robust_z within split, ties by the higher score,
+    then the lower position. With one split this is the order of the score itself (z is monotone in it)."""
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    return np.lexsort((-scores, -robust_z(scores, split)))  # stable: full ties keep position order
+
+
+def issue_flags(probabilities, given, scores, split=None):
     """(n,) bool: the stopping rule (module notes): the model prefers the suggestion, or the self-influence is an
-    outlier: robust z-score of log(score), (log s - median) / (1.4826 MAD), above Z_THRESHOLD (none when the MAD
-    is 0: no spread, no outlier)."""
+    outlier: robust_z within its split above Z_THRESHOLD (none in a split whose MAD is 0: no spread, no outlier)."""
     p = np.asarray(probabilities, dtype=np.float64)
     given = np.asarray(given).reshape(-1)
     _, prob = suggest(p, given)
     prefers = p[np.arange(len(p)), given] < prob
-    log_s = np.log(np.maximum(np.asarray(scores, dtype=np.float64), np.finfo(np.float64).tiny))
-    mad = 1.4826 * np.median(np.abs(log_s - np.median(log_s))) if log_s.size else 0.0
-    outlier = (log_s - np.median(log_s)) > Z_THRESHOLD * mad if mad > 0 else np.zeros(len(p), dtype=bool)
-    return prefers | outlier
+    return prefers | (robust_z(scores, split) > Z_THRESHOLD)
+
+
+def read_validation(folder, given, probabilities=True):
+    """(scores (V,), probabilities (V, classes) or None) of the validation images scored beside the training
+    samples in `folder` (formats.VAL_FILES; given: their labels, y_val), checked; None when the score file is
+    absent (a scoring from before they were scored). Every problem is an InputError naming the file."""
+    path = os.path.join(folder, formats.VAL_SCORES)
+    if not os.path.isfile(path):
+        return None
+    scores = formats.read_score_vector(path, np.asarray(given).size, "validation score file")
+    p_path = os.path.join(folder, formats.VAL_PROBABILITIES)
+    return scores, read_probabilities(p_path, given) if probabilities else None
+
+
+def audited(train, val=None):
+    """The arrays label_issues and sheet_cells take for every audited sample: the training samples, then the
+    validation images when scored. train, val: {'scores', 'given', 'probabilities', 'files', 'x'} (any but scores
+    and given may be None); returns those keys over both, None where either lacks one, plus 'split' and 'index'."""
+    if val is None:
+        return dict(train, split=None, index=None)
+    n, v = len(train["given"]), len(val["given"])
+    out = {k: None if train[k] is None or val[k] is None else np.concatenate([train[k], val[k]])
+           for k in ("scores", "given", "probabilities", "x")}
+    files = None if train["files"] is None or val["files"] is None else list(train["files"]) + list(val["files"])
+    return dict(out, files=files, split=[TRAIN] * n + [VALIDATION] * v,
+                index=np.concatenate([np.arange(n), np.arange(v)]))
 
 
 def estimated_issues(rows):
@@ -117,19 +173,33 @@ def estimated_issues(rows):
     return None if any(f is None for f in flags) else int(sum(flags))
 
 
-def label_issues(scores, given, probabilities, classes=None, files=None, trusted=True):
-    """The rows of LABEL_ISSUES (dicts keyed by COLUMNS), most suspicious first. probabilities=None (scores from
-    before they were kept) leaves the suggestion and probability columns empty (None); trusted=False (a model
-    too weak to trust, tracin.gate) leaves is_label_issue empty: its preferences are no evidence."""
+def check_split(split, index, n):
+    """(split (n,) str, index (n,) int64): every sample a training sample at its position when not given."""
+    split = np.full(n, TRAIN) if split is None else np.asarray(split, dtype=str).reshape(-1)
+    index = np.arange(n) if index is None else np.asarray(index).reshape(-1)
+    if split.size != n or index.size != n or not np.issubdtype(index.dtype, np.integer):
+        raise InputError(f"{split.size} split names and {index.size} indices for {n} samples: give one of each "
+                         "(integer indices into the split's arrays) per sample")
+    return split, index.astype(np.int64)
+
+
+def label_issues(scores, given, probabilities, classes=None, files=None, trusted=True, split=None, index=None):
+    """The rows of LABEL_ISSUES (dicts keyed by COLUMNS, plus "position": the row's position in the arrays
+    passed), most suspicious first (ranking). probabilities=None (scores from before they were kept) leaves the
+    suggestion and probability columns empty (None); trusted=False (a model too weak to trust, tracin.gate) leaves
+    is_label_issue empty: its preferences are no evidence. split, index: per sample its split (TRAIN or
+    VALIDATION) and index within that split's arrays; default: all training samples, index = position."""
     scores, given, p, names = check_inputs(scores, given, probabilities, classes, files)
+    split, index = check_split(split, index, scores.size)
     suggested, prob = suggest(p, given) if p is not None else (None, None)
-    flags = issue_flags(p, given, scores) if p is not None and trusted else None
+    flags = issue_flags(p, given, scores, split) if p is not None and trusted else None
     rows = []
-    for rank, i in enumerate(rank_order(scores), start=1):
-        row = {"rank": rank, "index": int(i), "file": files[i] if files is not None else "",
-               "given_label": int(given[i]), "given_class": names[given[i]], "suggested_label": None,
+    for rank, i in enumerate(ranking(scores, split), start=1):
+        row = {"rank": rank, "index": int(index[i]), "split": str(split[i]), "file": files[i] if files is not None
+               else "", "given_label": int(given[i]), "given_class": names[given[i]], "suggested_label": None,
                "suggested_class": None, "self_influence": float(scores[i]), "suggested_probability": None,
-               "given_probability": None, "is_label_issue": None if flags is None else int(flags[i])}
+               "given_probability": None, "is_label_issue": None if flags is None else int(flags[i]),
+               "position": int(i)}
         if p is not None:
             row.update(suggested_label=int(suggested[i]), suggested_class=names[suggested[i]],
                        suggested_probability=float(prob[i]), given_probability=float(p[i, given[i]]))
@@ -163,14 +233,14 @@ def write_label_issues(path, rows):
 
 # ------------------------------------------------------------------------------------------------ summaries
 
-def class_score_distribution(scores, given, classes):
+def class_score_distribution(scores, given, classes, split=None):
     """Per class (in label order): {'label', 'class', 'n', 'scores' (that class's scores, descending), 'median',
-    'q90', 'top_share'}; top_share is the class's share of the overall top 10% (rounded half up), to compare with
-    its share of the data, n / N. The report shows these instead of detection metrics when clean labels are
-    unknown."""
+    'q90', 'top_share'}; top_share is the class's share of the overall top 10% of the ranking (rounded half up;
+    split as in label_issues), to compare with its share of the data, n / N. The report shows these instead of
+    detection metrics when clean labels are unknown."""
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     given = np.asarray(given).reshape(-1)
-    top = rank_order(scores)[:top_count(scores.size, 0.1)]
+    top = ranking(scores, split)[:top_count(scores.size, 0.1)]
     out = []
     for c, name in enumerate(classes):
         s = np.sort(scores[given == c])[::-1]
@@ -212,16 +282,18 @@ def top_count(n, top):
 
 
 def sheet_cells(rows, images, top):
-    """Cells for an image sheet (plot_image_grid) of the first top_count(len(rows), top) rows: the image, and the
-    caption "#rank given -> suggested" with the file name (or index) and score; red when the row is flagged as a
-    label issue (issue_flags; never for a model too weak to trust, whose rows are unflagged)."""
+    """Cells for an image sheet (plot_image_grid) of the first top_count(len(rows), top) rows: the image (images:
+    aligned with the arrays label_issues ranked, row["position"]), and the caption "#rank given -> suggested" with
+    the file name (or index) and score; red when the row is flagged as a label issue (issue_flags; never for a model
+    too weak to trust, whose rows are unflagged)."""
     cells = []
     for row in rows[:top_count(len(rows), top)]:
         known = row["suggested_label"] is not None
         disagree = bool(row.get("is_label_issue"))
-        name = os.path.basename(row["file"]) if row["file"] else f"index {row['index']}"
+        where = "index" if row["split"] == TRAIN else f"{row['split']} index"
+        name = os.path.basename(row["file"]) if row["file"] else f"{where} {row['index']}"
         arrow = f" \u2192 {row['suggested_class']}" if known else ""
-        cells.append({"image": images[row["index"]], "frame": "red" if disagree else None,
+        cells.append({"image": images[row["position"]], "frame": "red" if disagree else None,
                       "color": "tab:red" if disagree else "black",
                       "caption": f"#{row['rank']} {row['given_class']}{arrow}\n{name}\n{row['self_influence']:.3g}"})
     return cells
