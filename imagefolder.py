@@ -67,10 +67,10 @@ MICRO_BATCHES = 2
 # fixed settings here, training length and checkpoint spacing from the data (adapt_recipe). Own data sets are small
 # (hundreds to a few thousand images) and trained on a CPU: a narrow resnet23 (width 16), batch 64 (at most the
 # data's size), cosine decay from a peak rate of 0.1 with precise batch norm. Augmentation keeps every label of
-# unknown content: small rotations and scaling, no mirroring (a mirrored digit, letter or diagonal texture is
-# another class). docs/own_data.md has the measurements behind every number.
+# unknown content: small rotations, scaling and shifts (1/8 of the side), no mirroring (a mirrored digit, letter or
+# diagonal texture is another class). docs/own_data.md has the measurements behind every number.
 OWN_DATA = DatasetSpec(
-    "imagefolder", (), None, augment=dict(angle=0.15, min_scale=0.9, max_scale=1.1, flip_lr=False),
+    "imagefolder", (), None, augment=dict(angle=0.15, min_scale=0.9, max_scale=1.1, flip_lr=False, shift=0.125),
     train_defaults=dict(train_batch_size=64, train_epochs=None, learning_rate=0.1, lr_schedule="cosine",
                         weight_decay=5e-4, nmaps=16, micro_batches=MICRO_BATCHES))
 # Training length as a budget of optimizer steps, not epochs: 30 epochs are ~690 steps on 1,500 digits but ~150 on

@@ -213,6 +213,43 @@ def table(results):
     return "\n".join(lines)
 
 
+def span(values, digits=2):
+    """'a' or 'min–max' of the values that are not None ('—' for none)."""
+    v = [x for x in values if x is not None]
+    if not v:
+        return "—"
+    lo, hi = f"{min(v):.{digits}f}", f"{max(v):.{digits}f}"
+    return lo if lo == hi else f"{lo}–{hi}"
+
+
+GOAL = {"auroc": 0.95, "share_moved_in_top": 0.8, "share_true_suggested": 0.9}
+
+
+def summary(results):
+    """Markdown: one row per folder (kind, classes, images, size) over its seeds, with the goal checked on every
+    seed: a trusted model, AUROC, top 10 % and true class (GOAL), AUROC and is_label_issue's recall at least
+    confident learning's."""
+    groups = {}
+    for r in results:
+        c = r["cell"]
+        groups.setdefault((c["kind"], c["classes"], c["images"], c["size"]), []).append(r)
+    head = ("| folder, 10 % moved | seeds | val acc (chance) | AUROC | top 10 % | true class | CL AUROC | "
+            "minutes | goal |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for (kind, classes, images, size), rs in sorted(groups.items(), key=lambda kv: (kv[0][2], kv[0])):
+        met = all(r["trusted"] is not False and all((r[k] or 0) >= g for k, g in GOAL.items())
+                  and r["auroc"] >= r["confident_learning"]["auroc"]
+                  and (r["flag_recall"] or 0) >= r["confident_learning"]["flag_recall"] for r in rs)
+        lines.append(
+            f"| {kind}, {classes} cl., {images} × {size} px | {','.join(str(r['cell']['seed']) for r in rs)} | "
+            f"{span([r['val_accuracy'] for r in rs])} ({span([r['chance'] for r in rs])})"
+            f"{'' if all(r['trusted'] is not False for r in rs) else ' ✗'} | {span([r['auroc'] for r in rs], 3)} | "
+            f"{span([r['share_moved_in_top'] for r in rs])} | {span([r['share_true_suggested'] for r in rs])} | "
+            f"{span([r['confident_learning']['auroc'] for r in rs], 3)} | "
+            f"{span([r['total_seconds'] / 60 for r in rs], 1)} | {'met' if met else 'missed'} |")
+    return "\n".join(lines)
+
+
 def clean_up(work):
     """Remove a finished cell's images, checkpoints, arrays and caches; keep the small files (scores,
     probabilities, labels, file list, truth) for later study of the stopping rule."""
@@ -282,8 +319,8 @@ def main(argv=None):
     results = [json.load(open(f)) for f in sorted(glob.glob(os.path.join(folder, "*.json")))]
     md = os.path.join(RESULTS, "own_data_tune.md" if args.tune else "own_data.md")
     with open(md, "w") as f:
-        f.write(table(results) + "\n")
-    print(table(results))
+        f.write(summary(results) + "\n\n" + table(results) + "\n")
+    print(summary(results) + "\n\n" + table(results))
     return 0
 
 
