@@ -232,16 +232,17 @@ def summary(results):
     groups = {}
     for r in results:
         c = r["cell"]
-        groups.setdefault((c["kind"], c["classes"], c["images"], c["size"]), []).append(r)
+        groups.setdefault((c["kind"], c["classes"], c["images"], c["size"], " ".join(r.get("extra", []))),
+                          []).append(r)
     head = ("| folder, 10 % moved | seeds | val acc (chance) | AUROC | top 10 % | true class | CL AUROC | "
             "minutes | goal |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for (kind, classes, images, size), rs in sorted(groups.items(), key=lambda kv: (kv[0][2], kv[0])):
+    for (kind, classes, images, size, extra), rs in sorted(groups.items(), key=lambda kv: (kv[0][2], kv[0])):
         met = all(r["trusted"] is not False and all((r[k] or 0) >= g for k, g in GOAL.items())
                   and r["auroc"] >= r["confident_learning"]["auroc"]
                   and (r["flag_recall"] or 0) >= r["confident_learning"]["flag_recall"] for r in rs)
         lines.append(
-            f"| {kind}, {classes} cl., {images} × {size} px | {','.join(str(r['cell']['seed']) for r in rs)} | "
+            f"| {kind}, {classes} cl., {images} × {size} px{f', `{extra}`' if extra else ''} | {','.join(str(r['cell']['seed']) for r in rs)} | "
             f"{span([r['val_accuracy'] for r in rs])} ({span([r['chance'] for r in rs])})"
             f"{'' if all(r['trusted'] is not False for r in rs) else ' ✗'} | {span([r['auroc'] for r in rs], 3)} | "
             f"{span([r['share_moved_in_top'] for r in rs])} | {span([r['share_true_suggested'] for r in rs])} | "
