@@ -201,8 +201,10 @@ def table(results):
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
         c, cl = r["cell"], r["confident_learning"]
-        # the shipped rule, recomputed from the kept scores (--restudy) for cells analysed before it was chosen
-        rule = r.get("stopping_rules", {}).get(RULE) or {"precision": None, "recall": None, "flagged": None}
+        # the CSV's flags over every row; cells analysed before the rule was chosen: recomputed (--restudy)
+        rule = ({"precision": r["flag_precision"], "recall": r["flag_recall"], "flagged": r["estimated_issues"]}
+                if "auroc_val" in r else r.get("stopping_rules", {}).get(RULE)
+                or {"precision": None, "recall": None, "flagged": None})
         flags = (f"{fmt(rule['precision'])} / {fmt(rule['recall'])} | {rule['flagged']} / {r['n_moved_listed']}"
                  if r["trusted"] is not False else "none: model not trusted | — / " + str(r["n_moved_listed"]))
         lines.append(
