@@ -255,8 +255,8 @@ def fresh_state(args, ckpt_dir):
     if n < 2:  # batch normalisation over one sample has no variance
         raise CliError(f"{os.path.join(where, formats.X_TRAIN)} holds {n} training sample: training needs at least 2")
     if args.train_batch_size is None:  # a recipe's batch never exceeds a small data set, and splits evenly
-        m = recipe["micro_batches"] or 1
-        bs = recipe["train_batch_size"] = min(bs, n) - (min(bs, n) % m if min(bs, n) >= 2 * m else 0)
+        bs, m = min(bs, n), recipe["micro_batches"] or 1
+        bs = recipe["train_batch_size"] = bs - bs % m if bs >= 2 * m else bs
     if bs > n:
         raise CliError(f"{os.path.join(where, formats.X_TRAIN)} holds {n} training samples, fewer than "
                        f"--train_batch_size {bs}: pass --train_batch_size {n} or less (or more data)")
@@ -373,7 +373,7 @@ def set_micro_batches(args, recipe, ranks, resumed):
         m = args.micro_batches or default_micro_batches(recipe, ranks)
     bs = recipe["train_batch_size"]
     what = f"--micro_batches {m}" + ("" if args.micro_batches or resumed else f" (the number of ranks, {ranks})")
-    if bs % m or bs // m < 2:
+    if not splits(bs, m):
         raise CliError(f"{what} does not split --train_batch_size {bs} into equal micro-batches of at least 2 "
                        "samples (batch norm needs 2): pass --micro_batches dividing it, at most half of it")
     if ranks > m:
@@ -387,8 +387,13 @@ def default_micro_batches(recipe, ranks):
     """M when --micro_batches is not given: the recipe's (own data: 2, so that one and two processes train the
     same weights) when it splits the batch into micro-batches of at least 2 and there are no more ranks, else the
     number of ranks."""
-    m, bs = recipe.get("micro_batches"), recipe["train_batch_size"]
-    return m if m and ranks <= m and bs % m == 0 and bs // m >= 2 else ranks
+    m = recipe.get("micro_batches")
+    return m if m and ranks <= m and splits(recipe["train_batch_size"], m) else ranks
+
+
+def splits(batch_size, m):
+    """Whether m equal micro-batches of at least 2 samples (batch norm needs 2) make up the batch."""
+    return batch_size % m == 0 and batch_size // m >= 2
 
 
 def init_weights(trainer, path):
