@@ -276,9 +276,10 @@ def _add_train_run_args(p):
                    help="epochs to train (" + per_dataset("train_epochs") + ")")
     p.add_argument("--learning_rate", type=positive_float, default=None,
                    help="peak learning rate (" + per_dataset("learning_rate") + ")")
-    p.add_argument("--lr_schedule", default=None, choices=["step", "cosine"],
+    p.add_argument("--lr_schedule", default=None, choices=["step", "cosine", "cyclic"],
                    help="step: the original's warm-up then x0.1 at 1/3, 2/3, 8/9 of training; cosine: warm-up then "
-                        "cosine decay (" + per_dataset("lr_schedule") + ")")
+                        "cosine decay; cyclic: warm-up then 3 cosine cycles from the peak ("
+                        + per_dataset("lr_schedule") + ")")
     p.add_argument("--weight_decay", type=non_negative_float, default=None,
                    help="L2 weight decay (" + per_dataset("weight_decay") + ")")
 

@@ -177,10 +177,10 @@ def run_rankings(cell, seed, args, folder, times):
     flags = TRAIN_FLAGS + args.train_flags.split()
     ckpt, times["train_s"] = train(data, folder, seed, log, flags)
     out = {}
-    for name, (sub, flags) in VARIANTS.items():
+    for name, (sub, score_flags) in VARIANTS.items():
         if name == "TracIn --layers all" and dataset == "mnist" and not args.all_layers_mnist:
             continue
-        times[f"score_{sub}_s"] = score(data, ckpt, os.path.join(folder, "scores", sub), flags, log)
+        times[f"score_{sub}_s"] = score(data, ckpt, os.path.join(folder, "scores", sub), score_flags, log)
         out[name] = np.load(os.path.join(folder, "scores", sub, "influence_all_epoch.npy"))
     out.update(checkpoint_variants(os.path.join(folder, "scores", "default")))
     out["loss (last checkpoint)"] = np.load(os.path.join(folder, "scores", "default", "loss_last_epoch.npy"))

@@ -38,6 +38,16 @@ def test_schedule_matches_the_original_at_270_epochs():
     assert all(a >= b for a, b in zip(cos[1:], cos[2:])) and cos[-1] > 0
 
 
+def test_cyclic_schedule_restarts_at_the_peak_three_times():
+    cyc = [learning_rate(e, 0.01, 30, "cyclic") for e in range(30)]
+    assert cyc[0] == pytest.approx(0.005)  # warm-up: 2 epochs at 30
+    assert cyc[10] == cyc[20] == pytest.approx(0.01) and cyc[1] == pytest.approx(cyc[11])
+    assert cyc[9] == pytest.approx(0.01 * 0.5 * (1 + np.cos(np.pi * 9 / 10)))
+    assert all(a > b for a, b in zip(cyc[10:19], cyc[11:20])) and min(cyc) > 0
+    with pytest.raises(ValueError, match="unknown schedule"):
+        learning_rate(0, 0.01, 30, "snapshot")
+
+
 def test_tiny_run_writes_checkpoints_and_manifest(tiny_run):
     ckpt = tiny_run["ckpt"]
     m = json.load(open(ckpt / "checkpoints.json"))

@@ -10,7 +10,7 @@ from . import network
 from .errors import InputError
 
 FORMAT = 1
-SCHEDULES = ("step", "cosine")
+SCHEDULES = ("step", "cosine", "cyclic")
 
 
 def _whole(v, lo=0, hi=None):

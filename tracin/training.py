@@ -15,12 +15,16 @@ from .dataparallel import Shards, ordered_sum
 from .maths import softmax_xent
 
 
+CYCLES = 3  # restarts of the `cyclic` schedule (snapshot ensembles, Huang et al. 2017)
+
+
 def learning_rate(epoch, base_lr, epochs, schedule):
     """Learning rate of (0-based) `epoch`.
 
-    Both schedules start with the original's linear warm-up over 15/270 of training. `step` then multiplies by
+    Every schedule starts with the original's linear warm-up over 15/270 of training. `step` then multiplies by
     0.1 at 90/270, 180/270 and 240/270 of training (the original's epochs 90, 180, 240 at 270 epochs); `cosine`
-    decays to 0 along half a cosine."""
+    decays to 0 along half a cosine; `cyclic` splits training into CYCLES equal cycles, each a cosine decay from
+    the peak (so one run passes through several minima)."""
     warmup = max(1, round(epochs * 15 / 270))
     lr = base_lr * min(1.0, (epoch + 1) / warmup)
     if schedule == "step":
@@ -28,6 +32,9 @@ def learning_rate(epoch, base_lr, epochs, schedule):
         return lr * 0.1 ** sum(epoch >= s for s in steps)
     if schedule == "cosine":
         return lr * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+    if schedule == "cyclic":
+        length = epochs / CYCLES
+        return lr * 0.5 * (1.0 + math.cos(math.pi * (epoch % length) / length))
     raise ValueError(f"unknown schedule {schedule}")
 
 
