@@ -78,13 +78,16 @@ bench-scaling: $(STAMP)
 
 # Detection quality over the noise matrix (data sets x noise models x seeds) against loss, AUM and confident
 # learning; resumable (finished runs in output/bench/quality are reused), then which gaps are resolved (bench.paired)
-# and the per-class effects (bench.per_class).
-# Needs bench/requirements.txt.
+# and the per-class effects (bench.per_class), and whether 2 checkpoints per epoch bring one training closer to an
+# ensemble on the matrix's digits cells (bench.one_training, docs/detection.md). Needs bench/requirements.txt.
+ONE_TRAINING_CELLS := digits-uniform10,digits-uniform40,digits-pair20,digits-instance20,digits-instance20-knn
 bench-quality: $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
 	$(PY) -m bench.quality
 	$(PY) -m bench.paired
 	$(PY) -m bench.per_class
+	$(PY) -m bench.one_training --cells $(ONE_TRAINING_CELLS) --seeds 10,11,12 --ideas subepoch,free --per_epoch 2 \
+	    --name one_training_heldout
 
 # Train -> test explanations: the identical-class test of every --normalize, --layers last, last_block and all,
 # digits seeds 10-12 for tuning and 13-15 held out (docs/explanations.md). Cached under output/bench/explanations; writes bench/results/explanations.md/json.
