@@ -15,6 +15,7 @@ from models import MODELS
 from noise import MODELS as NOISE_MODELS
 from tracin import defaults
 from tracin.errors import InputError
+from tracin.manifest import SCHEDULES
 from tracin.normalize import NORMALIZATIONS
 
 DATASETS = ("cifar10", "digits", "imagefolder")
@@ -276,7 +277,7 @@ def _add_train_run_args(p):
                    help="epochs to train (" + per_dataset("train_epochs") + ")")
     p.add_argument("--learning_rate", type=positive_float, default=None,
                    help="peak learning rate (" + per_dataset("learning_rate") + ")")
-    p.add_argument("--lr_schedule", default=None, choices=["step", "cosine", "cyclic"],
+    p.add_argument("--lr_schedule", default=None, choices=SCHEDULES,
                    help="step: the original's warm-up then x0.1 at 1/3, 2/3, 8/9 of training; cosine: warm-up then "
                         "cosine decay; cyclic: warm-up then 3 cosine cycles from the peak ("
                         + per_dataset("lr_schedule") + ")")
