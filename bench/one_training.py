@@ -28,7 +28,7 @@ import numpy as np
 from scipy.stats import rankdata
 
 from bench import baselines, quality
-from bench.paired import paired, verdict, write_results
+from bench.paired import paired, stored_rankings, verdict, write_results
 from bench.quality_report import DEFAULT, ensemble_name
 
 IDEAS = ("subepoch", "views", "cyclic", "short", "free")
@@ -45,16 +45,9 @@ def base_run(cell, seed, work):
     return folder
 
 
-def labels(folder):
-    d = os.path.join(folder, "data")
-    y = np.load(os.path.join(d, "y_shuffle_train.npy"))[:, 0]
-    return y, y != np.load(os.path.join(d, "y_train.npy"))[:, 0]
-
-
 def terms(scores_dir):
     """{checkpoint label: eta * ||g||^2} of a calculate_score.py --save_every_epoch output."""
-    ckpts = json.load(open(os.path.join(scores_dir, "scores.json")))["checkpoints"]
-    return {c["epoch"]: np.load(os.path.join(scores_dir, f"{c['epoch']}_influence.npy")) for c in ckpts}
+    return {c["epoch"]: t for c, t in quality.checkpoint_terms(scores_dir)}
 
 
 def subepoch(folder, seed, k, times):
@@ -138,13 +131,9 @@ def free(folder, y):
 
 def run_rankings(cell, seed, args, times):
     folder = base_run(cell, seed, args.work)
-    y, mislabeled = labels(folder)
+    stored, mislabeled = stored_rankings(folder)
+    out = {name: stored[name] for name in OPPONENTS}
     res = json.load(open(os.path.join(folder, "result.json")))
-    logits = np.load(os.path.join(folder, "logits.npz"))["logits"]
-    out = {DEFAULT: np.load(os.path.join(folder, "scores", "default", "influence_all_epoch.npy")),
-           "AUM": baselines.aum_scores(logits, y),
-           "confident learning, logistic regression": baselines.cleanlab_scores(
-               y, np.load(os.path.join(folder, "cl_lr_probs.npy")))}
     times["default_s"] = res["seconds"]["train_s"] + res["seconds"]["score_default_s"]
     if "subepoch" in args.ideas:
         out.update(subepoch(folder, seed, args.per_epoch, times))
@@ -157,7 +146,7 @@ def run_rankings(cell, seed, args, times):
         work = os.path.join(args.work, "short" if k == 3 else f"short{k}x{epochs}")
         out[f"{ensemble_name(k)} of {epochs} epochs"] = other_training(cell, seed, work, f"--train_epochs {epochs}", k)
     if "free" in args.ideas:
-        out.update(free(folder, y))
+        out.update(free(folder, np.load(os.path.join(folder, "data", "y_shuffle_train.npy"))[:, 0]))
     return out, mislabeled
 
 

@@ -129,14 +129,21 @@ def score(data, ckpt, out, flags, log):
                                                    "-c", "cpu", "--save_every_epoch", "True"] + flags, log)
 
 
-def checkpoint_variants(scores_dir):
-    """Rankings from the defaults' per-checkpoint terms ({epoch}_influence.npy = eta_i * ||g_i||^2, which
-    calculate_score.py sums into influence_all_epoch.npy): the same sum without the eta weights, and over the
-    first and the second half of the checkpoints (what --lr_weight False and --checkpoint_epochs give)."""
+def checkpoint_terms(scores_dir):
+    """[(checkpoint entry of scores.json, its term)] of a calculate_score.py --save_every_epoch output, in order
+    ({epoch}_influence.npy = eta_i * ||g_i||^2, which calculate_score.py sums into influence_all_epoch.npy)."""
     ckpts = json.load(open(os.path.join(scores_dir, "scores.json")))["checkpoints"]
-    terms = np.array([np.load(os.path.join(scores_dir, f"{c['epoch']}_influence.npy")) for c in ckpts])
-    etas = np.array([c["eta"] for c in ckpts])
-    half = len(ckpts) // 2
+    return [(c, np.load(os.path.join(scores_dir, f"{c['epoch']}_influence.npy"))) for c in ckpts]
+
+
+def checkpoint_variants(scores_dir):
+    """Rankings from the defaults' per-checkpoint terms (checkpoint_terms): the same sum without the eta weights,
+    and over the first and the second half of the checkpoints (what --lr_weight False and --checkpoint_epochs
+    give)."""
+    pairs = checkpoint_terms(scores_dir)
+    terms = np.array([t for _, t in pairs])
+    etas = np.array([c["eta"] for c, _ in pairs])
+    half = len(pairs) // 2
     return {"TracIn --lr_weight False": (terms / etas[:, None]).sum(0),
             "TracIn, first half of checkpoints": terms[:half].sum(0),
             "TracIn, second half of checkpoints": terms[half:].sum(0)}
