@@ -375,6 +375,10 @@ def score_parser():
     p.add_argument("--max_memory_gb", type=positive_float, default=None,
                    help="memory allowed for the full matrix and projection matrices (default: 80%% of the "
                         "available memory)")
+    p.add_argument("--processes", type=positive_int, default=None,
+                   help="score in N processes (MPI ranks started for you by the bundled mpiexec, `make mpi`; the "
+                        "scores are those of 1; default: an image import of at least 400 images on the CPU, one per "
+                        "usable core where the MPI runtime is there; otherwise 1)")
     add_context_args(p)
     return p
 

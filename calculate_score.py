@@ -41,7 +41,7 @@ import sys
 import numpy as np
 
 import datasets
-from args import CliError, parse_score_args
+from args import CliError, parse_score_args, score_parser
 from tracin import checkpoints, defaults, formats, normalize
 from tracin.api import (
     CheckpointEnsemble,
@@ -62,8 +62,17 @@ from tracin.io import (
     save_json,
     save_npy,
 )
+from tracin.parallel import launched_under_mpi
 from tracin.runs import progress_bar
-from utils import run_mpi_cli, skip_failed_imports
+from utils import (
+    check_processes,
+    launch,
+    mpi_launcher,
+    parse_quietly,
+    run_mpi_cli,
+    skip_failed_imports,
+    usable_cores,
+)
 
 INFLUENCE_ONLY = ("test_input", "test_indices", "test_label", "top_k", "save_matrix", "projection_dim",
                   "test_chunk", "max_memory_gb", "normalize")
@@ -239,6 +248,7 @@ def main(argv=None, comm=None):
     check_flags(args)
     skip_failed_imports()  # process-wide, so the script's business: every checkpoint load sets ~100 nnabla arrays
     rank, world = (comm.rank, comm.size) if comm is not None else (0, 1)
+    check_processes(args.processes, world)
     output = args.output or args.input
     if rank == 0:  # the probe creates and removes folders, which ranks doing it at once would trip over
         check_writable(output, "--output")
@@ -439,5 +449,38 @@ def write_influence(args, plan, result, record, output):
     return 0
 
 
+# below this many images a rank (its start, the model and checkpoints it loads) costs about what its share saves
+MIN_IMAGES_PER_RANK = 200
+
+
+def processes_wanted(argv):
+    """How many processes to start for this command when not under an MPI launcher: --processes, else for an
+    image import (files.json beside the arrays) scored on the CPU one per usable core, at most one per
+    MIN_IMAGES_PER_RANK images, when the MPI runtime is there (the scores are bitwise those of one process), else 1.
+    A command that does not parse, or whose arrays cannot be read, runs here, which reports it."""
+    args = parse_quietly(score_parser(), argv)
+    if args is None:
+        return 1
+    if args.processes is not None or launched_under_mpi():
+        return args.processes or 1
+    if args.context == "cudnn" or mpi_launcher() is None or cuda_installed():
+        return 1
+    if not os.path.isfile(os.path.join(args.input, formats.FILE_LIST)):
+        return 1
+    try:  # the header only: the image count of the training and validation arrays
+        n = sum(np.load(os.path.join(args.input, name), mmap_mode="r").shape[0]
+                for name in (formats.X_TRAIN, formats.X_VAL))
+    except (OSError, ValueError):
+        return 1
+    return max(1, min(usable_cores(), n // MIN_IMAGES_PER_RANK))
+
+
+def cuda_installed():
+    """Whether nnabla's CUDA extension is installed (then --context auto scores on the GPU, in one process)."""
+    import importlib.util
+    return importlib.util.find_spec("nnabla_ext") is not None and importlib.util.find_spec("nnabla_ext.cuda") is not None
+
+
 if __name__ == "__main__":
-    sys.exit(run_mpi_cli(main))
+    code = launch(__file__, sys.argv[1:], processes_wanted(sys.argv[1:]))
+    sys.exit(code if code is not None else run_mpi_cli(main))

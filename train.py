@@ -37,11 +37,13 @@ from tracin.io import (
 from tracin.parallel import launched_under_mpi
 from tracin.training import Trainer, checkpoint_lr, learning_rate
 from utils import (
+    check_processes,
     claim_folders,
     clear_run_files,
-    launch_ranks,
+    launch,
     mpi_launcher,
     on_terminal,
+    parse_quietly,
     refuse_other_runs,
     run_mpi_cli,
     skip_failed_imports,
@@ -310,7 +312,7 @@ def run_epochs(trainer, recipe, manifest, ckpt_dir, start_epoch, args, data):
         for epoch in range(start_epoch, epochs):
             lr = learning_rate(epoch, recipe["learning_rate"], epochs, recipe["lr_schedule"])
             loss, err = trainer.train_epoch(
-                epoch, x_train, y_train, lr, lambda v: (bar.update(1), bar.set_postfix(epoch=epoch + 1, loss=f"{v:.3f}")))
+                epoch, x_train, y_train, lr, lambda v, e=epoch + 1: (bar.update(1), bar.set_postfix(epoch=e, loss=f"{v:.3f}")))
             if err is None or trainer.nonfinite() is not None:
                 what = (f"the loss became {loss}" if err is None
                         else f"parameter {trainer.nonfinite()} became non-finite")
@@ -408,17 +410,6 @@ def init_weights(trainer, path):
     return {"file": os.path.abspath(path), "sha1": digest, "copied": len(copied), "kept": kept}
 
 
-def check_processes(args, ranks):
-    """--processes N > 1 is started by train.py as N MPI ranks (launch); here it must match the ranks there are."""
-    if args.processes in (None, ranks):
-        return
-    if ranks == 1:
-        raise CliError(f"--processes {args.processes} needs the MPI runtime (mpi4py and mpiexec in this Python's "
-                       "environment): run `make mpi`, or pass --processes 1")
-    raise CliError(f"--processes {args.processes} under an MPI launcher of {ranks} ranks: drop --processes (mpiexec "
-                   "-n sets them)")
-
-
 def check_run_flags(args):
     """--overwrite against --resume / --checkpoint, and --model_save_path against --checkpoint's folder."""
     resuming = args.checkpoint or args.resume is not False
@@ -462,7 +453,7 @@ def main(argv=None, comm=None):
     check_dataset_flags(args)
     check_run_flags(args)
     shards = Shards(comm)
-    check_processes(args, shards.size)
+    check_processes(args.processes, shards.size)
     manifest, entry, ckpt_dir = resume_point(args, args.model_save_path)
     if manifest is None and args.seed is None:
         args.seed = 0
@@ -516,15 +507,8 @@ def processes_wanted(argv):
     """How many processes to start for this command when not under an MPI launcher: --processes, else for a fresh
     import of own images imagefolder.MICRO_BATCHES when that many cores and the MPI runtime are there (the weights
     are the same in one process), else 1. A command that does not parse runs here, which reports it."""
-    parser = train_parser()
-
-    def refuse(*_, **__):
-        raise ValueError
-    parser.error = parser.exit = refuse
-    parser.print_help = parser.print_usage = (lambda *_, **__: None)
-    try:
-        args = parser.parse_args(argv)
-    except ValueError:
+    args = parse_quietly(train_parser(), argv)
+    if args is None:
         return 1
     if args.processes is not None or launched_under_mpi():
         return args.processes or 1
@@ -539,15 +523,7 @@ def processes_wanted(argv):
     return min(usable_cores(), args.micro_batches or imagefolder.MICRO_BATCHES) if enough else 1
 
 
-def launch(argv):
-    """Exit code of the command run as several ranks (processes_wanted), or None to run it in this process."""
-    n = processes_wanted(argv)
-    if n < 2 or launched_under_mpi() or mpi_launcher() is None:
-        return None  # main refuses --processes N without the MPI runtime
-    return launch_ranks(__file__, argv, n)
-
-
 if __name__ == "__main__":
-    code = launch(sys.argv[1:])
+    code = launch(__file__, sys.argv[1:], processes_wanted(sys.argv[1:]))
     sys.exit(code if code is not None else run_mpi_cli(main, resume_hint="add --resume to the same command to "
                                                                           "continue"))

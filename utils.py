@@ -23,7 +23,7 @@ from tracin import formats
 from tracin.context import quiet_nnabla
 from tracin.errors import InputError
 from tracin.io import WriteError, ensure_dir, lock_folder, release_locks
-from tracin.parallel import PeerFailed, world
+from tracin.parallel import PeerFailed, launched_under_mpi, world
 
 WRITE_HINTS = {errno.ENOSPC: "the disk is full: free some space or choose another folder",
                errno.EDQUOT: "the disk quota is exhausted: free some space or choose another folder",
@@ -254,6 +254,37 @@ def mpi_launcher():
 
 def usable_cores():
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def parse_quietly(parser, argv):
+    """parser's namespace for argv, or None when it does not parse (main then reports it), printing nothing."""
+    def refuse(*_, **__):
+        raise ValueError
+    parser.error = parser.exit = refuse
+    parser.print_help = parser.print_usage = (lambda *_, **__: None)
+    try:
+        return parser.parse_args(argv)
+    except ValueError:
+        return None
+
+
+def check_processes(processes, ranks):
+    """--processes N > 1 is started by the script as N MPI ranks (launch); here it must match the ranks there are."""
+    if processes in (None, ranks):
+        return
+    if ranks == 1:
+        raise CliError(f"--processes {processes} needs the MPI runtime (mpi4py and mpiexec in this Python's "
+                       "environment): run `make mpi`, or pass --processes 1")
+    raise CliError(f"--processes {processes} under an MPI launcher of {ranks} ranks: drop --processes (mpiexec "
+                   "-n sets them)")
+
+
+def launch(script, argv, n):
+    """Exit code of `script argv` run as n MPI ranks, or None to run it in this process (n < 2, already under a
+    launcher, or no MPI runtime: main then refuses an explicit --processes N)."""
+    if n < 2 or launched_under_mpi() or mpi_launcher() is None:
+        return None
+    return launch_ranks(script, argv, n)
 
 
 def launch_ranks(script, argv, n):

@@ -1,7 +1,6 @@
 """bench.one_training's instruments: the sub-epoch checkpoints keep train.py's epoch checkpoints bit for bit, and
 augmented views are seeded."""
 import json
-import os
 
 import h5py
 import numpy as np

@@ -1,5 +1,6 @@
 """How a training starts: from weights trained elsewhere (--init_from), and in how many processes (own images: two
-where two cores and the MPI runtime are there, started by train.py itself, with the weights of one process)."""
+where two cores and the MPI runtime are there, started by train.py itself, with the weights of one process); and
+how their scoring starts (one process per core, started by calculate_score.py itself, with the scores of one)."""
 import json
 import os
 import subprocess
@@ -10,6 +11,7 @@ import pytest
 from conftest import run_main
 from test_own_data import write_images
 
+import calculate_score
 import train
 from tracin import checkpoints, formats
 from utils import usable_cores
@@ -128,3 +130,61 @@ def test_started_from_the_shell_it_trains_in_two_processes_with_the_weights_of_o
         a, b = (checkpoints.read_params(o / "ckpt" / formats.params_name(epoch)) for o in (two, one))
         for name in a:
             np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_score_processes_wanted(source, monkeypatch):
+    monkeypatch.setattr(calculate_score, "mpi_launcher", lambda: "/bin/mpiexec")
+    monkeypatch.setattr(calculate_score, "usable_cores", lambda: 4)
+    monkeypatch.setattr(calculate_score, "cuda_installed", lambda: False)
+    data = source["root"] / "source" / "data"
+    n = len(np.load(data / formats.X_TRAIN)) + len(np.load(data / formats.X_VAL))
+    monkeypatch.setattr(calculate_score, "MIN_IMAGES_PER_RANK", n // 3)
+    cmd = ["--input", str(data), "--checkpoint", str(source["root"] / "source" / "ckpt")]
+    assert calculate_score.processes_wanted(cmd) == 3  # at most one rank per MIN_IMAGES_PER_RANK images
+    monkeypatch.setattr(calculate_score, "usable_cores", lambda: 2)
+    assert calculate_score.processes_wanted(cmd) == 2
+    assert calculate_score.processes_wanted(cmd + ["--processes", "1"]) == 1
+    assert calculate_score.processes_wanted(cmd + ["-c", "cudnn"]) == 1
+    assert calculate_score.processes_wanted(cmd + ["--batch_size", "zero"]) == 1  # main reports the bad flag
+    assert calculate_score.processes_wanted(["--input", "/nonexistent", "--checkpoint", "c"]) == 1
+    monkeypatch.setattr(calculate_score, "MIN_IMAGES_PER_RANK", n + 1)
+    assert calculate_score.processes_wanted(cmd) == 1
+    monkeypatch.setattr(calculate_score, "MIN_IMAGES_PER_RANK", 1)
+    monkeypatch.setattr(calculate_score, "cuda_installed", lambda: True)
+    assert calculate_score.processes_wanted(cmd) == 1
+    monkeypatch.setattr(calculate_score, "cuda_installed", lambda: False)
+    monkeypatch.setattr(calculate_score, "mpi_launcher", lambda: None)
+    assert calculate_score.processes_wanted(cmd) == 1
+
+
+def test_arrays_that_are_not_an_image_import_score_in_one_process(tmp_path, monkeypatch):
+    """Arrays that are not an image import (no files.json) are not split: their x_val.npy is a test set."""
+    monkeypatch.setattr(calculate_score, "mpi_launcher", lambda: "/bin/mpiexec")
+    monkeypatch.setattr(calculate_score, "MIN_IMAGES_PER_RANK", 1)
+    np.save(tmp_path / formats.X_TRAIN, np.zeros((8, 1, 4, 4), np.float32))
+    assert calculate_score.processes_wanted(["--input", str(tmp_path), "--checkpoint", "c"]) == 1
+
+
+def test_scoring_started_from_the_shell_in_two_processes_scores_as_one(source, tmp_path):
+    """The script itself (its __main__ block) started in two processes writes the files of one, bit for bit."""
+    def shell(name, processes):
+        out = tmp_path / name
+        proc = subprocess.run([sys.executable, os.path.join(REPO, "calculate_score.py"), "--input",
+                               str(source["root"] / "source" / "data"), "--checkpoint",
+                               str(source["root"] / "source" / "ckpt"), "--output", str(out), "-c", "cpu",
+                               "--processes", processes], capture_output=True, text=True, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        return out
+    two, one = shell("two", "2"), shell("one", "1")
+    assert json.loads((two / formats.SCORES_JSON).read_text())["ranks"] == 2
+    for name in (formats.SCORES, formats.VAL_SCORES, formats.PROBABILITIES, formats.VAL_PROBABILITIES):
+        np.testing.assert_array_equal(np.load(two / name), np.load(one / name), err_msg=name)
+
+
+def test_score_processes_without_the_runtime_is_one_line(source, tmp_path):
+    """In this process (no launcher) --processes 2 cannot be honoured: one line, exit 2, no output folder."""
+    code, _, err = run_main("calculate_score.py", "--input", source["root"] / "source" / "data", "--checkpoint",
+                            source["root"] / "source" / "ckpt", "--output", tmp_path / "out", "--processes", 2,
+                            check=False)
+    assert code == 2 and err.count("\n") == 1 and "--processes 2 needs the MPI runtime" in err, err
+    assert not (tmp_path / "out").exists()
