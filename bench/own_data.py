@@ -5,10 +5,13 @@ confident learning (cleanlab's find_label_issues on out-of-fold logistic-regress
 
     nice -n 10 python -m bench.own_data [--cells quick|full] [--seeds 0,1,2] [--work /tmp/own_data]
     python -m bench.own_data --tune --extra "--learning_rate 0.1"   # tuning folders (seeds 100+), kept apart
+    python -m bench.own_data --option --tag init --extra "--init_from W.h5"   # the reported folders, a non-default
+                                                                    # option (where the defaults miss), kept apart
 
 Every cell (kind, classes, images, size, seed) is one JSON file in bench/results/own_data/ (tune: own_data_tune/);
 a cell already there is skipped (resumable: rerun the same command; a second process started alongside takes the
-cells the first has not claimed). The summary is bench/results/own_data.md.
+cells the first has not claimed). The summary is bench/results/own_data.md (--tune: own_data_tune.md, --option:
+own_data_options.md).
 
 Metrics per cell, over the moved files that label_issues.csv lists (every file: training and validation images):
 AUROC of the ranking (rank 1 = most suspicious; also over the training rows alone and the validation rows alone,
@@ -291,15 +294,20 @@ def main(argv=None):
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--only", default=None, help="run only cells whose name contains this text")
     p.add_argument("--tune", action="store_true", help="tuning folders (seed + 100), results apart")
-    p.add_argument("--extra", default="", help="tuning only: extra train.py flags (the benchmark runs none)")
-    p.add_argument("--tag", default="", help="tuning only: a name for this setting in the results")
+    p.add_argument("--option", action="store_true", help="the reported folders with --extra train.py flags (an "
+                   "option a user may take where the defaults miss), results apart")
+    p.add_argument("--extra", default="", help="--tune or --option: extra train.py flags (the benchmark runs none)")
+    p.add_argument("--tag", default="", help="--tune or --option: a name for this setting in the results")
     p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "own_data"))
     p.add_argument("--restudy", action="store_true", help="recompute the stopping rules of the cells whose work "
                    "folder is still in --work (their small files), then rewrite the table")
     args = p.parse_args(argv)
-    if args.extra and not args.tune:
-        p.error("--extra applies to --tune only: the benchmark measures the commands as a user types them")
-    folder = os.path.join(RESULTS, "own_data_tune" if args.tune else "own_data")
+    if args.extra and not (args.tune or args.option):
+        p.error("--extra applies to --tune or --option: the benchmark measures the commands as a user types them")
+    if args.option and not (args.tag and args.extra and not args.tune):
+        p.error("--option needs --tag and --extra, without --tune")
+    kind = "own_data_tune" if args.tune else "own_data_options" if args.option else "own_data"
+    folder = os.path.join(RESULTS, kind)
     os.makedirs(folder, exist_ok=True)
     if args.restudy:
         restudy(folder, args.work)
@@ -320,7 +328,7 @@ def main(argv=None):
                   f"{result['total_seconds']} s", file=sys.stderr, flush=True)
             clean_up(os.path.join(args.work, name))
     results = [json.load(open(f)) for f in sorted(glob.glob(os.path.join(folder, "*.json")))]
-    md = os.path.join(RESULTS, "own_data_tune.md" if args.tune else "own_data.md")
+    md = os.path.join(RESULTS, kind + ".md")
     with open(md, "w") as f:
         f.write(summary(results) + "\n\n" + table(results) + "\n")
     print(summary(results) + "\n\n" + table(results))
