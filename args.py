@@ -377,8 +377,8 @@ def score_parser():
                         "available memory)")
     p.add_argument("--processes", type=positive_int, default=None,
                    help="score in N processes (MPI ranks started for you by the bundled mpiexec, `make mpi`; the "
-                        "scores are those of 1; default: an image import of at least 400 images on the CPU, one per "
-                        "usable core where the MPI runtime is there; otherwise 1)")
+                        "scores are those of 1; default: an image import on the CPU, one per usable core and at most "
+                        "one per 200 images, where the MPI runtime is there; otherwise 1)")
     add_context_args(p)
     return p
 

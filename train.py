@@ -312,7 +312,8 @@ def run_epochs(trainer, recipe, manifest, ckpt_dir, start_epoch, args, data):
         for epoch in range(start_epoch, epochs):
             lr = learning_rate(epoch, recipe["learning_rate"], epochs, recipe["lr_schedule"])
             loss, err = trainer.train_epoch(
-                epoch, x_train, y_train, lr, lambda v, e=epoch + 1: (bar.update(1), bar.set_postfix(epoch=e, loss=f"{v:.3f}")))
+                epoch, x_train, y_train, lr,
+                lambda v, e=epoch + 1: (bar.update(1), bar.set_postfix(epoch=e, loss=f"{v:.3f}")))
             if err is None or trainer.nonfinite() is not None:
                 what = (f"the loss became {loss}" if err is None
                         else f"parameter {trainer.nonfinite()} became non-finite")

@@ -306,8 +306,8 @@ def main(argv=None):
         p.error("--extra applies to --tune or --option: the benchmark measures the commands as a user types them")
     if args.option and not (args.tag and args.extra and not args.tune):
         p.error("--option needs --tag and --extra, without --tune")
-    kind = "own_data_tune" if args.tune else "own_data_options" if args.option else "own_data"
-    folder = os.path.join(RESULTS, kind)
+    stem = "own_data_tune" if args.tune else "own_data_options" if args.option else "own_data"
+    folder = os.path.join(RESULTS, stem)
     os.makedirs(folder, exist_ok=True)
     if args.restudy:
         restudy(folder, args.work)
@@ -328,7 +328,7 @@ def main(argv=None):
                   f"{result['total_seconds']} s", file=sys.stderr, flush=True)
             clean_up(os.path.join(args.work, name))
     results = [json.load(open(f)) for f in sorted(glob.glob(os.path.join(folder, "*.json")))]
-    md = os.path.join(RESULTS, kind + ".md")
+    md = folder + ".md"
     with open(md, "w") as f:
         f.write(summary(results) + "\n\n" + table(results) + "\n")
     print(summary(results) + "\n\n" + table(results))
