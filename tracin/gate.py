@@ -40,8 +40,9 @@ def sentence(record):
                 "and suggested labels are worth reviewing from the top.")
     return (f"WARNING: the model is too weak to trust: validation accuracy {acc:.2f} against a chance level of "
             f"{chance:.2f} (needed: {record['needed_accuracy']:.2f}), so many wrong labels will not be near the top "
-            "of the ranking and the suggested labels are guesses; train longer (--train_epochs), on larger images "
-            "(--image_size) or with more images per class, then score and analyse again.")
+            "of the ranking and the suggested labels are guesses; start from weights trained on similar images "
+            "(--init_from), add images per class, or train longer (--train_epochs) or on larger images (--image_size), "
+            "then score and analyse again.")
 
 
 def read_validation(checkpoint_folders):
