@@ -36,12 +36,13 @@ SHORT = ((3, 10), (2, 15))  # (trainings, epochs of each): together the default'
 OPPONENTS = (DEFAULT, "AUM", "confident learning, logistic regression")
 
 
-def base_run(cell, seed, work):
-    """bench.quality's run of (cell, seed) under work (made when missing): its folder."""
+def base_run(cell, seed, work, extra=()):
+    """bench.quality's run of (cell, seed) under work, with bench.quality's `extra` flags (made when missing):
+    its folder."""
     folder = os.path.join(work, cell, f"seed{seed}")
     if not os.path.isfile(os.path.join(folder, "result.json")):
         quality.main(["--cells", cell, "--seeds", str(seed), "--network_cl", "none", "--work", work,
-                      "--out", os.path.join(work, "report")])
+                      "--out", os.path.join(work, "report"), *extra])
     return folder
 
 
@@ -72,16 +73,14 @@ def subepoch(folder, seed, k, times):
 
 
 def augmented(x, augment, seed):
-    """x under the training augmentation (F.image_augmentation with the recipe's settings), seeded."""
+    """x under the training augmentation (the zoo's, with the recipe's settings), seeded."""
     import nnabla as nn
-    import nnabla.functions as F
-    settings = {key: v for key, v in augment.items() if key != "shift"}
-    if augment.get("shift"):
-        settings["pad"] = tuple(max(1, round(side * augment["shift"])) for side in x.shape[2:])
+
+    from models.resnet import augment_image
     xv = nn.Variable(x.shape)
     xv.d = x.astype(np.float32)
     with nn.auto_forward():
-        y = F.image_augmentation(xv, seed=seed, **settings)
+        y = augment_image(xv, False, dict(augment, seed=seed))
     return np.clip(np.rint(y.d), 0, 255).astype(x.dtype)
 
 
@@ -109,11 +108,8 @@ def views(folder, n_views, times):
 
 def other_training(cell, seed, work, flags, ensemble):
     """The default ranking of bench.quality's run with other train.py flags (and its K-training sum)."""
-    name = ["--train_flags", flags] + (["--ensemble", str(ensemble)] if ensemble > 1 else [])
-    folder = os.path.join(work, cell, f"seed{seed}")
-    if not os.path.isfile(os.path.join(folder, "result.json")):
-        quality.main(["--cells", cell, "--seeds", str(seed), "--network_cl", "none", "--work", work,
-                      "--out", os.path.join(work, "report")] + name)
+    folder = base_run(cell, seed, work,
+                      ["--train_flags", flags] + (["--ensemble", str(ensemble)] if ensemble > 1 else []))
     if ensemble > 1:
         return np.load(os.path.join(folder, "scores", f"ensemble{ensemble}", "influence_all_epoch.npy"))
     return np.load(os.path.join(folder, "scores", "default", "influence_all_epoch.npy"))

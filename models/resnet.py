@@ -13,7 +13,7 @@ import nnabla.functions as F
 import nnabla.parametric_functions as PF
 
 
-def _augment(image, test, augment):
+def augment_image(image, test, augment):
     """F.image_augmentation with `augment`'s settings; its `shift` (a fraction of the image side) becomes the
     padding of a random translation, so one recipe fits images of any size."""
     if test or not augment:
@@ -50,7 +50,7 @@ def resnet23(image, test=False, n_classes=10, nmaps=64, augment=None):
             return h
 
     with nn.parameter_scope("conv1"):
-        image = _augment(image, test, augment)
+        image = augment_image(image, test, augment)
         h = F.relu(_conv_bn(image, nmaps, (3, 3), (1, 1), test))
     for i, down in enumerate([False, True, False, True, False, True, False], start=2):
         h = res_unit(h, f"conv{i}", down)
@@ -77,7 +77,7 @@ def resnet56(image, test=False, n_classes=10, nmaps=None, augment=None):
             return F.relu(F.add2(h, x))
 
     with nn.parameter_scope("conv1"):
-        image = _augment(image, test, augment)
+        image = augment_image(image, test, augment)
         h = F.relu(_conv_bn(image, 16, (3, 3), (1, 1), test))
     for c in (16, 32, 64):
         for i in range(9):
