@@ -34,7 +34,7 @@ import time
 import numpy as np
 
 from bench.folders import write_folder
-from tracin import formats
+from tracin import formats, review
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "bench", "results")
@@ -45,7 +45,7 @@ COMMANDS = (
     ("mislabel_analysis.py", "--input", "out/data", "--output", "out/review"),
 )
 RATE = 0.1
-RULE = "z1.5_or_prefers"  # tracin.review.issue_flags with Z_THRESHOLD 1.5
+Z_CANDIDATES = (1.0, 1.25, 1.5, 1.75, 2.0)  # outlier thresholds the stopping-rule study compares
 # (kind, classes, images per class, side): colour and grey, 300 to 5,000 images, 3 to 10 classes, 16 to 48 px;
 # "full" adds the MNIST-5k PNGs (about three times the training of a 1,000-image folder)
 QUICK = [("digits", 10, 50, 16), ("textures", 10, 100, 32), ("textures", 3, 100, 48), ("shapes", 10, 100, 32),
@@ -112,32 +112,44 @@ def otsu_count(scores):
     return int(k[np.argmax(k * (n - k) * (m1 - m2) ** 2)])
 
 
-def stopping_rules(data_dir, truth):
-    """Precision / recall over the moved training files of candidate stopping rules, from the scorer's files:
-    'prefers' (p(given) < max other p), 'cl' (confident learning's per-class thresholds: some other class k has
-    p_k >= t_k, t_k = mean p_k over the samples labelled k, and p(given) < t_given), 'otsu' (the rows above Otsu's
-    threshold on log self-influence), 'z{c}' (robust z-score of log self-influence, (log s - median) / (1.4826 MAD),
-    above c) and their unions with 'prefers'."""
-    p = np.load(os.path.join(data_dir, "probabilities.npy"))
-    y = np.load(os.path.join(data_dir, "y_shuffle_train.npy")).reshape(-1)
-    scores = np.load(os.path.join(data_dir, "influence_all_epoch.npy"))
+def audited_arrays(data_dir, truth):
+    """(scores, given, probabilities, split, moved) over every audited row of a scored cell: the training images,
+    then the validation images when they were scored (the scorer's files, formats.VAL_FILES)."""
     with open(os.path.join(data_dir, "files.json")) as f:
-        files = json.load(f)["train"]
-    moved = np.array([tuple(truth[f])[0] != tuple(truth[f])[1] for f in files])
+        files = json.load(f)
+    parts = [("train", "y_shuffle_train.npy", formats.SCORES, formats.PROBABILITIES, files["train"])]
+    if os.path.isfile(os.path.join(data_dir, formats.VAL_SCORES)):
+        parts.append(("validation", "y_val.npy", formats.VAL_SCORES, formats.VAL_PROBABILITIES, files["val"]))
+    arrays = [(np.load(os.path.join(data_dir, s)).reshape(-1), np.load(os.path.join(data_dir, y)).reshape(-1),
+               np.load(os.path.join(data_dir, p)), [name] * len(listed), listed)
+              for name, y, s, p, listed in parts]
+    scores, given, probabilities = (np.concatenate([a[i] for a in arrays]) for i in range(3))
+    listed = [f for a in arrays for f in a[4]]
+    moved = np.array([tuple(truth[f])[0] != tuple(truth[f])[1] for f in listed])
+    return scores, given, probabilities, np.array([s for a in arrays for s in a[3]]), moved
+
+
+def stopping_rules(data_dir, truth):
+    """Precision / recall over every audited row (training and validation) of candidate stopping rules, from the
+    scorer's files: 'shipped' (tracin.review.issue_flags as it is now), 'prefers' (p(given) < max other p), 'cl'
+    (confident learning's per-class thresholds: some other class k has p_k >= t_k, t_k = mean p_k over the samples
+    labelled k, and p(given) < t_given), 'otsu' (the rows above Otsu's threshold on log self-influence), and
+    '{mad,upper}{c}_or_prefers': preferences or a robust z of log self-influence within the split above c, the
+    spread measured as the median absolute deviation or over the upper half (tracin.review.robust_z)."""
+    scores, y, p, split, moved = audited_arrays(data_dir, truth)
     own = p[np.arange(len(y)), y]
     other = p.copy()
     other[np.arange(len(y)), y] = -1
+    prefers = own < other.max(axis=1)
     t = np.array([p[y == k, k].mean() if (y == k).any() else 1.0 for k in range(p.shape[1])])
-    order = np.argsort(-scores, kind="stable")
     otsu = np.zeros(len(y), dtype=bool)
-    otsu[order[:otsu_count(scores)]] = True
-    rules = {"prefers": own < other.max(axis=1), "cl": ((other >= t[None, :]).any(axis=1)) & (own < t[y]),
-             "otsu": otsu, "otsu_or_prefers": otsu | (own < other.max(axis=1))}
-    ls = np.log(np.maximum(scores, 1e-300))
-    z = (ls - np.median(ls)) / max(1.4826 * np.median(np.abs(ls - np.median(ls))), 1e-12)
-    for c in (1.5, 2.0, 2.5, 3.0):  # robust z-score of log self-influence above c
-        rules[f"z{c}"] = z > c
-        rules[f"z{c}_or_prefers"] = (z > c) | rules["prefers"]
+    otsu[np.argsort(-scores, kind="stable")[:otsu_count(scores)]] = True
+    rules = {"shipped": review.issue_flags(p, y, scores, split), "prefers": prefers,
+             "cl": ((other >= t[None, :]).any(axis=1)) & (own < t[y]), "otsu": otsu}
+    for scale in ("mad", "upper"):
+        z = review.robust_z(scores, split, upper=scale == "upper")
+        for c in Z_CANDIDATES:
+            rules[f"{scale}{c}_or_prefers"] = (z > c) | prefers
     return {name: {"flagged": int(f.sum()), "precision": float((f & moved).sum() / max(f.sum(), 1)),
                    "recall": float((f & moved).sum() / max(moved.sum(), 1))} for name, f in rules.items()}
 
@@ -197,6 +209,13 @@ def fmt(v, digits=2):
     return "—" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
+def shipped_rule(r):
+    """The shipped stopping rule's flagged count, precision and recall of a cell: recomputed from the scorer's files
+    with tracin.review as it is now (stopping_rules, --restudy) where the cell kept them, else label_issues.csv's."""
+    return r.get("stopping_rules", {}).get("shipped") or {
+        "precision": r["flag_precision"], "recall": r["flag_recall"], "flagged": r["estimated_issues"]}
+
+
 def table(results):
     """Markdown: one row per cell, the goal's metrics and the baseline's."""
     head = ("| folder | seed | val acc (chance) | AUROC | moved in top 10 % | true class suggested | is_label_issue: "
@@ -204,10 +223,7 @@ def table(results):
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
         c, cl = r["cell"], r["confident_learning"]
-        # the CSV's flags over every row; cells analysed before the rule was chosen: recomputed (--restudy)
-        rule = ({"precision": r["flag_precision"], "recall": r["flag_recall"], "flagged": r["estimated_issues"]}
-                if "auroc_val" in r else r.get("stopping_rules", {}).get(RULE)
-                or {"precision": None, "recall": None, "flagged": None})
+        rule = shipped_rule(r)
         flags = (f"{fmt(rule['precision'])} / {fmt(rule['recall'])} | {rule['flagged']} / {r['n_moved_listed']}"
                  if r["trusted"] is not False else "none: model not trusted | — / " + str(r["n_moved_listed"]))
         lines.append(
@@ -245,7 +261,7 @@ def summary(results):
     for (kind, classes, images, size, extra), rs in sorted(groups.items(), key=lambda kv: (kv[0][2], kv[0])):
         met = all(r["trusted"] is not False and all((r[k] or 0) >= g for k, g in GOAL.items())
                   and r["auroc"] >= r["confident_learning"]["auroc"]
-                  and (r["flag_recall"] or 0) >= r["confident_learning"]["flag_recall"] for r in rs)
+                  and (shipped_rule(r)["recall"] or 0) >= r["confident_learning"]["flag_recall"] for r in rs)
         lines.append(
             f"| {kind}, {classes} cl., {images} × {size} px{f', `{extra}`' if extra else ''} | {','.join(str(r['cell']['seed']) for r in rs)} | "
             f"{span([r['val_accuracy'] for r in rs])} ({span([r['chance'] for r in rs])})"

@@ -137,11 +137,13 @@ def test_older_scores_without_validation_files_list_the_training_images_with_a_n
 # ------------------------------------------------------------------------------------------- tracin.review
 
 def old_issue_flags(p, given, scores):
-    """The stopping rule before splits (a reference): one robust z over every sample."""
+    """The stopping rule on one split (a reference): one robust z over every sample, its spread that of the
+    samples above the median."""
     _, prob = review.suggest(p, given)
-    log_s = np.log(np.maximum(scores, np.finfo(np.float64).tiny))
-    mad = 1.4826 * np.median(np.abs(log_s - np.median(log_s)))
-    outlier = (log_s - np.median(log_s)) / mad > review.Z_THRESHOLD if mad > 0 else np.zeros(len(p), dtype=bool)
+    deviation = np.log(np.maximum(scores, np.finfo(np.float64).tiny))
+    deviation = deviation - np.median(deviation)
+    spread = 1.4826 * np.median(deviation[deviation > 0]) if (deviation > 0).any() else 0.0
+    outlier = deviation / spread > review.Z_THRESHOLD if spread > 0 else np.zeros(len(p), dtype=bool)
     return (p[np.arange(len(p)), given] < prob) | outlier
 
 
@@ -172,7 +174,7 @@ def test_two_splits_are_ranked_and_flagged_on_their_own_scale():
     flags = review.issue_flags(p, given, scores, split)
     assert np.array_equal(flags[:50], old_issue_flags(p[:50], given[:50], train))
     assert np.array_equal(flags[50:], old_issue_flags(p[50:], given[50:], val))
-    assert review.robust_z(scores, split)[3] > review.Z_THRESHOLD and flags[3]
+    assert review.robust_z(scores, split, upper=True)[3] > review.Z_THRESHOLD and flags[3]
     assert list(rank_order(scores)).index(3) > 5  # by the raw score, validation rows would bury it
     images = rng.randint(0, 256, (60, 1, 4, 4)).astype(np.uint8)
     cells = review.sheet_cells(rows, images, 60)
@@ -194,3 +196,15 @@ def test_csv_round_trip_with_splits(tmp_path):
         [(r["split"], r["index"], r["file"], r["rank"]) for r in rows]
     with pytest.raises(review.InputError, match="split names"):
         review.label_issues(scores, given, None, list("abc"), split=split[:5])
+
+
+def test_outlier_scale_is_the_upper_half():
+    """Samples the model fits well have gradients near zero spread over orders of magnitude below the median; that
+    long lower tail must not widen the scale on which the top stands out (hand-computed)."""
+    log_s = np.array([-12.0, -8, -4, -2, 0, 0.5, 1, 1.5, 3])  # median 0; above it 0.5, 1, 1.5, 3: median 1.25
+    scores = np.exp(log_s)
+    assert review.robust_z(scores, upper=True)[-1] == pytest.approx(3 / (1.4826 * 1.25))  # 1.619
+    assert review.robust_z(scores)[-1] == pytest.approx(3 / (1.4826 * 2.0))  # MAD 2: 1.012
+    p, given = np.tile([0.9, 0.1], (9, 1)), np.zeros(9, dtype=int)  # the model agrees with every label
+    assert review.issue_flags(p, given, scores).tolist() == [False] * 8 + [True]
+    assert not review.issue_flags(p, given, np.ones(9)).any()  # no spread: nothing stands out

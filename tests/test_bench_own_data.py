@@ -40,7 +40,7 @@ def test_measure_against_hand_computed_values(tmp_path):
 def cell(seed, auroc, trusted=True, recall=0.9, cl_recall=0.5):
     return {"cell": {"kind": "shapes", "classes": 3, "images": 300, "size": 32, "seed": seed}, "auroc": auroc,
             "share_moved_in_top": 0.9, "share_true_suggested": 0.95, "trusted": trusted, "val_accuracy": 0.9,
-            "chance": 0.33, "flag_recall": recall, "total_seconds": 60.0,
+            "chance": 0.33, "flag_precision": 0.5, "flag_recall": recall, "estimated_issues": 3, "total_seconds": 60.0,
             "confident_learning": {"auroc": 0.6, "flag_recall": cl_recall}}
 
 
@@ -48,6 +48,26 @@ def test_summary_meets_the_goal_only_when_every_seed_does():
     assert own_data.summary([cell(0, 0.96), cell(1, 0.97)]).endswith("| met |")
     for bad in (cell(1, 0.94), cell(1, 0.97, trusted=False), cell(1, 0.97, recall=0.4)):
         assert own_data.summary([cell(0, 0.96), bad]).endswith("| missed |")
+
+
+def test_stopping_rules_cover_training_and_validation_rows(tmp_path):
+    """Hand-made scorer's files: 4 training and 2 validation rows, 2 classes; moved: training row 1 and validation
+    row 1. The model prefers another class for training rows 1 and 2 and validation row 1."""
+    files = {"train": [f"t{i}.png" for i in range(4)], "val": ["v0.png", "v1.png"]}
+    truth = {f: (0, 0) for f in files["train"] + files["val"]} | {"t1.png": (1, 0), "v1.png": (1, 0)}
+    (tmp_path / "files.json").write_text(json.dumps(files))
+    arrays = {"y_shuffle_train.npy": np.zeros((4, 1), int), "y_val.npy": np.zeros((2, 1), int),
+              "influence_all_epoch.npy": np.array([1.0, 2, 3, 4]), "val_influence.npy": np.array([5.0, 6]),
+              "probabilities.npy": np.array([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6], [0.7, 0.3]]),
+              "val_probabilities.npy": np.array([[0.8, 0.2], [0.3, 0.7]])}
+    for name, a in arrays.items():
+        np.save(tmp_path / name, a)
+    rules = own_data.stopping_rules(str(tmp_path), truth)
+    assert rules["prefers"] == {"flagged": 3, "precision": pytest.approx(2 / 3), "recall": 1.0}
+    assert rules["shipped"] == rules["prefers"]  # no score stands out (upper z at most 0.97 in either split)
+    assert set(rules) >= {"cl", "otsu", "mad1.25_or_prefers", "upper1.25_or_prefers"}
+    scores, given, p, split, moved = own_data.audited_arrays(str(tmp_path), truth)
+    assert split.tolist() == ["train"] * 4 + ["validation"] * 2 and moved.tolist() == [0, 1, 0, 0, 0, 1]
 
 
 def test_folders_move_the_rate_of_every_class_to_another_class(tmp_path):
