@@ -83,6 +83,8 @@ def test_folders_move_the_rate_of_every_class_to_another_class(tmp_path):
     (["--extra", "--nmaps 8"], "--extra applies to --tune or --option"),
     (["--option", "--extra", "--nmaps 8"], "--option needs --tag and --extra"),
     (["--option", "--tag", "t"], "--option needs --tag and --extra"),
+    (["--rate", "0.2"], "--rate applies to --tune with --tag"),
+    (["--tune", "--tag", "t", "--rate", "0.7"], "--rate applies to --tune with --tag"),
 ])
 def test_bad_flags_are_refused_before_any_result_is_written(argv, message, capsys, monkeypatch, tmp_path):
     monkeypatch.setattr(own_data, "RESULTS", str(tmp_path / "results"))
