@@ -136,7 +136,7 @@ def test_older_scores_without_validation_files_list_the_training_images_with_a_n
 
 # ------------------------------------------------------------------------------------------- tracin.review
 
-def old_issue_flags(p, given, scores):
+def reference_issue_flags(p, given, scores):
     """The stopping rule on one split (a reference): one robust z over every sample, its spread that of the
     samples above the median."""
     _, prob = review.suggest(p, given)
@@ -154,7 +154,7 @@ def test_one_split_ranks_and_flags_as_before(seed):
     scores = np.round(rng.lognormal(size=n), 1 + seed % 2) if seed < 4 else np.ones(n)  # ties; no spread
     given, p = rng.randint(0, 4, n), rng.dirichlet(np.ones(4), size=n)
     assert np.array_equal(review.ranking(scores), rank_order(scores))
-    assert np.array_equal(review.issue_flags(p, given, scores), old_issue_flags(p, given, scores))
+    assert np.array_equal(review.issue_flags(p, given, scores), reference_issue_flags(p, given, scores))
     rows = review.label_issues(scores, given, p, list("abcd"), split=["train"] * n)
     assert [r["index"] for r in rows] == list(rank_order(scores))
 
@@ -172,8 +172,8 @@ def test_two_splits_are_ranked_and_flagged_on_their_own_scale():
     assert {(r["split"], r["index"]) for r in rows[:2]} == {("train", 3), ("validation", 4)}
     assert [r["position"] for r in rows[:2]] == sorted([3, 54], key=lambda i: -review.robust_z(scores, split)[i])
     flags = review.issue_flags(p, given, scores, split)
-    assert np.array_equal(flags[:50], old_issue_flags(p[:50], given[:50], train))
-    assert np.array_equal(flags[50:], old_issue_flags(p[50:], given[50:], val))
+    assert np.array_equal(flags[:50], reference_issue_flags(p[:50], given[:50], train))
+    assert np.array_equal(flags[50:], reference_issue_flags(p[50:], given[50:], val))
     assert review.robust_z(scores, split, upper=True)[3] > review.Z_THRESHOLD and flags[3]
     assert list(rank_order(scores)).index(3) > 5  # by the raw score, validation rows would bury it
     images = rng.randint(0, 256, (60, 1, 4, 4)).astype(np.uint8)
